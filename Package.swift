@@ -1,0 +1,49 @@
+// swift-tools-version: 6.1
+//
+// Module map (dependencies point down the list; see docs/ARCHITECTURE.md):
+//   CLZO        C shim over liblzo2 (macros → functions, per-thread work memory)
+//   PageCodec   compress / decompress one 4 KiB page (LZO1X-1)
+//   TestSupport corpus and helpers shared by test targets (never shipped)
+import PackageDescription
+
+let strictSwift: [SwiftSetting] = [
+    .enableUpcomingFeature("InternalImportsByDefault"),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "znbd",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "PageCodec", targets: ["PageCodec"]),
+    ],
+    targets: [
+        .target(
+            name: "CLZO",
+            linkerSettings: [.linkedLibrary("lzo2")]
+        ),
+        .target(
+            name: "PageCodec",
+            dependencies: ["CLZO"],
+            swiftSettings: strictSwift
+        ),
+        .executableTarget(
+            name: "znbd-bench",
+            dependencies: ["PageCodec"],
+            path: "tools/bench",
+            swiftSettings: strictSwift
+        ),
+        .target(
+            name: "TestSupport",
+            dependencies: ["PageCodec"],
+            path: "Tests/TestSupport",
+            swiftSettings: strictSwift
+        ),
+        .testTarget(
+            name: "PageCodecTests",
+            dependencies: ["PageCodec", "TestSupport"],
+            swiftSettings: strictSwift
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,58 @@
+/// The size of one device page: the unit that is compressed and stored.
+public let pageSize = 4096
+
+/// Why a page could not be compressed or decompressed.
+///
+/// Every corrupt, truncated or foreign input ends in one of these; a codec
+/// never crashes on its input and never reports a short page as success.
+public enum PageCodecError: Error, Equatable, Sendable {
+    /// The source buffer is not exactly one page (compress), or the destination
+    /// is not exactly one page (decompress).
+    case wrongPageBufferSize(Int)
+    /// The compress destination is smaller than the codec's worst case.
+    case destinationTooSmall(capacity: Int, required: Int)
+    /// The codec could not get its work memory.
+    case outOfMemory
+    /// The compressed stream ends before the page is complete.
+    case truncatedInput
+    /// The stream describes more than one page of output.
+    case outputOverrun
+    /// The stream refers back to bytes before the start of the page.
+    case lookbehindOverrun
+    /// The stream ended (valid end marker) but bytes are left over after it.
+    case trailingInput
+    /// The stream decoded successfully to fewer bytes than one page.
+    case shortOutput(Int)
+    /// Any other failure, with the library's own code.
+    case corrupt(code: Int32)
+}
+
+/// Compresses one 4 KiB page and restores it.
+///
+/// Implementations are stateless values that are safe to use from many
+/// threads at once, and do no heap allocation per call.
+public protocol PageCodec: Sendable {
+    /// A short name for logs and statistics, e.g. "lzo".
+    var name: String { get }
+
+    /// The largest number of bytes `compress` may write for one page. Callers
+    /// give `compress` a destination at least this large.
+    var maxCompressedSize: Int { get }
+
+    /// Compresses exactly `pageSize` bytes of `page` into `destination` and
+    /// returns the compressed length, which may exceed `pageSize` for
+    /// incompressible input (the caller then stores the page raw).
+    func compress(
+        page: UnsafeRawBufferPointer,
+        into destination: UnsafeMutableRawBufferPointer
+    ) throws(PageCodecError) -> Int
+
+    /// Decompresses `source` into `page`, which must be exactly `pageSize`
+    /// bytes. Succeeds only when the stream decodes to exactly one full page
+    /// and consumes all of `source`; otherwise throws, having written nothing
+    /// outside `page`.
+    func decompress(
+        _ source: UnsafeRawBufferPointer,
+        into page: UnsafeMutableRawBufferPointer
+    ) throws(PageCodecError)
+}
