@@ -3,6 +3,7 @@
 // Module map (dependencies point down the list; see docs/ARCHITECTURE.md):
 //   CLZO        C shim over liblzo2 (macros → functions, per-thread work memory)
 //   PageCodec   compress / decompress one 4 KiB page (LZO1X-1)
+//   ZSPool      the movable zsmalloc-style pool of objects in an mmap'd frame arena
 //   TestSupport corpus and helpers shared by test targets (never shipped)
 import PackageDescription
 
@@ -16,6 +17,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "PageCodec", targets: ["PageCodec"]),
+        .library(name: "ZSPool", targets: ["ZSPool"]),
     ],
     targets: [
         .target(
@@ -27,9 +29,13 @@ let package = Package(
             dependencies: ["CLZO"],
             swiftSettings: strictSwift
         ),
+        .target(
+            name: "ZSPool",
+            swiftSettings: strictSwift
+        ),
         .executableTarget(
             name: "znbd-bench",
-            dependencies: ["PageCodec"],
+            dependencies: ["PageCodec", "ZSPool"],
             path: "tools/bench",
             swiftSettings: strictSwift
         ),
@@ -42,6 +48,11 @@ let package = Package(
         .testTarget(
             name: "PageCodecTests",
             dependencies: ["PageCodec", "TestSupport"],
+            swiftSettings: strictSwift
+        ),
+        .testTarget(
+            name: "ZSPoolTests",
+            dependencies: ["ZSPool", "TestSupport"],
             swiftSettings: strictSwift
         ),
     ],

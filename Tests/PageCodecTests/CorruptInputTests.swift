@@ -88,7 +88,7 @@ struct CorruptInputTests {
         let pages = try Corpus.pages(2_000)
         let reference = try (0..<pages.count).map { try compressed(pages[$0], with: codec) }
         let mismatches = Mutex(0)
-        DispatchQueue.concurrentPerform(iterations: 2) { worker in
+        runOnThreads(2) { worker in
             var output = [UInt8](repeating: 0, count: codec.maxCompressedSize)
             var page = [UInt8](repeating: 0, count: pageSize)
             var bad = 0

@@ -1,0 +1,141 @@
+/// What one compaction pass did.
+public struct CompactionResult: Sendable, Equatable, Codable {
+    /// Frames given back by emptied zspages (the kernel's pages_compacted).
+    public var framesFreed = 0
+    public var objectsMoved = 0
+    /// Objects left in place because someone held their pin.
+    public var objectsSkipped = 0
+    public var bytesMoved = 0
+
+    public init() {}
+
+    mutating func add(_ other: CompactionResult) {
+        framesFreed += other.framesFreed
+        objectsMoved += other.objectsMoved
+        objectsSkipped += other.objectsSkipped
+        bytesMoved += other.bytesMoved
+    }
+}
+
+extension ZSPool {
+    /// zs_compact: in every class, moves objects out of the least-used
+    /// zspages into the most-used ones and frees the zspages it empties.
+    @discardableResult
+    public func compact() -> CompactionResult {
+        var total = CompactionResult()
+        for state in classStates where !state.spec.isHuge {
+            total.add(compact(state))
+        }
+        counters.pagesCompacted.add(total.framesFreed, ordering: .relaxed)
+        counters.objectsCompacted.add(total.objectsMoved, ordering: .relaxed)
+        counters.compactionSkips.add(total.objectsSkipped, ordering: .relaxed)
+        counters.bytesMoved.add(total.bytesMoved, ordering: .relaxed)
+        return total
+    }
+
+    /// One class: a step per source zspage, each under the class lock, so that
+    /// allocations and frees in the class wait for one zspage's worth of
+    /// copying at most.
+    private func compact(_ state: SizeClassState) -> CompactionResult {
+        var result = CompactionResult()
+        // Sources that kept a pinned object: not chosen again in this pass.
+        var keptSources: Set<UInt32> = []
+        while true {
+            let progressed = state.lists.withLock { lists -> Bool in
+                guard Self.canFreeAZspage(lists, spec: state.spec) else { return false }
+                guard let source = emptiestZspage(lists, excluding: keptSources) else { return false }
+                drain(source, spec: state.spec, &lists, into: &result)
+                if zspages.record(source).pointee.inuse == 0 {
+                    destroyZspage(source, &lists)
+                    result.framesFreed += state.spec.framesPerZspage
+                } else {
+                    keptSources.insert(source)
+                }
+                return true
+            }
+            if !progressed { return result }
+        }
+    }
+
+    /// zs_can_compact: whether the class's free slots add up to a whole zspage.
+    private static func canFreeAZspage(_ lists: ClassLists, spec: SizeClassSpec) -> Bool {
+        let allocated = lists.zspageCount * spec.objectsPerZspage
+        return allocated - lists.objectsUsed >= spec.objectsPerZspage
+    }
+
+    private func emptiestZspage(_ lists: ClassLists, excluding kept: Set<UInt32>) -> UInt32? {
+        for group in FullnessGroup.empty..<FullnessGroup.full {
+            var cursor = lists.heads[group]
+            while cursor != ZSPageTable.none {
+                if !kept.contains(cursor) { return cursor }
+                cursor = zspages.record(cursor).pointee.next
+            }
+        }
+        return nil
+    }
+
+    private func fullestZspage(_ lists: ClassLists, otherThan source: UInt32) -> UInt32? {
+        for group in stride(from: FullnessGroup.full - 1, through: FullnessGroup.empty, by: -1) {
+            var cursor = lists.heads[group]
+            while cursor != ZSPageTable.none {
+                if cursor != source { return cursor }
+                cursor = zspages.record(cursor).pointee.next
+            }
+        }
+        return nil
+    }
+
+    /// Moves every object of `source` it can pin into the fullest other
+    /// zspages. Caller holds the class lock.
+    private func drain(_ source: UInt32, spec: SizeClassSpec, _ lists: inout ClassLists, into result: inout CompactionResult) {
+        let sourceRecord = zspages.record(source)
+        let sourceSlots = sourceRecord.pointee.slots.unsafelyUnwrapped
+        for index in 0..<spec.objectsPerZspage where sourceRecord.pointee.inuse > 0 {
+            let slot = sourceSlots[index]
+            guard slot & ZSPageTable.allocatedSlot != 0 else { continue }
+            guard let destination = fullestZspage(lists, otherThan: source) else { return }
+            let handleId = slot & ~ZSPageTable.allocatedSlot
+            guard handles.tryPin(id: handleId) != nil else {
+                result.objectsSkipped += 1
+                continue
+            }
+            let destinationRecord = zspages.record(destination)
+            let destinationSlots = destinationRecord.pointee.slots.unsafelyUnwrapped
+            let target = Int(destinationRecord.pointee.freeHead)
+            copyObject(from: sourceRecord, index: index, to: destinationRecord, index: target, size: spec.size)
+            destinationRecord.pointee.freeHead = destinationSlots[target]
+            destinationSlots[target] = slot
+            destinationRecord.pointee.inuse += 1
+            sourceSlots[index] = sourceRecord.pointee.freeHead
+            sourceRecord.pointee.freeHead = UInt32(index)
+            sourceRecord.pointee.inuse -= 1
+            handles.relocate(id: handleId, to: ObjectLocation(zspage: destination, index: target))
+            handles.unpin(id: handleId)
+            regroup(destination, &lists)
+            regroup(source, &lists)
+            result.objectsMoved += 1
+            result.bytesMoved += spec.size
+        }
+    }
+
+    /// Copies one whole object slot between zspages, piecewise where either
+    /// spans two frames.
+    private func copyObject(
+        from source: UnsafeMutablePointer<ZSPageRecord>, index sourceIndex: Int,
+        to destination: UnsafeMutablePointer<ZSPageRecord>, index destinationIndex: Int, size: Int
+    ) {
+        withUnsafeTemporaryAllocation(byteCount: size, alignment: 16) { staging in
+            let (first, second) = segments(source, index: sourceIndex, size: size, count: size)
+            staging.copyMemory(from: UnsafeRawBufferPointer(first))
+            if let second {
+                UnsafeMutableRawBufferPointer(rebasing: staging[first.count...])
+                    .copyMemory(from: UnsafeRawBufferPointer(second))
+            }
+            let (to, toSecond) = segments(destination, index: destinationIndex, size: size, count: size)
+            to.copyMemory(from: UnsafeRawBufferPointer(rebasing: staging[..<to.count]))
+            if let toSecond {
+                toSecond.copyMemory(from: UnsafeRawBufferPointer(rebasing: staging[to.count...]))
+            }
+        }
+    }
+}

@@ -1,0 +1,408 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// The memory of the pool: one anonymous mapping reserved at start-up,
+/// cut into 4 KiB frames grouped in 2 MiB blocks.
+///
+/// Frames are the pool's PFNs: a frame number names a frame for its whole
+/// life, and the per-frame metadata (owner zspage, index in it, first-object
+/// offset) lives here, outside the mapping, so moving a frame's contents
+/// never leaves a stale pointer in the moved bytes.
+///
+/// Residency: a block is *resident* once a frame in it has been handed out.
+/// When its last used frame is freed the block goes back to the kernel with
+/// `madvise(MADV_DONTNEED)` and counts as released, so the process RSS falls
+/// by 2 MiB. The block that new frames currently come from is kept while
+/// empty, so an allocate/free loop on one frame does not fault and release
+/// it each time; `releaseEmptyBlocks` lets it go too.
+///
+/// All state is under one mutex (the innermost lock of the pool). The mapping
+/// itself is never moved or resized; `address(of:)` is valid until deinit.
+final class FrameArena: @unchecked Sendable {
+    // @unchecked: `base` is an immutable pointer to the mapping; every mutable
+    // field is inside `state` (a Mutex) or an Atomic.
+
+    static let frameSize = 4096
+    static let frameShift = 12
+    static let framesPerBlock = 512
+    static let blockSize = frameSize * framesPerBlock
+    static let wordsPerBlock = framesPerBlock / 64
+    /// No frame: the sentinel in per-frame and per-zspage tables.
+    static let noFrame = UInt32.max
+    /// Orders of free runs reported by `frameInfo` (1 frame ... 512 frames).
+    static let orderCount = 10
+
+    let base: UnsafeMutableRawPointer
+    let frameCount: Int
+    let blockCount: Int
+    private let mappingStart: UnsafeMutableRawPointer
+    private let mappingLength: Int
+    /// True when the kernel accepted MADV_HUGEPAGE for the mapping.
+    let transparentHugePages: Bool
+
+    /// Frames in use, readable without the lock for statistics.
+    let usedFrameCount = Atomic<Int>(0)
+
+    /// Who owns a used frame. Kept here, under the arena lock, so that
+    /// migration can find a frame's class before it holds any class lock.
+    struct FrameOwner: Equatable {
+        var zspage: UInt32
+        var classIndex: UInt16
+        var index: UInt8
+        var firstObjectOffset: UInt16
+
+        static let free = FrameOwner(zspage: FrameArena.noFrame, classIndex: 0, index: 0, firstObjectOffset: 0)
+    }
+
+    private struct State: ~Copyable {
+        /// Bit set = frame in use; `wordsPerBlock` words per block.
+        var usedBits: [UInt64]
+        var usedInBlock: [UInt16]
+        var resident: [Bool]
+        /// Owner of each used frame (`zspage == noFrame` when free).
+        var owners: [FrameOwner]
+        /// The block new frames come from while it has room.
+        var currentBlock: Int?
+        var maximumUsedFrames = 0
+        var blocksReleased = 0
+        var blocksFaultedIn = 0
+    }
+
+    private let state: Mutex<State>
+
+    enum ArenaError: Error {
+        case mapFailed(errno: Int32)
+    }
+
+    /// Reserves `capacityBytes` (rounded up to whole blocks) of address space.
+    init(capacityBytes: Int) throws(ArenaError) {
+        let blocks = max(1, (capacityBytes + Self.blockSize - 1) / Self.blockSize)
+        blockCount = blocks
+        frameCount = blocks * Self.framesPerBlock
+        // Map one extra block so the frames can start on a 2 MiB boundary,
+        // where a block is exactly one transparent huge page.
+        mappingLength = (blocks + 1) * Self.blockSize
+        guard
+            let start = mmap(
+                nil, mappingLength, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+            start != UnsafeMutableRawPointer(bitPattern: -1)
+        else {
+            throw .mapFailed(errno: errno)
+        }
+        mappingStart = start
+        let misalignment = Int(bitPattern: start) % Self.blockSize
+        base = start + (misalignment == 0 ? 0 : Self.blockSize - misalignment)
+        transparentHugePages = madvise(base, blocks * Self.blockSize, MADV_HUGEPAGE) == 0
+        state = Mutex(
+            State(
+                usedBits: [UInt64](repeating: 0, count: blocks * Self.wordsPerBlock),
+                usedInBlock: [UInt16](repeating: 0, count: blocks),
+                resident: [Bool](repeating: false, count: blocks),
+                owners: [FrameOwner](repeating: .free, count: frameCount)))
+    }
+
+    deinit {
+        munmap(mappingStart, mappingLength)
+    }
+
+    /// The first byte of `frame`. Valid until the arena is destroyed; the
+    /// bytes belong to whoever holds the locks the pool's map describes.
+    @inline(__always)
+    func address(of frame: UInt32) -> UnsafeMutableRawPointer {
+        base + (Int(frame) << Self.frameShift)
+    }
+
+    // MARK: Allocation
+
+    enum AllocationFailure: Error {
+        case memLimit
+        case full
+    }
+
+    /// Takes `count` frames for one zspage, all or none, and records their
+    /// owner. Fails when `limitFrames` (if any) or the arena would be exceeded.
+    /// `body(i, frame)` receives each frame in order.
+    func allocateZspageFrames(
+        count: Int, owner zspage: UInt32, classIndex: Int, firstObjectOffsets: [Int], limitFrames: Int?,
+        _ body: (Int, UInt32) -> Void
+    ) throws(AllocationFailure) {
+        try state.withLock { (state: inout State) throws(AllocationFailure) -> Void in
+            let used = usedFrameCount.load(ordering: .relaxed)
+            if let limitFrames, used + count > limitFrames { throw .memLimit }
+            if used + count > frameCount { throw .full }
+            for index in 0..<count {
+                // Cannot fail: there are at least `count` free frames.
+                let frame = takeFrame(&state, inBlock: nil)!
+                state.owners[Int(frame)] = FrameOwner(
+                    zspage: zspage, classIndex: UInt16(classIndex), index: UInt8(index),
+                    firstObjectOffset: UInt16(firstObjectOffsets[index]))
+                body(index, frame)
+            }
+            noteUsage(&state)
+        }
+    }
+
+    /// Takes one frame in block `block` for a frame migrating into it, with
+    /// the owner of the frame it replaces. Nil when the block is full.
+    func allocateMigrationTarget(inBlock block: Int, owner: FrameOwner) -> UInt32? {
+        state.withLock { state in
+            guard let frame = takeFrame(&state, inBlock: block) else { return nil }
+            state.owners[Int(frame)] = owner
+            noteUsage(&state)
+            return frame
+        }
+    }
+
+    /// Returns frames to the arena; a block left with no used frame goes back
+    /// to the kernel unless it is the current allocation block.
+    func free(frames: some Sequence<UInt32>) {
+        state.withLock { state in
+            for frame in frames {
+                let index = Int(frame)
+                let block = index / Self.framesPerBlock
+                let word = index / 64
+                let bit = UInt64(1) << UInt64(index % 64)
+                precondition(state.usedBits[word] & bit != 0, "frame \(frame) freed twice")
+                state.usedBits[word] &= ~bit
+                state.usedInBlock[block] -= 1
+                state.owners[index] = .free
+                usedFrameCount.subtract(1, ordering: .relaxed)
+                if state.usedInBlock[block] == 0, state.currentBlock != block {
+                    release(block: block, &state)
+                }
+            }
+        }
+    }
+
+    /// Releases every resident block that has no used frame, the current
+    /// allocation block included. Returns how many were released.
+    @discardableResult
+    func releaseEmptyBlocks() -> Int {
+        state.withLock { state in
+            var released = 0
+            for block in 0..<blockCount where state.resident[block] && state.usedInBlock[block] == 0 {
+                if state.currentBlock == block { state.currentBlock = nil }
+                release(block: block, &state)
+                released += 1
+            }
+            return released
+        }
+    }
+
+    /// The owner recorded for `frame`, or nil when it is free.
+    func owner(of frame: UInt32) -> FrameOwner? {
+        state.withLock { state in
+            let owner = state.owners[Int(frame)]
+            return owner.zspage == Self.noFrame ? nil : owner
+        }
+    }
+
+    private func noteUsage(_ state: inout State) {
+        let used = usedFrameCount.load(ordering: .relaxed)
+        if used > state.maximumUsedFrames { state.maximumUsedFrames = used }
+    }
+
+    private func release(block: Int, _ state: inout State) {
+        guard state.resident[block] else { return }
+        // MADV_DONTNEED on private anonymous memory drops the pages at once;
+        // the range reads as zeroes if it is ever used again.
+        _ = madvise(base + block * Self.blockSize, Self.blockSize, MADV_DONTNEED)
+        state.resident[block] = false
+        state.blocksReleased += 1
+    }
+
+    /// Picks a frame: in `block` when given, else in the current block, else
+    /// in the fullest resident block with room (so sparse blocks drain), else
+    /// in the lowest block not resident.
+    private func takeFrame(_ state: inout State, inBlock requested: Int?) -> UInt32? {
+        let block: Int
+        if let requested {
+            guard state.usedInBlock[requested] < Self.framesPerBlock else { return nil }
+            block = requested
+        } else if let current = state.currentBlock, state.usedInBlock[current] < Self.framesPerBlock {
+            block = current
+        } else {
+            guard let chosen = Self.chooseAllocationBlock(state) else { return nil }
+            state.currentBlock = chosen
+            block = chosen
+        }
+        if !state.resident[block] {
+            state.resident[block] = true
+            state.blocksFaultedIn += 1
+        }
+        for wordIndex in 0..<Self.wordsPerBlock {
+            let word = block * Self.wordsPerBlock + wordIndex
+            let free = ~state.usedBits[word]
+            if free != 0 {
+                let bit = free.trailingZeroBitCount
+                state.usedBits[word] |= UInt64(1) << UInt64(bit)
+                state.usedInBlock[block] += 1
+                usedFrameCount.add(1, ordering: .relaxed)
+                return UInt32(word * 64 + bit)
+            }
+        }
+        preconditionFailure("block \(block) counted room but its bitmap is full")
+    }
+
+    private static func chooseAllocationBlock(_ state: borrowing State) -> Int? {
+        var best: Int?
+        var bestUsed = -1
+        var firstIdle: Int?
+        for block in 0..<state.usedInBlock.count {
+            let used = Int(state.usedInBlock[block])
+            if state.resident[block] {
+                if used < framesPerBlock && used > bestUsed {
+                    best = block
+                    bestUsed = used
+                }
+            } else if firstIdle == nil {
+                firstIdle = block
+            }
+        }
+        return best ?? firstIdle
+    }
+
+    // MARK: Inspection
+
+    struct BlockUsage {
+        var block: Int
+        var usedFrames: Int
+    }
+
+    /// Used-frame counts of resident blocks, and the current allocation block.
+    func residentBlockUsage() -> (blocks: [BlockUsage], current: Int?) {
+        state.withLock { state in
+            var blocks: [BlockUsage] = []
+            for block in 0..<blockCount where state.resident[block] {
+                blocks.append(BlockUsage(block: block, usedFrames: Int(state.usedInBlock[block])))
+            }
+            return (blocks, state.currentBlock)
+        }
+    }
+
+    /// The used frames of `block`.
+    func usedFrames(inBlock block: Int) -> [UInt32] {
+        state.withLock { state in
+            var frames: [UInt32] = []
+            for wordIndex in 0..<Self.wordsPerBlock {
+                var word = state.usedBits[block * Self.wordsPerBlock + wordIndex]
+                while word != 0 {
+                    let bit = word.trailingZeroBitCount
+                    frames.append(UInt32((block * Self.wordsPerBlock + wordIndex) * 64 + bit))
+                    word &= word - 1
+                }
+            }
+            return frames
+        }
+    }
+
+    struct Snapshot {
+        var usedFrames: Int
+        var maximumUsedFrames: Int
+        var residentBlocks: Int
+        var blocksReleased: Int
+        var blocksFaultedIn: Int
+        /// Free runs of resident frames split into naturally aligned
+        /// power-of-two pieces, counted by order (0 = 1 frame ... 9 = 512),
+        /// as a buddy allocator would hold them (/proc/buddyinfo's figure).
+        var freeRunsByOrder: [Int]
+        /// Resident blocks by used frames, in eighths of a block: [0] empty,
+        /// [1] 1...64 used, ..., [8] 449...512 used.
+        var blockOccupancy: [Int]
+    }
+
+    func snapshot() -> Snapshot {
+        state.withLock { state in
+            var orders = [Int](repeating: 0, count: Self.orderCount)
+            var occupancy = [Int](repeating: 0, count: 9)
+            var residentBlocks = 0
+            for block in 0..<blockCount where state.resident[block] {
+                residentBlocks += 1
+                let used = Int(state.usedInBlock[block])
+                occupancy[used == 0 ? 0 : (used + 63) / 64] += 1
+                Self.countFreeRuns(state, block: block, into: &orders)
+            }
+            return Snapshot(
+                usedFrames: usedFrameCount.load(ordering: .relaxed),
+                maximumUsedFrames: state.maximumUsedFrames, residentBlocks: residentBlocks,
+                blocksReleased: state.blocksReleased, blocksFaultedIn: state.blocksFaultedIn,
+                freeRunsByOrder: orders, blockOccupancy: occupancy)
+        }
+    }
+
+    private static func countFreeRuns(_ state: borrowing State, block: Int, into orders: inout [Int]) {
+        let first = block * framesPerBlock
+        var frame = first
+        let end = first + framesPerBlock
+        while frame < end {
+            if state.usedBits[frame / 64] & (UInt64(1) << UInt64(frame % 64)) != 0 {
+                frame += 1
+                continue
+            }
+            // Greedy buddy split: the largest aligned power of two that starts
+            // here, is free throughout and stays inside the block.
+            var order = orderCount - 1
+            while order > 0 {
+                let length = 1 << order
+                if (frame - first) % length == 0, frame + length <= end,
+                    isFree(state, from: frame, count: length)
+                {
+                    break
+                }
+                order -= 1
+            }
+            orders[order] += 1
+            frame += 1 << order
+        }
+    }
+
+    private static func isFree(_ state: borrowing State, from frame: Int, count: Int) -> Bool {
+        for candidate in frame..<(frame + count)
+        where state.usedBits[candidate / 64] & (UInt64(1) << UInt64(candidate % 64)) != 0 {
+            return false
+        }
+        return true
+    }
+
+    /// Arena-side invariants, for the pool's validator: bitmaps, counts and
+    /// owners agree. Returns the owner of every used frame.
+    func validate() throws(PoolCorruption) -> [UInt32: FrameOwner] {
+        try state.withLock { (state: inout State) throws(PoolCorruption) -> [UInt32: FrameOwner] in
+            var owners: [UInt32: FrameOwner] = [:]
+            var totalUsed = 0
+            for block in 0..<blockCount {
+                var used = 0
+                for wordIndex in 0..<Self.wordsPerBlock {
+                    used += state.usedBits[block * Self.wordsPerBlock + wordIndex].nonzeroBitCount
+                }
+                guard used == Int(state.usedInBlock[block]) else {
+                    throw PoolCorruption("block \(block): bitmap has \(used) used, count says \(state.usedInBlock[block])")
+                }
+                guard used == 0 || state.resident[block] else {
+                    throw PoolCorruption("block \(block) has \(used) used frames but is not resident")
+                }
+                totalUsed += used
+            }
+            guard totalUsed == usedFrameCount.load(ordering: .relaxed) else {
+                throw PoolCorruption("arena: \(totalUsed) frames in bitmaps, counter says \(usedFrameCount.load(ordering: .relaxed))")
+            }
+            for frame in 0..<frameCount {
+                let isUsed = state.usedBits[frame / 64] & (UInt64(1) << UInt64(frame % 64)) != 0
+                let owner = state.owners[frame]
+                guard isUsed == (owner.zspage != Self.noFrame) else {
+                    throw PoolCorruption("frame \(frame): used=\(isUsed) but owner is \(owner.zspage)")
+                }
+                if isUsed { owners[UInt32(frame)] = owner }
+            }
+            return owners
+        }
+    }
+}
+
+/// A broken pool invariant found by `ZSPool.validate()`.
+public struct PoolCorruption: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,239 @@
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A stable name for one object of the pool, valid from `allocate` to `free`.
+///
+/// The low 32 bits index the handle table; the high bits carry the entry's
+/// generation, bumped on every free, so a handle used after its object was
+/// freed (even once the slot is reused) is recognised as stale.
+public struct ZSHandle: Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt64
+
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+
+    init(id: UInt32, generation: UInt64) {
+        rawValue = generation << 32 | UInt64(id)
+    }
+
+    var id: UInt32 { UInt32(truncatingIfNeeded: rawValue) }
+    var generation: UInt64 { rawValue >> 32 }
+
+    public var description: String { "handle#\(id).\(generation)" }
+}
+
+/// Where an object is now: its zspage and its index within it.
+struct ObjectLocation: Equatable {
+    var zspage: UInt32
+    var index: Int
+}
+
+/// The table every handle resolves through.
+///
+/// Entry word (an `Atomic<UInt64>` per handle id):
+///
+///     63     62         61...40      39...16     15...0
+///     PIN    ALLOCATED  generation   zspage id   object index
+///
+/// PIN is a bit spin lock on the object, as zsmalloc's HANDLE_PIN_BIT: held
+/// by whoever reads, writes, frees or moves the object, so compaction, which
+/// only *tries* it, never moves an object under a reader. Whoever rewrites
+/// the location while pinned keeps the bit set.
+///
+/// Frame migration never touches entries: they name the zspage, and a frame
+/// is found through the zspage under its lock.
+///
+/// Storage grows in chunks on demand (ids are reused lowest-first, so the
+/// touched part tracks the peak number of live objects); the directory of
+/// chunks is fixed at start-up, so a published chunk never moves.
+final class HandleTable: @unchecked Sendable {
+    // @unchecked: `directory` and the chunks it points to are written only
+    // under `ids` (a Mutex) before any id in them is handed out; the entries
+    // themselves are Atomics.
+
+    static let chunkShift = 16
+    static let chunkSize = 1 << chunkShift
+    static let pinBit: UInt64 = 1 << 63
+    static let allocatedBit: UInt64 = 1 << 62
+    static let generationShift: UInt64 = 40
+    static let generationMask: UInt64 = (1 << 22) - 1
+    static let zspageShift: UInt64 = 16
+    static let zspageMask: UInt64 = (1 << 24) - 1
+    static let indexMask: UInt64 = (1 << 16) - 1
+    static let maximumZspages = Int(zspageMask) + 1
+
+    private let directory: UnsafeMutablePointer<UnsafeMutablePointer<Atomic<UInt64>>?>
+    private let directorySize: Int
+
+    private struct IdState {
+        var freeIds: [UInt32] = []
+        var nextUnusedId: UInt32 = 0
+        var liveCount = 0
+    }
+
+    private let ids = Mutex(IdState())
+
+    /// Room for `capacity` live handles.
+    init(capacity: Int) {
+        directorySize = max(1, (capacity + Self.chunkSize - 1) / Self.chunkSize)
+        directory = .allocate(capacity: directorySize)
+        directory.initialize(repeating: nil, count: directorySize)
+    }
+
+    deinit {
+        for index in 0..<directorySize {
+            if let chunk = directory[index] {
+                chunk.deinitialize(count: Self.chunkSize)
+                chunk.deallocate()
+            }
+        }
+        directory.deallocate()
+    }
+
+    @inline(__always)
+    private func entry(_ id: UInt32) -> UnsafeMutablePointer<Atomic<UInt64>> {
+        directory[Int(id) >> Self.chunkShift].unsafelyUnwrapped + (Int(id) & (Self.chunkSize - 1))
+    }
+
+    private static func pack(_ location: ObjectLocation, generation: UInt64) -> UInt64 {
+        allocatedBit | (generation & generationMask) << generationShift
+            | UInt64(location.zspage) << zspageShift | UInt64(location.index)
+    }
+
+    private static func location(of word: UInt64) -> ObjectLocation {
+        ObjectLocation(
+            zspage: UInt32((word >> zspageShift) & zspageMask), index: Int(word & indexMask))
+    }
+
+    private static func generation(of word: UInt64) -> UInt64 { (word >> generationShift) & generationMask }
+
+    /// A new handle for an object at `location`. Nil when the table is full.
+    func allocate(at location: ObjectLocation) -> ZSHandle? {
+        let id: UInt32? = ids.withLock { state in
+            let id: UInt32
+            if let reused = state.freeIds.popLast() {
+                id = reused
+            } else {
+                let candidate = state.nextUnusedId
+                let chunk = Int(candidate) >> Self.chunkShift
+                guard chunk < directorySize else { return nil }
+                if directory[chunk] == nil {
+                    let storage = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: Self.chunkSize)
+                    for index in 0..<Self.chunkSize {
+                        // Generation 1 first, so that no live handle's raw value is 0.
+                        (storage + index).initialize(to: Atomic(1 << Self.generationShift))
+                    }
+                    directory[chunk] = storage
+                }
+                state.nextUnusedId += 1
+                id = candidate
+            }
+            state.liveCount += 1
+            return id
+        }
+        guard let id else { return nil }
+        let slot = entry(id)
+        let generation = Self.generation(of: slot.pointee.load(ordering: .relaxed))
+        slot.pointee.store(Self.pack(location, generation: generation), ordering: .releasing)
+        return ZSHandle(id: id, generation: generation)
+    }
+
+    /// Pins `handle`'s object, waiting while someone else holds it, and
+    /// returns where the object is. Nil when the handle is not live (never
+    /// allocated, freed, or from an earlier generation).
+    func pin(_ handle: ZSHandle) -> ObjectLocation? {
+        guard handle.generation != 0, Int(handle.id) >> Self.chunkShift < directorySize,
+            directory[Int(handle.id) >> Self.chunkShift] != nil
+        else { return nil }
+        let slot = entry(handle.id)
+        var spins = 0
+        while true {
+            let word = slot.pointee.load(ordering: .acquiring)
+            guard word & Self.allocatedBit != 0, Self.generation(of: word) == handle.generation else {
+                return nil
+            }
+            if word & Self.pinBit == 0 {
+                let (exchanged, _) = slot.pointee.compareExchange(
+                    expected: word, desired: word | Self.pinBit, ordering: .acquiring)
+                if exchanged { return Self.location(of: word) }
+            }
+            backOff(&spins)
+        }
+    }
+
+    /// Pins the object behind handle id `id` if nobody holds it. Returns its
+    /// location, or nil (someone holds the pin: the -EAGAIN of zsmalloc).
+    func tryPin(id: UInt32) -> ObjectLocation? {
+        let slot = entry(id)
+        let word = slot.pointee.load(ordering: .acquiring)
+        guard word & Self.allocatedBit != 0, word & Self.pinBit == 0 else { return nil }
+        let (exchanged, _) = slot.pointee.compareExchange(
+            expected: word, desired: word | Self.pinBit, ordering: .acquiring)
+        return exchanged ? Self.location(of: word) : nil
+    }
+
+    func unpin(id: UInt32) {
+        entry(id).pointee.bitwiseAnd(~Self.pinBit, ordering: .releasing)
+    }
+
+    /// Points a pinned handle at a new location, keeping it pinned.
+    func relocate(id: UInt32, to location: ObjectLocation) {
+        let slot = entry(id)
+        let word = slot.pointee.load(ordering: .relaxed)
+        precondition(word & Self.pinBit != 0, "relocating an unpinned handle")
+        slot.pointee.store(Self.pack(location, generation: Self.generation(of: word)) | Self.pinBit, ordering: .releasing)
+    }
+
+    /// Ends a pinned handle's life: bumps the generation, clears PIN and
+    /// ALLOCATED, and makes the id available again.
+    func release(id: UInt32) {
+        let slot = entry(id)
+        let word = slot.pointee.load(ordering: .relaxed)
+        precondition(word & Self.pinBit != 0, "releasing an unpinned handle")
+        var next = (Self.generation(of: word) + 1) & Self.generationMask
+        if next == 0 { next = 1 }
+        slot.pointee.store(next << Self.generationShift, ordering: .releasing)
+        ids.withLock { state in
+            state.freeIds.append(id)
+            state.liveCount -= 1
+        }
+    }
+
+    /// For the validator: the location of a live id, or nil.
+    func peek(id: UInt32) -> (location: ObjectLocation, handle: ZSHandle, pinned: Bool)? {
+        guard Int(id) >> Self.chunkShift < directorySize, directory[Int(id) >> Self.chunkShift] != nil else {
+            return nil
+        }
+        let word = entry(id).pointee.load(ordering: .acquiring)
+        guard word & Self.allocatedBit != 0 else { return nil }
+        return (Self.location(of: word), ZSHandle(id: id, generation: Self.generation(of: word)), word & Self.pinBit != 0)
+    }
+
+    struct Usage {
+        var liveHandles: Int
+        /// Bytes of the chunks allocated so far (the table's own memory).
+        var tableBytes: Int
+    }
+
+    func usage() -> Usage {
+        ids.withLock { state in
+            let chunks = (Int(state.nextUnusedId) + Self.chunkSize - 1) / Self.chunkSize
+            return Usage(
+                liveHandles: state.liveCount,
+                tableBytes: chunks * Self.chunkSize * MemoryLayout<UInt64>.stride + directorySize * 8)
+        }
+    }
+}
+
+/// Waits politely for a lock held by another thread: spin a little, then
+/// yield the CPU, since the holder may be descheduled (userspace has no
+/// preempt_disable, the reason zsmalloc's bit spin locks are safe to spin on).
+@inline(__always)
+func backOff(_ spins: inout Int) {
+    spins += 1
+    if spins > 64 {
+        sched_yield()
+    }
+}
