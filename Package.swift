@@ -3,6 +3,7 @@
 // Module map (dependencies point down the list; see docs/ARCHITECTURE.md):
 //   CLZO        C shim over liblzo2 (macros → functions, per-thread work memory)
 //   PageCodec   compress / decompress one 4 KiB page (LZO1X-1)
+//   ZNBDSync    Locked<State>: a pthread mutex ThreadSanitizer can see
 //   ZSPool      the movable zsmalloc-style pool of objects in an mmap'd frame arena
 //   TestSupport corpus and helpers shared by test targets (never shipped)
 import PackageDescription
@@ -30,7 +31,12 @@ let package = Package(
             swiftSettings: strictSwift
         ),
         .target(
+            name: "ZNBDSync",
+            swiftSettings: strictSwift
+        ),
+        .target(
             name: "ZSPool",
+            dependencies: ["ZNBDSync"],
             swiftSettings: strictSwift
         ),
         .executableTarget(
@@ -41,18 +47,18 @@ let package = Package(
         ),
         .target(
             name: "TestSupport",
-            dependencies: ["PageCodec"],
+            dependencies: ["PageCodec", "ZNBDSync"],
             path: "Tests/TestSupport",
             swiftSettings: strictSwift
         ),
         .testTarget(
             name: "PageCodecTests",
-            dependencies: ["PageCodec", "TestSupport"],
+            dependencies: ["PageCodec", "TestSupport", "ZNBDSync"],
             swiftSettings: strictSwift
         ),
         .testTarget(
             name: "ZSPoolTests",
-            dependencies: ["ZSPool", "TestSupport"],
+            dependencies: ["ZSPool", "TestSupport", "ZNBDSync"],
             swiftSettings: strictSwift
         ),
     ],

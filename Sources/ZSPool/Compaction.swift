@@ -45,7 +45,7 @@ extension ZSPool {
                 guard Self.canFreeAZspage(lists, spec: state.spec) else { return false }
                 guard let source = emptiestZspage(lists, excluding: keptSources) else { return false }
                 drain(source, spec: state.spec, &lists, into: &result)
-                if zspages.record(source).pointee.inuse == 0 {
+                if zspages.record(source).inuse == 0 {
                     destroyZspage(source, &lists)
                     result.framesFreed += state.spec.framesPerZspage
                 } else {
@@ -68,7 +68,7 @@ extension ZSPool {
             var cursor = lists.heads[group]
             while cursor != ZSPageTable.none {
                 if !kept.contains(cursor) { return cursor }
-                cursor = zspages.record(cursor).pointee.next
+                cursor = zspages.record(cursor).next
             }
         }
         return nil
@@ -79,7 +79,7 @@ extension ZSPool {
             var cursor = lists.heads[group]
             while cursor != ZSPageTable.none {
                 if cursor != source { return cursor }
-                cursor = zspages.record(cursor).pointee.next
+                cursor = zspages.record(cursor).next
             }
         }
         return nil
@@ -89,8 +89,8 @@ extension ZSPool {
     /// zspages. Caller holds the class lock.
     private func drain(_ source: UInt32, spec: SizeClassSpec, _ lists: inout ClassLists, into result: inout CompactionResult) {
         let sourceRecord = zspages.record(source)
-        let sourceSlots = sourceRecord.pointee.slots.unsafelyUnwrapped
-        for index in 0..<spec.objectsPerZspage where sourceRecord.pointee.inuse > 0 {
+        let sourceSlots = sourceRecord.slots.unsafelyUnwrapped
+        for index in 0..<spec.objectsPerZspage where sourceRecord.inuse > 0 {
             let slot = sourceSlots[index]
             guard slot & ZSPageTable.allocatedSlot != 0 else { continue }
             guard let destination = fullestZspage(lists, otherThan: source) else { return }
@@ -100,15 +100,15 @@ extension ZSPool {
                 continue
             }
             let destinationRecord = zspages.record(destination)
-            let destinationSlots = destinationRecord.pointee.slots.unsafelyUnwrapped
-            let target = Int(destinationRecord.pointee.freeHead)
+            let destinationSlots = destinationRecord.slots.unsafelyUnwrapped
+            let target = Int(destinationRecord.freeHead)
             copyObject(from: sourceRecord, index: index, to: destinationRecord, index: target, size: spec.size)
-            destinationRecord.pointee.freeHead = destinationSlots[target]
+            destinationRecord.freeHead = destinationSlots[target]
             destinationSlots[target] = slot
-            destinationRecord.pointee.inuse += 1
-            sourceSlots[index] = sourceRecord.pointee.freeHead
-            sourceRecord.pointee.freeHead = UInt32(index)
-            sourceRecord.pointee.inuse -= 1
+            destinationRecord.inuse += 1
+            sourceSlots[index] = sourceRecord.freeHead
+            sourceRecord.freeHead = UInt32(index)
+            sourceRecord.inuse -= 1
             handles.relocate(id: handleId, to: ObjectLocation(zspage: destination, index: target))
             handles.unpin(id: handleId)
             regroup(destination, &lists)
@@ -121,8 +121,8 @@ extension ZSPool {
     /// Copies one whole object slot between zspages, piecewise where either
     /// spans two frames.
     private func copyObject(
-        from source: UnsafeMutablePointer<ZSPageRecord>, index sourceIndex: Int,
-        to destination: UnsafeMutablePointer<ZSPageRecord>, index destinationIndex: Int, size: Int
+        from source: ZSPageRecord, index sourceIndex: Int,
+        to destination: ZSPageRecord, index destinationIndex: Int, size: Int
     ) {
         withUnsafeTemporaryAllocation(byteCount: size, alignment: 16) { staging in
             let (first, second) = segments(source, index: sourceIndex, size: size, count: size)

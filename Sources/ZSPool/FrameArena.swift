@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Synchronization
+import ZNBDSync
 
 /// The memory of the pool: one anonymous mapping reserved at start-up,
 /// cut into 4 KiB frames grouped in 2 MiB blocks.
@@ -22,7 +23,7 @@ import Synchronization
 /// itself is never moved or resized; `address(of:)` is valid until deinit.
 final class FrameArena: @unchecked Sendable {
     // @unchecked: `base` is an immutable pointer to the mapping; every mutable
-    // field is inside `state` (a Mutex) or an Atomic.
+    // field is inside `state` (a lock) or an Atomic.
 
     static let frameSize = 4096
     static let frameShift = 12
@@ -70,7 +71,7 @@ final class FrameArena: @unchecked Sendable {
         var blocksFaultedIn = 0
     }
 
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     enum ArenaError: Error {
         case mapFailed(errno: Int32)
@@ -95,7 +96,7 @@ final class FrameArena: @unchecked Sendable {
         let misalignment = Int(bitPattern: start) % Self.blockSize
         base = start + (misalignment == 0 ? 0 : Self.blockSize - misalignment)
         transparentHugePages = madvise(base, blocks * Self.blockSize, MADV_HUGEPAGE) == 0
-        state = Mutex(
+        state = Locked(
             State(
                 usedBits: [UInt64](repeating: 0, count: blocks * Self.wordsPerBlock),
                 usedInBlock: [UInt16](repeating: 0, count: blocks),

@@ -1,4 +1,5 @@
 import Synchronization
+import ZNBDSync
 
 #if canImport(Glibc)
 import Glibc
@@ -50,7 +51,7 @@ struct ObjectLocation: Equatable {
 /// chunks is fixed at start-up, so a published chunk never moves.
 final class HandleTable: @unchecked Sendable {
     // @unchecked: `directory` and the chunks it points to are written only
-    // under `ids` (a Mutex) before any id in them is handed out; the entries
+    // under `ids` (a lock) before any id in them is handed out; the entries
     // themselves are Atomics.
 
     static let chunkShift = 16
@@ -73,7 +74,7 @@ final class HandleTable: @unchecked Sendable {
         var liveCount = 0
     }
 
-    private let ids = Mutex(IdState())
+    private let ids = Locked(IdState())
 
     /// Room for `capacity` live handles.
     init(capacity: Int) {

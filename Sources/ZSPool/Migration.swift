@@ -41,7 +41,7 @@ extension ZSPool {
                 return .targetFull
             }
             arena.address(of: target).copyMemory(from: arena.address(of: frame), byteCount: FrameArena.frameSize)
-            zspages.record(zspage).pointee.frames[Int(owner.index)] = target
+            zspages.record(zspage).frames[Int(owner.index)] = target
             arena.free(frames: CollectionOfOne(frame))
             return .migrated(to: target)
         }

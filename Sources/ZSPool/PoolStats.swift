@@ -63,7 +63,7 @@ extension ZSPool {
                 var almostFull = 0
                 for group in FullnessGroup.empty..<FullnessGroup.full {
                     for zspage in lists.members(of: group, table: zspages) {
-                        if Int(zspages.record(zspage).pointee.inuse) * 4 <= spec.objectsPerZspage * 3 {
+                        if Int(zspages.record(zspage).inuse) * 4 <= spec.objectsPerZspage * 3 {
                             almostEmpty += 1
                         } else {
                             almostFull += 1

@@ -25,7 +25,7 @@ extension ZSPool {
                     for zspage in members {
                         try validate(zspage: zspage, group: group, spec: spec, owners: owners, framesSeen: &framesSeen, checkObject: checkObject)
                         zspageCount += 1
-                        objectCount += Int(zspages.record(zspage).pointee.inuse)
+                        objectCount += Int(zspages.record(zspage).inuse)
                     }
                 }
                 guard zspageCount == classLists.zspageCount, objectCount == classLists.objectsUsed else {
@@ -54,16 +54,16 @@ extension ZSPool {
         let record = zspages.record(zspage)
         let name = "zspage \(zspage) (class \(spec.size))"
         let objects = spec.objectsPerZspage
-        guard Int(record.pointee.classIndex) == spec.index, Int(record.pointee.group) == group,
-            Int(record.pointee.frameCount) == spec.framesPerZspage,
-            Int(record.pointee.objectsPerZspage) == objects,
-            FullnessGroup.of(inuse: Int(record.pointee.inuse), objects: objects) == group,
-            let slots = record.pointee.slots
+        guard Int(record.classIndex) == spec.index, Int(record.group) == group,
+            Int(record.frameCount) == spec.framesPerZspage,
+            Int(record.objectsPerZspage) == objects,
+            FullnessGroup.of(inuse: Int(record.inuse), objects: objects) == group,
+            let slots = record.slots
         else { throw PoolCorruption("\(name): header disagrees with its class or list") }
         // Frames: each owned by this zspage at its index, with the class's
         // first-object offset, and in no other zspage.
         for index in 0..<16 {
-            let frame = record.pointee.frames[index]
+            let frame = record.frames[index]
             if index >= spec.framesPerZspage {
                 guard frame == FrameArena.noFrame else { throw PoolCorruption("\(name): stray frame at \(index)") }
                 continue
@@ -80,7 +80,7 @@ extension ZSPool {
         // stays in bounds, has no cycle, and covers every other slot.
         var live = 0
         var isFree = [Bool](repeating: false, count: objects)
-        var cursor = record.pointee.freeHead
+        var cursor = record.freeHead
         var freeCount = 0
         while cursor != ZSPageTable.endOfFreeList {
             guard Int(cursor) < objects, slots[Int(cursor)] & ZSPageTable.allocatedSlot == 0, !isFree[Int(cursor)]
@@ -106,8 +106,8 @@ extension ZSPool {
                 guard intact else { throw PoolCorruption("\(name): object \(entry.handle) at slot \(index) is not intact") }
             }
         }
-        guard live == Int(record.pointee.inuse), freeCount == objects - live else {
-            throw PoolCorruption("\(name): \(live) live and \(freeCount) free slots, inuse \(record.pointee.inuse) of \(objects)")
+        guard live == Int(record.inuse), freeCount == objects - live else {
+            throw PoolCorruption("\(name): \(live) live and \(freeCount) free slots, inuse \(record.inuse) of \(objects)")
         }
     }
 

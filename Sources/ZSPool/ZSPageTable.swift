@@ -1,7 +1,14 @@
 import Synchronization
+import ZNBDSync
 
 /// A zspage: 1...16 frames (not contiguous) holding the objects of one size
 /// class, as zsmalloc's `struct zspage`, kept off-arena.
+///
+/// A record is a view: each field lives in its own array inside the table's
+/// chunk (structure of arrays), so that a thread updating `inuse` under the
+/// class lock and a reader loading `frames` under the zspage lock touch
+/// different memory, not one struct (which Swift's exclusivity rules, and
+/// ThreadSanitizer, would count as one variable).
 ///
 /// Which lock guards which field:
 /// - `lock` is the zspage's reader/writer lock (zsmalloc's migrate lock):
@@ -12,27 +19,90 @@ import Synchronization
 ///   zspage is alive (from creation to destruction, both under the class lock).
 /// - Everything else (`inuse`, `freeHead`, `slots`, list links, `group`) is
 ///   under the class lock.
-struct ZSPageRecord: ~Copyable {
-    /// 0 free, n > 0 held by n readers, -1 held by the writer.
-    let lock: Atomic<Int32>
-    var classIndex: UInt16 = 0
-    var frameCount: UInt8 = 0
-    var group: UInt8 = 0
-    var inuse: UInt16 = 0
-    var objectsPerZspage: UInt16 = 0
+struct ZSPageRecord {
+    /// Field arrays of one chunk, each `ZSPageTable.chunkSize` entries long.
+    enum Layout {
+        static let count = ZSPageTable.chunkSize
+        static let lock = 0  // Atomic<Int32>: 0 free, n > 0 readers, -1 writer
+        static let classIndex = lock + 4 * count  // UInt16
+        static let inuse = classIndex + 2 * count  // UInt16
+        static let objectsPerZspage = inuse + 2 * count  // UInt16
+        static let frameCount = objectsPerZspage + 2 * count  // UInt8
+        static let group = frameCount + count  // UInt8
+        static let freeHead = group + count  // UInt32
+        static let previous = freeHead + 4 * count  // UInt32
+        static let next = previous + 4 * count  // UInt32
+        static let slots = next + 4 * count  // UInt (pointer bits)
+        static let frames = slots + 8 * count  // 16 × UInt32
+        static let chunkBytes = frames + 64 * count
+    }
+
+    let chunk: UnsafeMutableRawPointer
+    let slot: Int
+
+    @inline(__always)
+    private func load<T>(_ field: Int, _ type: T.Type) -> T {
+        chunk.load(fromByteOffset: field + slot * MemoryLayout<T>.stride, as: T.self)
+    }
+
+    @inline(__always)
+    private func store<T>(_ value: T, _ field: Int) {
+        chunk.storeBytes(of: value, toByteOffset: field + slot * MemoryLayout<T>.stride, as: T.self)
+    }
+
+    var lock: UnsafeMutablePointer<Atomic<Int32>> {
+        (chunk + Layout.lock).assumingMemoryBound(to: Atomic<Int32>.self) + slot
+    }
+    var classIndex: UInt16 {
+        get { load(Layout.classIndex, UInt16.self) }
+        nonmutating set { store(newValue, Layout.classIndex) }
+    }
+    var inuse: UInt16 {
+        get { load(Layout.inuse, UInt16.self) }
+        nonmutating set { store(newValue, Layout.inuse) }
+    }
+    var objectsPerZspage: UInt16 {
+        get { load(Layout.objectsPerZspage, UInt16.self) }
+        nonmutating set { store(newValue, Layout.objectsPerZspage) }
+    }
+    var frameCount: UInt8 {
+        get { load(Layout.frameCount, UInt8.self) }
+        nonmutating set { store(newValue, Layout.frameCount) }
+    }
+    var group: UInt8 {
+        get { load(Layout.group, UInt8.self) }
+        nonmutating set { store(newValue, Layout.group) }
+    }
     /// Index of the first free slot, `ZSPageTable.endOfFreeList` when full.
-    var freeHead: UInt32 = ZSPageTable.endOfFreeList
-    var previous: UInt32 = ZSPageTable.none
-    var next: UInt32 = ZSPageTable.none
+    var freeHead: UInt32 {
+        get { load(Layout.freeHead, UInt32.self) }
+        nonmutating set { store(newValue, Layout.freeHead) }
+    }
+    var previous: UInt32 {
+        get { load(Layout.previous, UInt32.self) }
+        nonmutating set { store(newValue, Layout.previous) }
+    }
+    var next: UInt32 {
+        get { load(Layout.next, UInt32.self) }
+        nonmutating set { store(newValue, Layout.next) }
+    }
     /// One word per object slot (allocated with the zspage):
     /// `allocatedSlot | handle id` for a live object, or the index of the next
     /// free slot. The free list lives here rather than in the objects' bytes,
     /// so no payload byte is ever read as metadata.
-    var slots: UnsafeMutablePointer<UInt32>? = nil
-    var frames: InlineArray<16, UInt32> = .init(repeating: FrameArena.noFrame)
+    var slots: UnsafeMutablePointer<UInt32>? {
+        get { UnsafeMutablePointer(bitPattern: load(Layout.slots, UInt.self)) }
+        nonmutating set { store(UInt(bitPattern: newValue), Layout.slots) }
+    }
+    var frames: FrameList { FrameList(base: chunk + Layout.frames + slot * 64) }
 
-    init() {
-        lock = Atomic(0)
+    /// The zspage's frames, by index in the zspage.
+    struct FrameList {
+        let base: UnsafeMutableRawPointer
+        subscript(index: Int) -> UInt32 {
+            get { base.load(fromByteOffset: index * 4, as: UInt32.self) }
+            nonmutating set { base.storeBytes(of: newValue, toByteOffset: index * 4, as: UInt32.self) }
+        }
     }
 }
 
@@ -49,7 +119,7 @@ final class ZSPageTable: @unchecked Sendable {
     static let chunkShift = 10
     static let chunkSize = 1 << chunkShift
 
-    private let directory: UnsafeMutablePointer<UnsafeMutablePointer<ZSPageRecord>?>
+    private let directory: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     private let directorySize: Int
 
     private struct IdState {
@@ -58,7 +128,7 @@ final class ZSPageTable: @unchecked Sendable {
         var live = 0
     }
 
-    private let ids = Mutex(IdState())
+    private let ids = Locked(IdState())
 
     init(capacity: Int) {
         directorySize = max(1, (capacity + Self.chunkSize - 1) / Self.chunkSize)
@@ -70,17 +140,18 @@ final class ZSPageTable: @unchecked Sendable {
         for index in 0..<directorySize {
             guard let chunk = directory[index] else { continue }
             for slot in 0..<Self.chunkSize {
-                chunk[slot].slots?.deallocate()
+                ZSPageRecord(chunk: chunk, slot: slot).slots?.deallocate()
             }
-            chunk.deinitialize(count: Self.chunkSize)
+            (chunk + ZSPageRecord.Layout.lock).assumingMemoryBound(to: Atomic<Int32>.self)
+                .deinitialize(count: Self.chunkSize)
             chunk.deallocate()
         }
         directory.deallocate()
     }
 
     @inline(__always)
-    func record(_ id: UInt32) -> UnsafeMutablePointer<ZSPageRecord> {
-        directory[Int(id) >> Self.chunkShift].unsafelyUnwrapped + (Int(id) & (Self.chunkSize - 1))
+    func record(_ id: UInt32) -> ZSPageRecord {
+        ZSPageRecord(chunk: directory[Int(id) >> Self.chunkShift].unsafelyUnwrapped, slot: Int(id) & (Self.chunkSize - 1))
     }
 
     /// A fresh zspage id whose record is reset and unlisted. Nil when full.
@@ -94,16 +165,27 @@ final class ZSPageTable: @unchecked Sendable {
             let chunk = Int(id) >> Self.chunkShift
             guard chunk < directorySize else { return nil }
             if directory[chunk] == nil {
-                let storage = UnsafeMutablePointer<ZSPageRecord>.allocate(capacity: Self.chunkSize)
-                for index in 0..<Self.chunkSize {
-                    (storage + index).initialize(to: ZSPageRecord())
-                }
-                directory[chunk] = storage
+                directory[chunk] = Self.makeChunk()
             }
             state.nextUnusedId += 1
             state.live += 1
             return id
         }
+    }
+
+    private static func makeChunk() -> UnsafeMutableRawPointer {
+        let storage = UnsafeMutableRawPointer.allocate(byteCount: ZSPageRecord.Layout.chunkBytes, alignment: 64)
+        storage.initializeMemory(as: UInt8.self, repeating: 0, count: ZSPageRecord.Layout.chunkBytes)
+        let locks = (storage + ZSPageRecord.Layout.lock).bindMemory(to: Atomic<Int32>.self, capacity: chunkSize)
+        for slot in 0..<chunkSize {
+            (locks + slot).initialize(to: Atomic(0))
+            let record = ZSPageRecord(chunk: storage, slot: slot)
+            record.freeHead = endOfFreeList
+            record.previous = none
+            record.next = none
+            for index in 0..<16 { record.frames[index] = FrameArena.noFrame }
+        }
+        return storage
     }
 
     func releaseId(_ id: UInt32) {
@@ -117,7 +199,7 @@ final class ZSPageTable: @unchecked Sendable {
     var tableBytes: Int {
         ids.withLock { state in
             let chunks = (Int(state.nextUnusedId) + Self.chunkSize - 1) / Self.chunkSize
-            return chunks * Self.chunkSize * MemoryLayout<ZSPageRecord>.stride + directorySize * 8
+            return chunks * ZSPageRecord.Layout.chunkBytes + directorySize * 8
         }
     }
 
@@ -128,12 +210,12 @@ final class ZSPageTable: @unchecked Sendable {
     /// Waits for readers' access; writers (migration) hold it only briefly.
     @inline(__always)
     func readLock(_ id: UInt32) {
-        let lock = record(id)
+        let lock = record(id).lock
         var spins = 0
         while true {
-            let value = lock.pointee.lock.load(ordering: .relaxed)
+            let value = lock.pointee.load(ordering: .relaxed)
             if value >= 0 {
-                let (exchanged, _) = lock.pointee.lock.compareExchange(
+                let (exchanged, _) = lock.pointee.compareExchange(
                     expected: value, desired: value + 1, ordering: .acquiring)
                 if exchanged { return }
             }
@@ -143,15 +225,15 @@ final class ZSPageTable: @unchecked Sendable {
 
     @inline(__always)
     func readUnlock(_ id: UInt32) {
-        record(id).pointee.lock.subtract(1, ordering: .releasing)
+        record(id).lock.pointee.subtract(1, ordering: .releasing)
     }
 
     /// The only way to take the write lock: never waits.
     func tryWriteLock(_ id: UInt32) -> Bool {
-        record(id).pointee.lock.compareExchange(expected: 0, desired: -1, ordering: .acquiring).exchanged
+        record(id).lock.pointee.compareExchange(expected: 0, desired: -1, ordering: .acquiring).exchanged
     }
 
     func writeUnlock(_ id: UInt32) {
-        record(id).pointee.lock.store(0, ordering: .releasing)
+        record(id).lock.pointee.store(0, ordering: .releasing)
     }
 }

@@ -36,7 +36,7 @@
 //   1. handle pin       per object; held by read/write/free for the access.
 //   2. zspage rwlock    per zspage; accessors hold it for reading while they
 //                       touch frame bytes; migration takes it for writing.
-//   3. class lock       per size class (a Mutex); free lists, slot tables,
+//   3. class lock       per size class (a Locked, pthread); free lists, slot tables,
 //                       fullness lists, zspage creation and destruction.
 //   4. arena lock       frame bitmaps, block residency, frame owners.
 //   (leaf)              the id allocators of HandleTable and ZSPageTable.
@@ -61,6 +61,7 @@
 // See docs/ARCHITECTURE.md for how ZRAM uses the pool.
 
 import Synchronization
+import ZNBDSync
 
 /// Why the pool refused an operation.
 public enum ZSPoolError: Error, Equatable, Sendable {
@@ -188,15 +189,15 @@ public final class ZSPool: Sendable {
                 zspage = try createZspage(state.spec, &lists)
             }
             let record = zspages.record(zspage)
-            let index = Int(record.pointee.freeHead)
+            let index = Int(record.freeHead)
             guard let handle = handles.allocate(at: ObjectLocation(zspage: zspage, index: index)) else {
-                if record.pointee.inuse == 0 { destroyZspage(zspage, &lists) }
+                if record.inuse == 0 { destroyZspage(zspage, &lists) }
                 throw .arenaFull(capacityBytes: capacityBytes)
             }
-            let slots = record.pointee.slots.unsafelyUnwrapped
-            record.pointee.freeHead = slots[index]
+            let slots = record.slots.unsafelyUnwrapped
+            record.freeHead = slots[index]
             slots[index] = ZSPageTable.allocatedSlot | handle.id
-            record.pointee.inuse += 1
+            record.inuse += 1
             lists.objectsUsed += 1
             regroup(zspage, &lists)
             return handle
@@ -217,15 +218,15 @@ public final class ZSPool: Sendable {
         }
         // Pinned: the object cannot move, so its zspage and class are stable.
         let record = zspages.record(location.zspage)
-        let state = classStates[Int(record.pointee.classIndex)]
+        let state = classStates[Int(record.classIndex)]
         state.lists.withLock { lists in
-            let slots = record.pointee.slots.unsafelyUnwrapped
-            slots[location.index] = record.pointee.freeHead
-            record.pointee.freeHead = UInt32(location.index)
-            record.pointee.inuse -= 1
+            let slots = record.slots.unsafelyUnwrapped
+            slots[location.index] = record.freeHead
+            record.freeHead = UInt32(location.index)
+            record.inuse -= 1
             lists.objectsUsed -= 1
             handles.release(id: handle.id)
-            if record.pointee.inuse == 0 {
+            if record.inuse == 0 {
                 destroyZspage(location.zspage, &lists)
             } else {
                 regroup(location.zspage, &lists)
@@ -238,7 +239,7 @@ public final class ZSPool: Sendable {
 
     /// The object size class `handle` is stored in (its usable bytes).
     public func objectSize(_ handle: ZSHandle) throws(ZSPoolError) -> Int {
-        try withPinnedObject(handle) { record, _ in classStates[Int(record.pointee.classIndex)].spec.size }
+        try withPinnedObject(handle) { record, _ in classStates[Int(record.classIndex)].spec.size }
     }
 
     /// Copies `bytes` into the object at `offset`.
@@ -283,7 +284,7 @@ public final class ZSPool: Sendable {
 
     /// Pins the handle and holds its zspage's read lock around `body`.
     private func withPinnedObject<Result>(
-        _ handle: ZSHandle, _ body: (UnsafeMutablePointer<ZSPageRecord>, ObjectLocation) throws(ZSPoolError) -> Result
+        _ handle: ZSHandle, _ body: (ZSPageRecord, ObjectLocation) throws(ZSPoolError) -> Result
     ) throws(ZSPoolError) -> Result {
         guard let location = handles.pin(handle) else { throw .invalidHandle(handle) }
         defer { handles.unpin(id: handle.id) }
@@ -299,7 +300,7 @@ public final class ZSPool: Sendable {
         _ body: (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer?) -> Result
     ) throws(ZSPoolError) -> Result {
         try withPinnedObject(handle) { (record, location) throws(ZSPoolError) -> Result in
-            let size = classStates[Int(record.pointee.classIndex)].spec.size
+            let size = classStates[Int(record.classIndex)].spec.size
             guard offset >= 0, count >= 0, offset + count <= size else {
                 throw .outOfBounds(offset: offset, count: count, objectSize: size)
             }
@@ -311,17 +312,17 @@ public final class ZSPool: Sendable {
     /// Where bytes `offset..<offset+count` of object `index` lie. The caller
     /// holds the zspage's read lock, its write lock, or its class lock.
     func segments(
-        _ record: UnsafeMutablePointer<ZSPageRecord>, index: Int, size: Int, offset: Int = 0, count: Int
+        _ record: ZSPageRecord, index: Int, size: Int, offset: Int = 0, count: Int
     ) -> (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer?) {
         let start = index * size + offset
         let frameIndex = start >> FrameArena.frameShift
         let inFrame = start & (FrameArena.frameSize - 1)
         let firstCount = min(count, FrameArena.frameSize - inFrame)
         let first = UnsafeMutableRawBufferPointer(
-            start: arena.address(of: record.pointee.frames[frameIndex]) + inFrame, count: firstCount)
+            start: arena.address(of: record.frames[frameIndex]) + inFrame, count: firstCount)
         guard firstCount < count else { return (first, nil) }
         let second = UnsafeMutableRawBufferPointer(
-            start: arena.address(of: record.pointee.frames[frameIndex + 1]), count: count - firstCount)
+            start: arena.address(of: record.frames[frameIndex + 1]), count: count - firstCount)
         return (first, second)
     }
 
@@ -336,7 +337,7 @@ public final class ZSPool: Sendable {
                 count: spec.framesPerZspage, owner: zspage, classIndex: spec.index,
                 firstObjectOffsets: spec.firstObjectOffsets, limitFrames: limit == 0 ? nil : limit
             ) { index, frame in
-                record.pointee.frames[index] = frame
+                record.frames[index] = frame
             }
         } catch {
             zspages.releaseId(zspage)
@@ -350,12 +351,12 @@ public final class ZSPool: Sendable {
         for index in 0..<objects {
             slots[index] = index + 1 < objects ? UInt32(index + 1) : ZSPageTable.endOfFreeList
         }
-        record.pointee.classIndex = UInt16(spec.index)
-        record.pointee.frameCount = UInt8(spec.framesPerZspage)
-        record.pointee.objectsPerZspage = UInt16(objects)
-        record.pointee.inuse = 0
-        record.pointee.freeHead = 0
-        record.pointee.slots = slots
+        record.classIndex = UInt16(spec.index)
+        record.frameCount = UInt8(spec.framesPerZspage)
+        record.objectsPerZspage = UInt16(objects)
+        record.inuse = 0
+        record.freeHead = 0
+        record.slots = slots
         lists.zspageCount += 1
         lists.slotTableBytes += objects * MemoryLayout<UInt32>.stride
         lists.insert(zspage, group: FullnessGroup.of(inuse: 0, objects: objects), table: zspages)
@@ -365,31 +366,31 @@ public final class ZSPool: Sendable {
     /// Frees an empty zspage's frames and record.
     func destroyZspage(_ zspage: UInt32, _ lists: inout ClassLists) {
         let record = zspages.record(zspage)
-        precondition(record.pointee.inuse == 0, "destroying a zspage with live objects")
+        precondition(record.inuse == 0, "destroying a zspage with live objects")
         lists.remove(zspage, table: zspages)
-        let count = Int(record.pointee.frameCount)
+        let count = Int(record.frameCount)
         withUnsafeTemporaryAllocation(of: UInt32.self, capacity: count) { frames in
             for index in 0..<count {
-                frames[index] = record.pointee.frames[index]
-                record.pointee.frames[index] = FrameArena.noFrame
+                frames[index] = record.frames[index]
+                record.frames[index] = FrameArena.noFrame
             }
             arena.free(frames: frames)
         }
         lists.zspageCount -= 1
-        lists.slotTableBytes -= Int(record.pointee.objectsPerZspage) * MemoryLayout<UInt32>.stride
-        record.pointee.slots?.deallocate()
-        record.pointee.slots = nil
-        record.pointee.frameCount = 0
-        record.pointee.objectsPerZspage = 0
-        record.pointee.freeHead = ZSPageTable.endOfFreeList
+        lists.slotTableBytes -= Int(record.objectsPerZspage) * MemoryLayout<UInt32>.stride
+        record.slots?.deallocate()
+        record.slots = nil
+        record.frameCount = 0
+        record.objectsPerZspage = 0
+        record.freeHead = ZSPageTable.endOfFreeList
         zspages.releaseId(zspage)
     }
 
     /// Moves a zspage to the fullness list its in-use count calls for.
     func regroup(_ zspage: UInt32, _ lists: inout ClassLists) {
         let record = zspages.record(zspage)
-        let group = FullnessGroup.of(inuse: Int(record.pointee.inuse), objects: Int(record.pointee.objectsPerZspage))
-        guard group != Int(record.pointee.group) else { return }
+        let group = FullnessGroup.of(inuse: Int(record.inuse), objects: Int(record.objectsPerZspage))
+        guard group != Int(record.group) else { return }
         lists.remove(zspage, table: zspages)
         lists.insert(zspage, group: group, table: zspages)
     }
@@ -412,11 +413,11 @@ enum FullnessGroup {
 /// One class's shared state: its spec and, under its lock, its lists.
 final class SizeClassState: Sendable {
     let spec: SizeClassSpec
-    let lists: Mutex<ClassLists>
+    let lists: Locked<ClassLists>
 
     init(spec: SizeClassSpec) {
         self.spec = spec
-        lists = Mutex(ClassLists())
+        lists = Locked(ClassLists())
     }
 }
 
@@ -440,11 +441,11 @@ struct ClassLists {
 
     mutating func insert(_ zspage: UInt32, group: Int, table: ZSPageTable) {
         let record = table.record(zspage)
-        record.pointee.group = UInt8(group)
-        record.pointee.previous = ZSPageTable.none
-        record.pointee.next = heads[group]
+        record.group = UInt8(group)
+        record.previous = ZSPageTable.none
+        record.next = heads[group]
         if heads[group] != ZSPageTable.none {
-            table.record(heads[group]).pointee.previous = zspage
+            table.record(heads[group]).previous = zspage
         }
         heads[group] = zspage
         groupCounts[group] += 1
@@ -452,19 +453,19 @@ struct ClassLists {
 
     mutating func remove(_ zspage: UInt32, table: ZSPageTable) {
         let record = table.record(zspage)
-        let group = Int(record.pointee.group)
-        let previous = record.pointee.previous
-        let next = record.pointee.next
+        let group = Int(record.group)
+        let previous = record.previous
+        let next = record.next
         if previous != ZSPageTable.none {
-            table.record(previous).pointee.next = next
+            table.record(previous).next = next
         } else {
             heads[group] = next
         }
         if next != ZSPageTable.none {
-            table.record(next).pointee.previous = previous
+            table.record(next).previous = previous
         }
-        record.pointee.previous = ZSPageTable.none
-        record.pointee.next = ZSPageTable.none
+        record.previous = ZSPageTable.none
+        record.next = ZSPageTable.none
         groupCounts[group] -= 1
     }
 
@@ -474,7 +475,7 @@ struct ClassLists {
         var cursor = heads[group]
         while cursor != ZSPageTable.none {
             result.append(cursor)
-            cursor = table.record(cursor).pointee.next
+            cursor = table.record(cursor).next
         }
         return result
     }

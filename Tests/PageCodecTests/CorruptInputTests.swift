@@ -1,6 +1,7 @@
 import Dispatch
 import PageCodec
 import Synchronization
+import ZNBDSync
 import Testing
 import TestSupport
 
@@ -87,7 +88,7 @@ struct CorruptInputTests {
         let codec = self.codec
         let pages = try Corpus.pages(2_000)
         let reference = try (0..<pages.count).map { try compressed(pages[$0], with: codec) }
-        let mismatches = Mutex(0)
+        let mismatches = Locked(0)
         runOnThreads(2) { worker in
             var output = [UInt8](repeating: 0, count: codec.maxCompressedSize)
             var page = [UInt8](repeating: 0, count: pageSize)

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Synchronization
+import ZNBDSync
 import Testing
 import TestSupport
 @testable import ZSPool
@@ -17,10 +18,10 @@ struct PoolConcurrencyTests {
     func workersWithMaintenance() throws {
         let pool = try ZSPool(.init(capacityBytes: 512 << 20, maxChain: 4))
         let deadline = Date().addingTimeInterval(Self.stressSeconds)
-        let failures = Mutex<[String]>([])
-        let operations = Mutex([0, 0])
-        let maintenance = Mutex((compactions: 0, framesFreed: 0, framesMigrated: 0, skipped: 0))
-        let survivors = Mutex<[(ZSHandle, Int, UInt64)]>([])
+        let failures = Locked<[String]>([])
+        let operations = Locked([0, 0])
+        let maintenance = Locked((compactions: 0, framesFreed: 0, framesMigrated: 0, skipped: 0))
+        let survivors = Locked<[(ZSHandle, Int, UInt64)]>([])
         let (_, baseSeed) = SeededRandom.fromEnvironment(5)
         print("workersWithMaintenance seed \(baseSeed)")
 

@@ -1,6 +1,7 @@
 // znbd-bench: the project's benchmarks (never timed assertions in tests).
 //
 //   znbd-bench codec CORPUS_FILE [PASSES]
+//   znbd-bench pool [OPERATIONS_PER_THREAD]
 //
 // Each prints one machine-readable line; the tools/bench-* scripts run them
 // beside their peers in the same run and compute the ratios.
@@ -11,13 +12,15 @@ import Glibc
 
 let arguments = CommandLine.arguments
 func usage() -> Never {
-    fail("usage: znbd-bench codec CORPUS_FILE [PASSES]", exitCode: 64)
+    fail("usage: znbd-bench codec CORPUS_FILE [PASSES] | pool [OPERATIONS_PER_THREAD]", exitCode: 64)
 }
 guard arguments.count >= 2 else { usage() }
 switch arguments[1] {
 case "codec":
     guard arguments.count >= 3 else { usage() }
     runCodecBenchmark(corpusPath: arguments[2], passes: arguments.count > 3 ? Int(arguments[3]) ?? 5 : 5)
+case "pool":
+    runPoolBenchmark(operationsPerThread: arguments.count > 2 ? Int(arguments[2]) ?? 2_000_000 : 2_000_000)
 default:
     usage()
 }
