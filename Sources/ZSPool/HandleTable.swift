@@ -68,19 +68,14 @@ final class HandleTable: @unchecked Sendable {
     private let directory: UnsafeMutablePointer<UnsafeMutablePointer<Atomic<UInt64>>?>
     private let directorySize: Int
 
-    private struct IdState {
-        var freeIds: [UInt32] = []
-        var nextUnusedId: UInt32 = 0
-        var liveCount = 0
-    }
-
-    private let ids = Locked(IdState())
+    private let ids: Locked<ChunkedIdAllocator>
 
     /// Room for `capacity` live handles.
     init(capacity: Int) {
         directorySize = max(1, (capacity + Self.chunkSize - 1) / Self.chunkSize)
         directory = .allocate(capacity: directorySize)
         directory.initialize(repeating: nil, count: directorySize)
+        ids = Locked(ChunkedIdAllocator(chunkShift: Self.chunkShift, chunkCount: directorySize))
     }
 
     deinit {
@@ -112,27 +107,15 @@ final class HandleTable: @unchecked Sendable {
 
     /// A new handle for an object at `location`. Nil when the table is full.
     func allocate(at location: ObjectLocation) -> ZSHandle? {
-        let id: UInt32? = ids.withLock { state in
-            let id: UInt32
-            if let reused = state.freeIds.popLast() {
-                id = reused
-            } else {
-                let candidate = state.nextUnusedId
-                let chunk = Int(candidate) >> Self.chunkShift
-                guard chunk < directorySize else { return nil }
-                if directory[chunk] == nil {
-                    let storage = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: Self.chunkSize)
-                    for index in 0..<Self.chunkSize {
-                        // Generation 1 first, so that no live handle's raw value is 0.
-                        (storage + index).initialize(to: Atomic(1 << Self.generationShift))
-                    }
-                    directory[chunk] = storage
+        let id = ids.withLock { ids in
+            ids.allocate { chunk in
+                let storage = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: Self.chunkSize)
+                for index in 0..<Self.chunkSize {
+                    // Generation 1 first, so that no live handle's raw value is 0.
+                    (storage + index).initialize(to: Atomic(1 << Self.generationShift))
                 }
-                state.nextUnusedId += 1
-                id = candidate
+                directory[chunk] = storage
             }
-            state.liveCount += 1
-            return id
         }
         guard let id else { return nil }
         let slot = entry(id)
@@ -196,10 +179,7 @@ final class HandleTable: @unchecked Sendable {
         var next = (Self.generation(of: word) + 1) & Self.generationMask
         if next == 0 { next = 1 }
         slot.pointee.store(next << Self.generationShift, ordering: .releasing)
-        ids.withLock { state in
-            state.freeIds.append(id)
-            state.liveCount -= 1
-        }
+        ids.withLock { $0.release(id) }
     }
 
     /// For the validator: the location of a live id, or nil.
@@ -219,11 +199,10 @@ final class HandleTable: @unchecked Sendable {
     }
 
     func usage() -> Usage {
-        ids.withLock { state in
-            let chunks = (Int(state.nextUnusedId) + Self.chunkSize - 1) / Self.chunkSize
-            return Usage(
-                liveHandles: state.liveCount,
-                tableBytes: chunks * Self.chunkSize * MemoryLayout<UInt64>.stride + directorySize * 8)
+        ids.withLock { ids in
+            Usage(
+                liveHandles: ids.live,
+                tableBytes: ids.chunksMade * Self.chunkSize * MemoryLayout<UInt64>.stride + directorySize * 8)
         }
     }
 }

@@ -122,18 +122,13 @@ final class ZSPageTable: @unchecked Sendable {
     private let directory: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     private let directorySize: Int
 
-    private struct IdState {
-        var freeIds: [UInt32] = []
-        var nextUnusedId: UInt32 = 0
-        var live = 0
-    }
-
-    private let ids = Locked(IdState())
+    private let ids: Locked<ChunkedIdAllocator>
 
     init(capacity: Int) {
         directorySize = max(1, (capacity + Self.chunkSize - 1) / Self.chunkSize)
         directory = .allocate(capacity: directorySize)
         directory.initialize(repeating: nil, count: directorySize)
+        ids = Locked(ChunkedIdAllocator(chunkShift: Self.chunkShift, chunkCount: directorySize))
     }
 
     deinit {
@@ -156,20 +151,8 @@ final class ZSPageTable: @unchecked Sendable {
 
     /// A fresh zspage id whose record is reset and unlisted. Nil when full.
     func allocateId() -> UInt32? {
-        ids.withLock { state in
-            if let id = state.freeIds.popLast() {
-                state.live += 1
-                return id
-            }
-            let id = state.nextUnusedId
-            let chunk = Int(id) >> Self.chunkShift
-            guard chunk < directorySize else { return nil }
-            if directory[chunk] == nil {
-                directory[chunk] = Self.makeChunk()
-            }
-            state.nextUnusedId += 1
-            state.live += 1
-            return id
+        ids.withLock { ids in
+            ids.allocate { chunk in directory[chunk] = Self.makeChunk() }
         }
     }
 
@@ -189,18 +172,12 @@ final class ZSPageTable: @unchecked Sendable {
     }
 
     func releaseId(_ id: UInt32) {
-        ids.withLock { state in
-            state.freeIds.append(id)
-            state.live -= 1
-        }
+        ids.withLock { $0.release(id) }
     }
 
     /// Bytes of record chunks allocated so far.
     var tableBytes: Int {
-        ids.withLock { state in
-            let chunks = (Int(state.nextUnusedId) + Self.chunkSize - 1) / Self.chunkSize
-            return chunks * ZSPageRecord.Layout.chunkBytes + directorySize * 8
-        }
+        ids.withLock { $0.chunksMade * ZSPageRecord.Layout.chunkBytes + directorySize * 8 }
     }
 
     var liveCount: Int { ids.withLock { $0.live } }
