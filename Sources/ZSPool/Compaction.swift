@@ -29,7 +29,6 @@ extension ZSPool {
         counters.pagesCompacted.add(total.framesFreed, ordering: .relaxed)
         counters.objectsCompacted.add(total.objectsMoved, ordering: .relaxed)
         counters.compactionSkips.add(total.objectsSkipped, ordering: .relaxed)
-        counters.bytesMoved.add(total.bytesMoved, ordering: .relaxed)
         return total
     }
 

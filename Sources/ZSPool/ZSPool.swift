@@ -489,5 +489,4 @@ final class PoolCounters: Sendable {
     let compactionSkips = Atomic<Int>(0)
     let framesMigrated = Atomic<Int>(0)
     let migrationSkips = Atomic<Int>(0)
-    let bytesMoved = Atomic<Int>(0)
 }

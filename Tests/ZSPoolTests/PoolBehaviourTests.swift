@@ -112,7 +112,7 @@ struct PoolBehaviourTests {
         for (number, handle) in objects.enumerated() { #expect(try pool.holds(handle, size: 48, seed: UInt64(number))) }
     }
 
-    @Test("a reader's pin makes compaction and migration skip, not wait or move")
+    @Test("a reader's pin makes compaction leave the object and migration report busy")
     func busyObjectsAreSkipped() throws {
         let pool = try ZSPool(.init(capacityBytes: 16 << 20))
         var handles: [ZSHandle] = []
@@ -121,20 +121,27 @@ struct PoolBehaviourTests {
             try pool.write(handle, size: 1000, seed: UInt64(number))
             handles.append(handle)
         }
-        // Leave one object in an otherwise emptied zspage.
-        for handle in handles.dropFirst() where handle != handles[40] { #expect(pool.free(handle)) }
+        // Leave two objects, in two different zspages, each otherwise empty.
         let survivor = handles[0]
+        let other = try #require(handles.last { pool.handles.peek(id: $0.id)!.location.zspage != pool.handles.peek(id: survivor.id)!.location.zspage })
+        for handle in handles where handle != survivor && handle != other { #expect(pool.free(handle)) }
+        let before = try #require(pool.handles.peek(id: survivor.id)).location
         var compaction = CompactionResult()
         var migration = FrameMigrationOutcome.notInUse
         _ = try pool.withObjectBytes(survivor, count: 1000) { _ in
+            // Pinned and read-locked by this reader: compaction may move the
+            // other object to it but never it; its frame cannot migrate.
             compaction = pool.compact()
-            let frame = pool.arena.usedFrames(inBlock: 0).first!
+            let size = pool.sizeClasses.classes[pool.sizeClasses.classIndex(forSize: 1000)].size
+            let frame = pool.zspages.record(before.zspage).frames[before.index * size / ZSPool.frameSize]
             migration = pool.migrate(frame: frame, toBlock: 1)
         }
-        #expect(compaction.objectsSkipped >= 1 || compaction.objectsMoved >= 1)
-        #expect(migration == .busy || migration == .targetFull || migration != .notInUse)
+        #expect(pool.handles.peek(id: survivor.id)?.location == before, "a pinned object moved")
+        #expect(compaction.objectsMoved == 1, "the unpinned object joins the pinned one's zspage")
+        #expect(pool.handles.peek(id: other.id)?.location.zspage == before.zspage)
+        #expect(migration == .busy)
         #expect(try pool.holds(survivor, size: 1000, seed: 0))
-        #expect(try pool.holds(handles[40], size: 1000, seed: 40))
+        #expect(try pool.holds(other, size: 1000, seed: UInt64(handles.firstIndex(of: other)!)))
         try pool.validate()
     }
 }
