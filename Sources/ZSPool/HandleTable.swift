@@ -183,13 +183,13 @@ final class HandleTable: @unchecked Sendable {
     }
 
     /// For the validator: the location of a live id, or nil.
-    func peek(id: UInt32) -> (location: ObjectLocation, handle: ZSHandle, pinned: Bool)? {
+    func peek(id: UInt32) -> (location: ObjectLocation, handle: ZSHandle)? {
         guard Int(id) >> Self.chunkShift < directorySize, directory[Int(id) >> Self.chunkShift] != nil else {
             return nil
         }
         let word = entry(id).pointee.load(ordering: .acquiring)
         guard word & Self.allocatedBit != 0 else { return nil }
-        return (Self.location(of: word), ZSHandle(id: id, generation: Self.generation(of: word)), word & Self.pinBit != 0)
+        return (Self.location(of: word), ZSHandle(id: id, generation: Self.generation(of: word)))
     }
 
     struct Usage {

@@ -237,11 +237,6 @@ public final class ZSPool: Sendable {
 
     // MARK: Object access
 
-    /// The object size class `handle` is stored in (its usable bytes).
-    public func objectSize(_ handle: ZSHandle) throws(ZSPoolError) -> Int {
-        try withPinnedObject(handle) { record, _ in classStates[Int(record.classIndex)].spec.size }
-    }
-
     /// Copies `bytes` into the object at `offset`.
     public func write(_ handle: ZSHandle, from bytes: UnsafeRawBufferPointer, at offset: Int = 0) throws(ZSPoolError) {
         try withObjectSegments(handle, offset: offset, count: bytes.count) { first, second in

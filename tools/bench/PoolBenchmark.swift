@@ -50,20 +50,30 @@ private final class ThreadBody: Sendable {
     init(_ run: @escaping @Sendable () -> Void) { self.run = run }
 }
 
+/// Stores `workingSet` objects holding `payload`.
+private func storeWorkingSet(_ pool: ZSPool, _ payload: UnsafeMutableRawBufferPointer) -> [ZSHandle] {
+    var handles: [ZSHandle] = []
+    handles.reserveCapacity(workingSet)
+    do {
+        for _ in 0..<workingSet {
+            let handle = try pool.allocate(size: payload.count)
+            try pool.write(handle, from: UnsafeRawBufferPointer(payload))
+            handles.append(handle)
+        }
+    } catch {
+        fail("working set: \(error)")
+    }
+    return handles
+}
+
 /// Each operation frees one object of the working set and stores a new one
 /// in its place: allocate + write + free.
 private func poolChurn(_ pool: ZSPool, size: Int, operations: Int) {
     let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
     defer { payload.deallocate() }
     payload.initializeMemory(as: UInt8.self, repeating: 0x5A)
-    var handles: [ZSHandle] = []
-    handles.reserveCapacity(workingSet)
+    var handles = storeWorkingSet(pool, payload)
     do {
-        for _ in 0..<workingSet {
-            let handle = try pool.allocate(size: size)
-            try pool.write(handle, from: UnsafeRawBufferPointer(payload))
-            handles.append(handle)
-        }
         for operation in 0..<operations {
             let slot = (operation &* 7919) & (workingSet - 1)
             pool.free(handles[slot])
@@ -81,13 +91,8 @@ private func poolReads(_ pool: ZSPool, size: Int, operations: Int) {
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
     defer { buffer.deallocate() }
     buffer.initializeMemory(as: UInt8.self, repeating: 0x33)
-    var handles: [ZSHandle] = []
+    let handles = storeWorkingSet(pool, buffer)
     do {
-        for _ in 0..<workingSet {
-            let handle = try pool.allocate(size: size)
-            try pool.write(handle, from: UnsafeRawBufferPointer(buffer))
-            handles.append(handle)
-        }
         for operation in 0..<operations {
             try pool.read(handles[(operation &* 7919) & (workingSet - 1)], into: buffer)
         }
