@@ -3,8 +3,11 @@
 // Module map (dependencies point down the list; see docs/ARCHITECTURE.md):
 //   CLZO        C shim over liblzo2 (macros → functions, per-thread work memory)
 //   PageCodec   compress / decompress one 4 KiB page (LZO1X-1)
-//   ZNBDSync    Locked<State>: a pthread mutex ThreadSanitizer can see
+//   CSystem     C shim for glibc calls that need _GNU_SOURCE (sched_getcpu)
+//   ZNBDSync    Locked<State> (a pthread mutex TSan can see), ShardedCounters
 //   ZSPool      the movable zsmalloc-style pool of objects in an mmap'd frame arena
+//   BlockDevice the device contract the NBD server serves (and a plain RAM device)
+//   ZRAM        the compressed block device: slot table, pages, discard, stats
 //   TestSupport corpus and helpers shared by test targets (never shipped)
 import PackageDescription
 
@@ -19,6 +22,7 @@ let package = Package(
     products: [
         .library(name: "PageCodec", targets: ["PageCodec"]),
         .library(name: "ZSPool", targets: ["ZSPool"]),
+        .library(name: "ZRAM", targets: ["ZRAM"]),
     ],
     targets: [
         .target(
@@ -30,8 +34,10 @@ let package = Package(
             dependencies: ["CLZO"],
             swiftSettings: strictSwift
         ),
+        .target(name: "CSystem"),
         .target(
             name: "ZNBDSync",
+            dependencies: ["CSystem"],
             swiftSettings: strictSwift
         ),
         .target(
@@ -39,9 +45,18 @@ let package = Package(
             dependencies: ["ZNBDSync"],
             swiftSettings: strictSwift
         ),
+        .target(
+            name: "BlockDevice",
+            swiftSettings: strictSwift
+        ),
+        .target(
+            name: "ZRAM",
+            dependencies: ["BlockDevice", "PageCodec", "ZSPool", "ZNBDSync"],
+            swiftSettings: strictSwift
+        ),
         .executableTarget(
             name: "znbd-bench",
-            dependencies: ["PageCodec", "ZSPool"],
+            dependencies: ["PageCodec", "ZSPool", "ZRAM", "BlockDevice"],
             path: "tools/bench",
             swiftSettings: strictSwift
         ),
@@ -59,6 +74,11 @@ let package = Package(
         .testTarget(
             name: "ZSPoolTests",
             dependencies: ["ZSPool", "TestSupport", "ZNBDSync"],
+            swiftSettings: strictSwift
+        ),
+        .testTarget(
+            name: "ZRAMTests",
+            dependencies: ["ZRAM", "BlockDevice", "PageCodec", "ZSPool", "TestSupport", "ZNBDSync"],
             swiftSettings: strictSwift
         ),
     ],

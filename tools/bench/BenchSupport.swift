@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Dispatch
 
 /// Seconds on the monotonic clock.
 func monotonicSeconds() -> Double {
@@ -27,4 +28,28 @@ func fail(_ message: String, exitCode: Int32 = 70) -> Never {
     var line = "znbd-bench: \(message)\n"
     line.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
     exit(exitCode)
+}
+
+/// Wall-clock seconds for `threads` threads each running `body` once.
+func timeThreads(_ threads: Int, _ body: @escaping @Sendable (Int) -> Void) -> Double {
+    let start = monotonicSeconds()
+    let group = DispatchGroup()
+    for index in 0..<threads {
+        group.enter()
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(ThreadBody { body(index); group.leave() })
+        pthread_create(&thread, nil, { argument in
+            let body = Unmanaged<ThreadBody>.fromOpaque(argument!).takeRetainedValue()
+            body.run()
+            return nil
+        }, box.toOpaque())
+        pthread_detach(thread)
+    }
+    group.wait()
+    return monotonicSeconds() - start
+}
+
+final class ThreadBody: Sendable {
+    let run: @Sendable () -> Void
+    init(_ run: @escaping @Sendable () -> Void) { self.run = run }
 }

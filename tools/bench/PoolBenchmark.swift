@@ -26,30 +26,6 @@ func runPoolBenchmark(operationsPerThread: Int) {
 
 private let workingSet = 16_384
 
-/// Wall-clock seconds for `threads` threads each running `body` once.
-private func timeThreads(_ threads: Int, _ body: @escaping @Sendable (Int) -> Void) -> Double {
-    let start = monotonicSeconds()
-    let group = DispatchGroup()
-    for index in 0..<threads {
-        group.enter()
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(ThreadBody { body(index); group.leave() })
-        pthread_create(&thread, nil, { argument in
-            let body = Unmanaged<ThreadBody>.fromOpaque(argument!).takeRetainedValue()
-            body.run()
-            return nil
-        }, box.toOpaque())
-        pthread_detach(thread)
-    }
-    group.wait()
-    return monotonicSeconds() - start
-}
-
-private final class ThreadBody: Sendable {
-    let run: @Sendable () -> Void
-    init(_ run: @escaping @Sendable () -> Void) { self.run = run }
-}
-
 /// Stores `workingSet` objects holding `payload`.
 private func storeWorkingSet(_ pool: ZSPool, _ payload: UnsafeMutableRawBufferPointer) -> [ZSHandle] {
     var handles: [ZSHandle] = []

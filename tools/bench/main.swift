@@ -2,6 +2,7 @@
 //
 //   znbd-bench codec CORPUS_FILE [PASSES]
 //   znbd-bench pool [OPERATIONS_PER_THREAD]
+//   znbd-bench device CORPUS_FILE [ROUNDS]
 //
 // Each prints one machine-readable line; the tools/bench-* scripts run them
 // beside their peers in the same run and compute the ratios.
@@ -12,7 +13,7 @@ import Glibc
 
 let arguments = CommandLine.arguments
 func usage() -> Never {
-    fail("usage: znbd-bench codec CORPUS_FILE [PASSES] | pool [OPERATIONS_PER_THREAD]", exitCode: 64)
+    fail("usage: znbd-bench codec CORPUS_FILE [PASSES] | pool [OPERATIONS_PER_THREAD] | device CORPUS_FILE [ROUNDS]", exitCode: 64)
 }
 guard arguments.count >= 2 else { usage() }
 switch arguments[1] {
@@ -21,6 +22,9 @@ case "codec":
     runCodecBenchmark(corpusPath: arguments[2], passes: arguments.count > 3 ? Int(arguments[3]) ?? 5 : 5)
 case "pool":
     runPoolBenchmark(operationsPerThread: arguments.count > 2 ? Int(arguments[2]) ?? 2_000_000 : 2_000_000)
+case "device":
+    guard arguments.count >= 3 else { usage() }
+    runDeviceBenchmark(corpusPath: arguments[2], rounds: arguments.count > 3 ? Int(arguments[3]) ?? 3 : 3)
 default:
     usage()
 }

@@ -1,0 +1,104 @@
+// BlockDevice: the contract between a device (ZRAM's compressed disk, or the
+// plain MemoryBlockDevice) and whoever serves it (the NBD server).
+//
+// Offsets and lengths are in bytes. A device checks every request against its
+// size and its sector size and answers with a BlockDeviceError, never a trap:
+// requests come straight from the network.
+
+/// Why a device refused a request. The NBD layer maps each case to the errno
+/// the protocol carries.
+public enum BlockDeviceError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The range ends past the device (EINVAL for reads, ENOSPC for writes).
+    case outOfRange(offset: Int, length: Int, deviceSize: Int)
+    /// Offset or length is not a multiple of the sector size (EINVAL).
+    case misaligned(offset: Int, length: Int, sectorSize: Int)
+    /// The device has no memory left for the data: a full pool or its limit
+    /// (ENOSPC). Nothing was changed.
+    case noSpace
+    /// Stored data could not be read back (EIO). Counted, never fatal.
+    case ioError(String)
+
+    public var description: String {
+        switch self {
+        case .outOfRange(let offset, let length, let size):
+            "range \(offset)+\(length) ends past the device (\(size) bytes)"
+        case .misaligned(let offset, let length, let sector):
+            "range \(offset)+\(length) is not aligned to \(sector)-byte sectors"
+        case .noSpace: "no space left in the device's memory"
+        case .ioError(let why): "I/O error: \(why)"
+        }
+    }
+}
+
+/// What a range of the device holds, as NBD's `base:allocation` reports it.
+public enum AllocationStatus: Sendable, Equatable {
+    /// Never written, or discarded: costs no memory and reads as zeroes.
+    case unallocated
+    /// Known to read as zeroes (a zero page), without storing data.
+    case zero
+    /// Holds data.
+    case data
+}
+
+/// A run of bytes with one allocation status.
+public struct AllocationExtent: Sendable, Equatable {
+    public var length: Int
+    public var status: AllocationStatus
+
+    public init(length: Int, status: AllocationStatus) {
+        self.length = length
+        self.status = status
+    }
+}
+
+/// A random-access store of bytes that many threads may use at once.
+///
+/// Each call is synchronous and complete when it returns: a write that
+/// returned is seen by every later read on any thread, so `flush()` has
+/// nothing to wait for in a RAM device.
+public protocol BlockDevice: AnyObject, Sendable {
+    /// The device size in bytes.
+    var byteCount: Int { get }
+    /// The smallest unit of I/O; offsets and lengths are multiples of it.
+    var sectorSize: Int { get }
+    /// The unit the device stores; I/O aligned to it avoids read-modify-write.
+    var preferredBlockSize: Int { get }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws(BlockDeviceError)
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(BlockDeviceError)
+    /// Forgets the data of the range; it then reads as zeroes. A device may
+    /// keep parts it cannot free (partial pages).
+    func discard(offset: Int, length: Int) throws(BlockDeviceError)
+    /// Makes the range read as zeroes, storing as little as it can.
+    func writeZeroes(offset: Int, length: Int) throws(BlockDeviceError)
+    /// Makes completed writes durable; a RAM device has nothing to do.
+    func flush() throws(BlockDeviceError)
+    /// The allocation status of the range from `offset`, as extents that
+    /// cover it in order; at most `maximumExtents` of them, the last of which
+    /// may end before `offset + length`.
+    func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError)
+        -> [AllocationExtent]
+}
+
+extension BlockDevice {
+    /// Checks that `offset..<offset+length` lies inside the device and on
+    /// sector boundaries.
+    public func validateRange(offset: Int, length: Int) throws(BlockDeviceError) {
+        guard offset >= 0, length >= 0, offset <= byteCount, length <= byteCount - offset else {
+            throw .outOfRange(offset: offset, length: length, deviceSize: byteCount)
+        }
+        guard offset % sectorSize == 0, length % sectorSize == 0 else {
+            throw .misaligned(offset: offset, length: length, sectorSize: sectorSize)
+        }
+    }
+}
+
+/// Appends `length` bytes of `status` to `extents`, merging with the last
+/// extent when the status is the same. Devices use it to build their answer.
+public func appendExtent(_ extents: inout [AllocationExtent], length: Int, status: AllocationStatus) {
+    if let last = extents.last, last.status == status {
+        extents[extents.count - 1].length += length
+    } else {
+        extents.append(AllocationExtent(length: length, status: status))
+    }
+}

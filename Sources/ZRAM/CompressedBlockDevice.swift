@@ -1,0 +1,444 @@
+// CompressedBlockDevice: the compressed RAM disk, as drivers/block/zram is
+// in the kernel. One slot per 4 KiB page (SlotTable); each page's content is
+// nothing (unallocated), one repeated 8-byte word (same-filled), or a ZSPool
+// object holding its LZO1X-1 stream or, when that would need the pool's huge
+// class anyway, the raw page.
+//
+// LOCKS: the slot lock (per page) is outermost; under it the pool takes its
+// own (see ZSPool.swift). A request that covers several pages takes their
+// slot locks one at a time, never two at once, so no order between slots is
+// needed; each page is atomic, as in zram, and a multi-page request is not.
+//
+// WRITE PATH (zram_write_page): a whole-page write is checked for same-fill,
+// compressed and stored in a new pool object *before* the slot lock is taken;
+// under the lock the slot is switched to the new content; the old object is
+// freed after. So a failed write (pool full, mem_limit) leaves the old page
+// intact, and the lock is held only for the switch. A partial write must read
+// the page it patches, so it holds the slot lock from that read to the switch.
+// Two whole-page writes of one page race only to the switch: the last one
+// switched wins whole, which is a valid order.
+
+public import BlockDevice
+import PageCodec
+public import ZSPool
+
+/// A compressed block device in RAM, safe to use from many threads at once.
+public final class CompressedBlockDevice: BlockDevice {
+    public struct Configuration: Sendable {
+        /// Device size in bytes: a positive multiple of 4096.
+        public var byteCount: Int
+        /// Most frames per zspage in the pool (1...16).
+        public var maxChain: Int
+        /// Cap on pool memory in bytes; nil for none. Changeable at run time.
+        public var memLimitBytes: Int?
+
+        public init(byteCount: Int, maxChain: Int = SizeClassTable.defaultMaxChain, memLimitBytes: Int? = nil) {
+            self.byteCount = byteCount
+            self.maxChain = maxChain
+            self.memLimitBytes = memLimitBytes
+        }
+    }
+
+    public enum ConfigurationError: Error, CustomStringConvertible {
+        case invalidSize(Int)
+        case invalidMemLimit(Int)
+        case pool(ZSPool.ConfigurationError)
+        case slotTable(errno: Int32)
+        case codec(String)
+
+        public var description: String {
+            switch self {
+            case .invalidSize(let bytes):
+                "device size must be a positive multiple of 4096 bytes, at most \(CompressedBlockDevice.maximumByteCount), got \(bytes)"
+            case .invalidMemLimit(let bytes): "mem_limit must be positive, got \(bytes)"
+            case .pool(let error): error.description
+            case .slotTable(let code): "could not map the slot table (errno \(code))"
+            case .codec(let why): why
+            }
+        }
+    }
+
+    /// 16 TiB: the slot table reserves 16 bytes of address space per page.
+    public static let maximumByteCount = 1 << 44
+    /// The pool's address space is capped by its handle format (64 GiB).
+    static let maximumPoolBytes = 64 << 30
+
+    public let byteCount: Int
+    public var sectorSize: Int { 512 }
+    public var preferredBlockSize: Int { pageSize }
+    /// The pool holding the pages' objects: for statistics and maintenance.
+    public let pool: ZSPool
+    /// Compressed lengths above this would land in the pool's huge class, so
+    /// such pages are stored raw (zram's huge_class_size test).
+    public let hugeThreshold: Int
+
+    let slots: SlotTable
+    let codec: LZO1X1Codec
+    let counters = DeviceCounters()
+
+    public init(_ configuration: Configuration) throws(ConfigurationError) {
+        let size = configuration.byteCount
+        guard size > 0, size % pageSize == 0, size <= Self.maximumByteCount else { throw .invalidSize(size) }
+        if let limit = configuration.memLimitBytes, limit <= 0 { throw .invalidMemLimit(limit) }
+        do {
+            codec = try LZO1X1Codec()
+        } catch {
+            throw .codec(error.description)
+        }
+        // Room for every page stored raw plus the classes' partly filled
+        // zspages; only the address space is reserved up front.
+        let poolBytes = min(Self.maximumPoolBytes, size + size / 8 + (16 << 20))
+        do {
+            pool = try ZSPool(
+                ZSPool.Configuration(
+                    capacityBytes: poolBytes, maxChain: configuration.maxChain,
+                    memLimitBytes: configuration.memLimitBytes, trapOnInvalidFree: true))
+        } catch {
+            throw .pool(error)
+        }
+        do {
+            slots = try SlotTable(count: size / pageSize)
+        } catch {
+            throw .slotTable(errno: error.errno)
+        }
+        byteCount = size
+        hugeThreshold = pool.sizeClasses.hugeThreshold
+    }
+
+    /// The cap on pool memory, nil for none. Lowering it below what is in use
+    /// frees nothing; new writes fail until usage falls under it.
+    public var memLimitBytes: Int? {
+        get { pool.memLimitBytes }
+        set { pool.memLimitBytes = newValue }
+    }
+
+    // MARK: BlockDevice
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
+        try checkRange(offset: offset, length: buffer.count)
+        counters.add(.reads)
+        counters.add(.bytesRead, buffer.count)
+        try forEachPagePiece(offset: offset, length: buffer.count) { (piece) throws(BlockDeviceError) in
+            let destination = UnsafeMutableRawBufferPointer(rebasing: buffer[piece.requestRange])
+            if piece.isWholePage {
+                try slots.withLock(piece.page) { () throws(BlockDeviceError) in try loadPage(piece.page, into: destination) }
+                return
+            }
+            try withPageBuffer { (page) throws(BlockDeviceError) in
+                try slots.withLock(piece.page) { () throws(BlockDeviceError) in try loadPage(piece.page, into: page) }
+                destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: page[piece.pageRange]))
+            }
+        }
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
+        try checkRange(offset: offset, length: bytes.count)
+        counters.add(.writes)
+        do {
+            try forEachPagePiece(offset: offset, length: bytes.count) { (piece) throws(BlockDeviceError) in
+                let source = UnsafeRawBufferPointer(rebasing: bytes[piece.requestRange])
+                if piece.isWholePage {
+                    try replacePage(piece.page, with: source)
+                } else {
+                    try patchPage(piece.page, at: piece.pageRange.lowerBound, with: source)
+                }
+                counters.add(.bytesWritten, source.count)
+            }
+        } catch {
+            counters.add(.failedWrites)
+            throw error
+        }
+    }
+
+    public func discard(offset: Int, length: Int) throws(BlockDeviceError) {
+        try checkRange(offset: offset, length: length)
+        counters.add(.discards)
+        // Only whole pages are freed; the partial pages at either edge keep
+        // their data, as zram_bio_discard does.
+        let firstPage = (offset + pageSize - 1) / pageSize
+        let endPage = (offset + length) / pageSize
+        guard firstPage < endPage else { return }
+        for page in firstPage..<endPage {
+            install(.unallocated, at: page)
+            counters.add(.notifyFree)
+        }
+    }
+
+    public func writeZeroes(offset: Int, length: Int) throws(BlockDeviceError) {
+        try checkRange(offset: offset, length: length)
+        counters.add(.zeroes)
+        do {
+            try forEachPagePiece(offset: offset, length: length) { (piece) throws(BlockDeviceError) in
+                if piece.isWholePage {
+                    install(.sameFilled(fill: 0), at: piece.page)
+                } else {
+                    try withZeroes(count: piece.pageRange.count) { (zeroes) throws(BlockDeviceError) in
+                        try patchPage(piece.page, at: piece.pageRange.lowerBound, with: zeroes)
+                    }
+                }
+            }
+        } catch {
+            counters.add(.failedWrites)
+            throw error
+        }
+    }
+
+    public func flush() throws(BlockDeviceError) {
+        // Every write is complete in memory when it returns.
+    }
+
+    public func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError)
+        -> [AllocationExtent]
+    {
+        try checkRange(offset: offset, length: length)
+        var extents: [AllocationExtent] = []
+        var position = offset
+        let end = offset + length
+        while position < end {
+            let page = position / pageSize
+            let pieceEnd = min(end, (page + 1) * pageSize)
+            let status = slots.allocationStatus(page)
+            if extents.count == maximumExtents, extents.last?.status != status { break }
+            appendExtent(&extents, length: pieceEnd - position, status: status)
+            position = pieceEnd
+        }
+        return extents
+    }
+
+    // MARK: Statistics and maintenance
+
+    public func stats() -> ZRAMStats {
+        let poolStats = pool.stats()
+        return ZRAMStats(
+            diskSize: byteCount,
+            origDataSize: counters.load(.pagesStored) * pageSize,
+            comprDataSize: counters.load(.compressedBytes),
+            memUsedTotal: poolStats.bytesUsed,
+            memLimit: poolStats.memLimitBytes ?? 0,
+            memUsedMax: poolStats.maximumBytesUsed,
+            samePages: counters.load(.samePages),
+            pagesCompacted: poolStats.pagesCompacted,
+            hugePages: counters.load(.hugePages),
+            hugePagesSince: counters.load(.hugePagesSince),
+            failedReads: counters.load(.failedReads),
+            failedWrites: counters.load(.failedWrites),
+            invalidIO: counters.load(.invalidIO),
+            notifyFree: counters.load(.notifyFree),
+            reads: counters.load(.reads),
+            writes: counters.load(.writes),
+            discards: counters.load(.discards),
+            zeroes: counters.load(.zeroes),
+            bytesRead: counters.load(.bytesRead),
+            bytesWritten: counters.load(.bytesWritten))
+    }
+
+    /// What one compaction and defragmentation pass did.
+    public struct MaintenanceResult: Sendable, Codable, Equatable {
+        public var compaction: CompactionResult
+        public var defragmentation: DefragmentationResult
+    }
+
+    /// Compacts the pool, then moves frames out of sparse blocks so that they
+    /// return to the operating system (zram's `compact` attribute, plus
+    /// migration). Safe while I/O runs.
+    public func compact() -> MaintenanceResult {
+        let compaction = pool.compact()
+        let defragmentation = pool.defragment()
+        return MaintenanceResult(compaction: compaction, defragmentation: defragmentation)
+    }
+
+    // MARK: Pages
+
+    private func checkRange(offset: Int, length: Int) throws(BlockDeviceError) {
+        do {
+            try validateRange(offset: offset, length: length)
+        } catch {
+            counters.add(.invalidIO)
+            throw error
+        }
+    }
+
+    /// Writes page `page`'s content into `destination` (exactly one page).
+    /// The caller holds the slot lock.
+    func loadPage(_ page: Int, into destination: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) {
+        switch slots.content(page) {
+        case .unallocated:
+            destination.initializeMemory(as: UInt8.self, repeating: 0)
+        case .sameFilled(let fill):
+            fillPage(destination, with: fill)
+        case .object(let handle, let length, let huge):
+            let failure: PageCodecError?
+            do {
+                failure = try pool.withObjectBytes(ZSHandle(rawValue: handle), count: length) { (stored) -> PageCodecError? in
+                    if huge {
+                        destination.copyMemory(from: stored)
+                        return nil
+                    }
+                    do throws(PageCodecError) {
+                        try codec.decompress(stored, into: destination)
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }
+            } catch {
+                counters.add(.failedReads)
+                throw .ioError("page \(page): \(error)")
+            }
+            if let failure {
+                counters.add(.failedReads)
+                throw .ioError("page \(page) does not decompress: \(failure)")
+            }
+        }
+    }
+
+    /// Stores a full page's bytes as new content, without touching any slot:
+    /// a same-filled word, or a new pool object.
+    private func storePage(_ page: UnsafeRawBufferPointer) throws(BlockDeviceError) -> SlotContent {
+        if let fill = sameFillWord(page) { return .sameFilled(fill: fill) }
+        return try withUnsafeTemporaryAllocation(byteCount: codec.maxCompressedSize, alignment: 16) {
+            (compressed) throws(BlockDeviceError) -> SlotContent in
+            let length: Int
+            do {
+                length = try codec.compress(page: page, into: compressed)
+            } catch {
+                throw .ioError("compression failed: \(error)")
+            }
+            let huge = length > hugeThreshold
+            let object = huge ? page : UnsafeRawBufferPointer(rebasing: compressed[..<length])
+            let handle: ZSHandle
+            do throws(ZSPoolError) {
+                handle = try pool.allocate(size: object.count)
+            } catch .memLimitReached, .arenaFull {
+                throw .noSpace
+            } catch {
+                throw .ioError("pool: \(error)")
+            }
+            do throws(ZSPoolError) {
+                try pool.write(handle, from: object)
+            } catch {
+                // Cannot happen for an object of the size just allocated;
+                // if it did, the page keeps its old content.
+                pool.free(handle)
+                throw .ioError("pool: \(error)")
+            }
+            return .object(handle: handle.rawValue, length: object.count, huge: huge)
+        }
+    }
+
+    /// Replaces a whole page: stores the new content first, then switches.
+    private func replacePage(_ page: Int, with bytes: UnsafeRawBufferPointer) throws(BlockDeviceError) {
+        let content = try storePage(bytes)
+        install(content, at: page)
+    }
+
+    /// Switches page `page` to `content` under its lock, then frees what it
+    /// held.
+    private func install(_ content: SlotContent, at page: Int) {
+        let old = slots.withLock(page) {
+            let old = slots.content(page)
+            slots.setContent(page, content)
+            return old
+        }
+        release(old, new: content)
+    }
+
+    /// Updates the figures for a slot that went from `old` to `new`, and
+    /// frees `old`'s object, which no slot refers to any more.
+    private func release(_ old: SlotContent, new: SlotContent) {
+        counters.account(old, sign: -1)
+        counters.account(new, sign: 1)
+        if case .object(let handle, _, _) = old {
+            pool.free(ZSHandle(rawValue: handle))
+        }
+    }
+
+    /// Read-modify-write of part of a page, holding its slot lock throughout
+    /// so that no other change to the page is lost.
+    private func patchPage(_ page: Int, at offset: Int, with bytes: UnsafeRawBufferPointer) throws(BlockDeviceError) {
+        let (old, new) = try withPageBuffer { (buffer) throws(BlockDeviceError) -> (SlotContent, SlotContent) in
+            try slots.withLock(page) { () throws(BlockDeviceError) -> (SlotContent, SlotContent) in
+                try loadPage(page, into: buffer)
+                UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<offset + bytes.count]).copyMemory(from: bytes)
+                let new = try storePage(UnsafeRawBufferPointer(buffer))
+                let old = slots.content(page)
+                slots.setContent(page, new)
+                return (old, new)
+            }
+        }
+        release(old, new: new)
+    }
+}
+
+// MARK: - Helpers
+
+/// The part of a request that falls in one device page.
+struct PagePiece {
+    var page: Int
+    /// Bytes of the page the request covers.
+    var pageRange: Range<Int>
+    /// The same bytes, as offsets in the request's buffer.
+    var requestRange: Range<Int>
+    var isWholePage: Bool { pageRange.count == pageSize }
+}
+
+/// Splits `offset..<offset+length` at page boundaries.
+func forEachPagePiece<Failure: Error>(
+    offset: Int, length: Int, _ body: (PagePiece) throws(Failure) -> Void
+) throws(Failure) {
+    var position = offset
+    let end = offset + length
+    while position < end {
+        let page = position / pageSize
+        let pageStart = page * pageSize
+        let pieceEnd = min(end, pageStart + pageSize)
+        try body(
+            PagePiece(
+                page: page, pageRange: (position - pageStart)..<(pieceEnd - pageStart),
+                requestRange: (position - offset)..<(pieceEnd - offset)))
+        position = pieceEnd
+    }
+}
+
+/// Runs `body` with a page-sized scratch buffer on the stack.
+@inline(__always)
+func withPageBuffer<Result, Failure: Error>(
+    _ body: (UnsafeMutableRawBufferPointer) throws(Failure) -> Result
+) throws(Failure) -> Result {
+    try withUnsafeTemporaryAllocation(byteCount: pageSize, alignment: 16, body)
+}
+
+/// Runs `body` with `count` (at most one page) zero bytes.
+func withZeroes<Result, Failure: Error>(
+    count: Int, _ body: (UnsafeRawBufferPointer) throws(Failure) -> Result
+) throws(Failure) -> Result {
+    try withUnsafeTemporaryAllocation(byteCount: count, alignment: 16) { (zeroes) throws(Failure) -> Result in
+        zeroes.initializeMemory(as: UInt8.self, repeating: 0)
+        return try body(UnsafeRawBufferPointer(zeroes))
+    }
+}
+
+/// The repeated word when every 8-byte word of `page` equals the first
+/// (zram's page_same_filled); nil otherwise. `page` may be unaligned.
+func sameFillWord(_ page: UnsafeRawBufferPointer) -> UInt64? {
+    let first = page.loadUnaligned(as: UInt64.self)
+    var offset = 8
+    while offset < page.count {
+        guard page.loadUnaligned(fromByteOffset: offset, as: UInt64.self) == first else { return nil }
+        offset += 8
+    }
+    return first
+}
+
+/// Fills a page with one repeated 8-byte word.
+func fillPage(_ page: UnsafeMutableRawBufferPointer, with fill: UInt64) {
+    if fill == 0 {
+        page.initializeMemory(as: UInt8.self, repeating: 0)
+        return
+    }
+    var offset = 0
+    while offset < page.count {
+        page.storeBytes(of: fill, toByteOffset: offset, as: UInt64.self)
+        offset += 8
+    }
+}

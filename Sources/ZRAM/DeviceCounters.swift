@@ -1,0 +1,37 @@
+import ZNBDSync
+
+/// The device's running counters, sharded per CPU (ShardedCounters): every
+/// write bumps several of them, and on shared cache lines two threads would
+/// spend more on the counters than on the slot table.
+final class DeviceCounters: Sendable {
+    enum Counter: Int, CaseIterable {
+        case pagesStored, compressedBytes, samePages, hugePages, hugePagesSince
+        case failedReads, failedWrites, invalidIO, notifyFree
+        case reads, writes, discards, zeroes, bytesRead, bytesWritten
+    }
+
+    private let counters = ShardedCounters(count: Counter.allCases.count)
+
+    @inline(__always)
+    func add(_ counter: Counter, _ delta: Int = 1) { counters.add(counter.rawValue, delta) }
+
+    func load(_ counter: Counter) -> Int { counters.load(counter.rawValue) }
+
+    /// Adds (`sign` 1) or removes (`sign` -1) a page's content from the
+    /// stored-data figures.
+    func account(_ content: SlotContent, sign: Int) {
+        switch content {
+        case .unallocated:
+            return
+        case .sameFilled:
+            add(.samePages, sign)
+        case .object(_, let length, let huge):
+            add(.compressedBytes, sign * length)
+            if huge {
+                add(.hugePages, sign)
+                if sign > 0 { add(.hugePagesSince) }
+            }
+        }
+        add(.pagesStored, sign)
+    }
+}
