@@ -3,11 +3,13 @@
 // Module map (dependencies point down the list; see docs/ARCHITECTURE.md):
 //   CLZO        C shim over liblzo2 (macros → functions, per-thread work memory)
 //   PageCodec   compress / decompress one 4 KiB page (LZO1X-1)
-//   CSystem     C shim for glibc calls that need _GNU_SOURCE (sched_getcpu)
+//   CLinux     C shim for glibc calls that need _GNU_SOURCE (sched_getcpu)
 //   ZNBDSync    Locked<State> (a pthread mutex TSan can see), ShardedCounters
 //   ZSPool      the movable zsmalloc-style pool of objects in an mmap'd frame arena
 //   BlockDevice the device contract the NBD server serves (and a plain RAM device)
 //   ZRAM        the compressed block device: slot table, pages, discard, stats
+//   NBD         the NBD protocol (pure state machines) and its SwiftNIO server
+//   CNBD        libnbd (a real NBD client) for tests and tools
 //   TestSupport corpus and helpers shared by test targets (never shipped)
 import PackageDescription
 
@@ -23,6 +25,10 @@ let package = Package(
         .library(name: "PageCodec", targets: ["PageCodec"]),
         .library(name: "ZSPool", targets: ["ZSPool"]),
         .library(name: "ZRAM", targets: ["ZRAM"]),
+        .library(name: "NBD", targets: ["NBD"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         .target(
@@ -34,10 +40,10 @@ let package = Package(
             dependencies: ["CLZO"],
             swiftSettings: strictSwift
         ),
-        .target(name: "CSystem"),
+        .target(name: "CLinux"),
         .target(
             name: "ZNBDSync",
-            dependencies: ["CSystem"],
+            dependencies: ["CLinux"],
             swiftSettings: strictSwift
         ),
         .target(
@@ -54,15 +60,25 @@ let package = Package(
             dependencies: ["BlockDevice", "PageCodec", "ZSPool", "ZNBDSync"],
             swiftSettings: strictSwift
         ),
+        .target(
+            name: "NBD",
+            dependencies: [
+                "BlockDevice", "ZNBDSync",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSwift
+        ),
         .executableTarget(
             name: "znbd-bench",
-            dependencies: ["PageCodec", "ZSPool", "ZRAM", "BlockDevice"],
+            dependencies: ["PageCodec", "ZSPool", "ZRAM", "BlockDevice", "NBD"],
             path: "tools/bench",
             swiftSettings: strictSwift
         ),
+        .systemLibrary(name: "CNBD", pkgConfig: "libnbd"),
         .target(
             name: "TestSupport",
-            dependencies: ["PageCodec", "ZNBDSync"],
+            dependencies: ["PageCodec", "ZNBDSync", "CNBD"],
             path: "Tests/TestSupport",
             swiftSettings: strictSwift
         ),
@@ -74,6 +90,14 @@ let package = Package(
         .testTarget(
             name: "ZSPoolTests",
             dependencies: ["ZSPool", "TestSupport", "ZNBDSync"],
+            swiftSettings: strictSwift
+        ),
+        .testTarget(
+            name: "NBDTests",
+            dependencies: [
+                "NBD", "BlockDevice", "ZRAM", "TestSupport", "ZNBDSync",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
             swiftSettings: strictSwift
         ),
         .testTarget(

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-internal import CSystem
+internal import CLinux
 import Synchronization
 
 /// A fixed set of counters that many threads bump at once, split in one
@@ -49,7 +49,7 @@ public final class ShardedCounters: @unchecked Sendable {
     /// for a moment; the sum stays exact.
     @inline(__always)
     public func add(_ index: Int, _ delta: Int) {
-        let shard = Int(max(0, csystem_current_cpu())) & (shardCount - 1)
+        let shard = Int(max(0, clinux_current_cpu())) & (shardCount - 1)
         counter(index, shard: shard).pointee.add(delta, ordering: .relaxed)
     }
 

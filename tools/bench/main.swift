@@ -3,6 +3,7 @@
 //   znbd-bench codec CORPUS_FILE [PASSES]
 //   znbd-bench pool [OPERATIONS_PER_THREAD]
 //   znbd-bench device CORPUS_FILE [ROUNDS]
+//   znbd-bench serve memory|zram SOCKET MIB [WORKERS]
 //
 // Each prints one machine-readable line; the tools/bench-* scripts run them
 // beside their peers in the same run and compute the ratios.
@@ -13,7 +14,7 @@ import Glibc
 
 let arguments = CommandLine.arguments
 func usage() -> Never {
-    fail("usage: znbd-bench codec CORPUS_FILE [PASSES] | pool [OPERATIONS_PER_THREAD] | device CORPUS_FILE [ROUNDS]", exitCode: 64)
+    fail("usage: znbd-bench codec CORPUS_FILE [PASSES] | pool [OPERATIONS_PER_THREAD] | device CORPUS_FILE [ROUNDS] | serve memory|zram SOCKET MIB [WORKERS]", exitCode: 64)
 }
 guard arguments.count >= 2 else { usage() }
 switch arguments[1] {
@@ -25,6 +26,11 @@ case "pool":
 case "device":
     guard arguments.count >= 3 else { usage() }
     runDeviceBenchmark(corpusPath: arguments[2], rounds: arguments.count > 3 ? Int(arguments[3]) ?? 3 : 3)
+case "serve":
+    guard arguments.count >= 5, let mebibytes = Int(arguments[4]) else { usage() }
+    runServe(
+        kind: arguments[2], socketPath: arguments[3], mebibytes: mebibytes,
+        workers: arguments.count > 5 ? Int(arguments[5]) ?? 2 : 2)
 default:
     usage()
 }

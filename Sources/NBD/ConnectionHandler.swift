@@ -1,0 +1,233 @@
+import NIOCore
+import NIOPosix
+
+/// One client connection: cuts the stream into frames (NBDFrameParser),
+/// runs the handshake (NBDHandshake), then hands each request to the
+/// processor, on the worker pool when there is one, and writes each reply
+/// when it is ready: replies may leave in a different order than requests
+/// came, and every request gets exactly one.
+///
+/// Back-pressure: at most `maximumInFlightRequests` requests, or
+/// `maximumInFlightBytes` bytes of payload and read data, are in progress at
+/// once. Past either, the handler stops parsing and holds the channel's
+/// reads, so a client that floods writes fills its own socket buffer, not
+/// the server's memory.
+///
+/// Everything here runs on the connection's event loop.
+final class NBDConnectionHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    struct Limits: Sendable {
+        var maximumInFlightRequests: Int
+        var maximumInFlightBytes: Int
+    }
+
+    private let export: NBDExport
+    private let limits: Limits
+    private let workers: NIOThreadPool?
+    private let counters: ServerCounters
+
+    private var buffer = ByteBuffer()
+    private var parser: NBDFrameParser
+    private var handshake: NBDHandshake
+    private var processor: NBDRequestProcessor?
+
+    private var inFlightRequests = 0
+    private var inFlightBytes = 0
+    /// A read the pipeline asked for while we were over a limit.
+    private var readHeld = false
+    /// After NBD_CMD_DISC or a fatal error: parse nothing more.
+    private var stopParsing = false
+    /// DISC, or the server draining: close once nothing is in progress.
+    private var closeWhenIdle = false
+    /// The last parse pass ended for want of bytes (no whole frame waits).
+    private var parserStarved = true
+    private var parsing = false
+    private var closed = false
+
+    init(export: NBDExport, limits: Limits, workers: NIOThreadPool?, counters: ServerCounters) {
+        self.export = export
+        self.limits = limits
+        self.workers = workers
+        self.counters = counters
+        parser = NBDFrameParser(maximumPayload: export.maximumPayload)
+        handshake = NBDHandshake(export: export)
+    }
+
+    private var overLimit: Bool {
+        inFlightRequests >= limits.maximumInFlightRequests || inFlightBytes >= limits.maximumInFlightBytes
+    }
+
+    // MARK: Channel events
+
+    func channelActive(context: ChannelHandlerContext) {
+        counters.connectionsOpen.add(1, ordering: .relaxed)
+        counters.connectionsTotal.add(1, ordering: .relaxed)
+        var greeting = context.channel.allocator.buffer(capacity: 18)
+        NBDHandshake.greeting(into: &greeting)
+        context.writeAndFlush(wrapOutboundOut(greeting), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        closed = true
+        counters.connectionsOpen.subtract(1, ordering: .relaxed)
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if buffer.readableBytes == 0 {
+            buffer = incoming
+        } else {
+            buffer.writeBuffer(&incoming)
+        }
+        processFrames(context: context)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+        context.fireChannelReadComplete()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if overLimit || stopParsing {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event {
+        case is NBDServer.Drain:
+            closeWhenIdle = true
+            closeIfIdle(context: context)
+        case ChannelEvent.inputClosed:
+            // The client will send nothing more: answer what it sent, then close.
+            stopParsing = true
+            closeWhenIdle = true
+            closeIfIdle(context: context)
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A reset or a broken pipe costs this connection only.
+        close(context: context)
+    }
+
+    // MARK: Frames
+
+    private func processFrames(context: ChannelHandlerContext) {
+        guard !parsing else { return }
+        parsing = true
+        defer { parsing = false }
+        while !stopParsing, !overLimit, !closed {
+            guard let frame = parser.next(&buffer) else {
+                parserStarved = true
+                break
+            }
+            parserStarved = false
+            switch frame {
+            case .protocolError:
+                counters.protocolErrors.add(1, ordering: .relaxed)
+                close(context: context)
+                return
+            case .handshake(let message):
+                var output = context.channel.allocator.buffer(capacity: 64)
+                let outcome = handshake.receive(message, into: &output)
+                if output.readableBytes > 0 { context.write(wrapOutboundOut(output), promise: nil) }
+                switch outcome {
+                case .proceed:
+                    break
+                case .transmission(let session):
+                    parser.phase = .transmission
+                    processor = NBDRequestProcessor(export: export, session: session)
+                case .close:
+                    close(context: context)
+                    return
+                }
+            case .request(let request):
+                if request.type == NBDCommand.disconnect.rawValue {
+                    counters.record(.init(command: .disconnect, error: nil, bytes: 0))
+                    stopParsing = true
+                    closeWhenIdle = true
+                } else {
+                    dispatch(request, context: context)
+                }
+            }
+        }
+        if buffer.readableBytes == 0 {
+            buffer.clear()
+        } else if buffer.readerIndex >= 1 << 20 {
+            buffer.discardReadBytes()
+        }
+        closeIfIdle(context: context)
+    }
+
+    private func dispatch(_ request: NBDRequest, context: ChannelHandlerContext) {
+        guard let processor else { return }
+        let cost = Int(request.length)
+        inFlightRequests += 1
+        inFlightBytes += cost
+        let allocator = context.channel.allocator
+        guard let workers else {
+            let result = processor.process(request, allocator: allocator)
+            complete(.success(result), cost: cost, flush: false, context: context)
+            return
+        }
+        workers.runIfActive(eventLoop: context.eventLoop) {
+            processor.process(request, allocator: allocator)
+        }.assumeIsolated().whenComplete { result in
+            self.complete(result, cost: cost, flush: true, context: context)
+        }
+    }
+
+    private func complete(
+        _ result: Result<(reply: ByteBuffer, outcome: NBDRequestProcessor.Outcome), any Error>, cost: Int,
+        flush: Bool, context: ChannelHandlerContext
+    ) {
+        inFlightRequests -= 1
+        inFlightBytes -= cost
+        switch result {
+        case .success(let (reply, outcome)):
+            counters.record(outcome)
+            guard !closed else { return }
+            if flush {
+                context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+            } else {
+                context.write(wrapOutboundOut(reply), promise: nil)
+            }
+        case .failure:
+            // The worker pool is shutting down: nothing more can be answered.
+            close(context: context)
+            return
+        }
+        guard !closed else { return }
+        // Room again: parse what is buffered, then let reads resume.
+        if !parsing {
+            processFrames(context: context)
+            if readHeld, !overLimit, !stopParsing {
+                readHeld = false
+                context.read()
+            }
+        }
+    }
+
+    private func closeIfIdle(context: ChannelHandlerContext) {
+        guard closeWhenIdle, !closed, inFlightRequests == 0, stopParsing || parserStarved else { return }
+        close(context: context)
+    }
+
+    private func close(context: ChannelHandlerContext) {
+        guard !closed else { return }
+        closed = true
+        stopParsing = true
+        context.flush()
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,126 @@
+public import NIOCore
+
+/// One transmission request as it arrived.
+public struct NBDRequest: Equatable, Sendable {
+    public var flags: UInt16
+    public var type: UInt16
+    public var cookie: UInt64
+    public var offset: UInt64
+    public var length: UInt32
+    /// A WRITE's data; nil for other commands and for a write whose payload
+    /// was over the limit (then `payloadDropped`).
+    public var payload: ByteBuffer?
+    /// The payload was larger than the export accepts: it was read and
+    /// thrown away so that the stream stays in step, and the request fails.
+    public var payloadDropped = false
+
+    public init(flags: UInt16, type: UInt16, cookie: UInt64, offset: UInt64, length: UInt32, payload: ByteBuffer? = nil) {
+        self.flags = flags
+        self.type = type
+        self.cookie = cookie
+        self.offset = offset
+        self.length = length
+        self.payload = payload
+    }
+
+    public static let headerSize = 28
+}
+
+/// Cuts the client's byte stream into handshake messages and requests. Pure:
+/// it reads from a buffer the caller fills; nothing here touches a socket.
+public struct NBDFrameParser: Sendable {
+    public enum Phase: Sendable, Equatable {
+        case clientFlags
+        case options
+        case transmission
+    }
+
+    public enum Frame: Equatable, Sendable {
+        case handshake(NBDHandshakeMessage)
+        case request(NBDRequest)
+        /// The stream cannot be understood any more (bad magic): close.
+        case protocolError(String)
+    }
+
+    public var phase: Phase = .clientFlags
+    /// Largest option data kept; longer options are skipped and refused.
+    public let maximumOptionLength: Int
+    /// Largest WRITE payload kept; longer ones are skipped and refused.
+    public let maximumPayload: Int
+    /// Bytes still to throw away (the rest of an oversized payload).
+    private var skipping = 0
+
+    public init(maximumPayload: Int, maximumOptionLength: Int = 64 << 10) {
+        self.maximumPayload = maximumPayload
+        self.maximumOptionLength = maximumOptionLength
+    }
+
+    /// The next complete frame at the front of `buffer`, consuming it; nil
+    /// when more bytes are needed.
+    public mutating func next(_ buffer: inout ByteBuffer) -> Frame? {
+        if skipping > 0 {
+            let dropped = min(skipping, buffer.readableBytes)
+            buffer.moveReaderIndex(forwardBy: dropped)
+            skipping -= dropped
+            if skipping > 0 { return nil }
+        }
+        switch phase {
+        case .clientFlags:
+            guard let flags = buffer.readInteger(as: UInt32.self) else { return nil }
+            phase = .options
+            return .handshake(.clientFlags(flags))
+        case .options:
+            return nextOption(&buffer)
+        case .transmission:
+            return nextRequest(&buffer)
+        }
+    }
+
+    private mutating func nextOption(_ buffer: inout ByteBuffer) -> Frame? {
+        guard let (magic, code, length) = buffer.getMultipleIntegers(
+            at: buffer.readerIndex, as: (UInt64, UInt32, UInt32).self)
+        else { return nil }
+        guard magic == NBDMagic.option else {
+            return .protocolError("bad option magic 0x\(String(magic, radix: 16))")
+        }
+        if Int(length) > maximumOptionLength {
+            buffer.moveReaderIndex(forwardBy: 16)
+            skipping = Int(length)
+            let dropped = min(skipping, buffer.readableBytes)
+            buffer.moveReaderIndex(forwardBy: dropped)
+            skipping -= dropped
+            return .handshake(.oversizedOption(code: code, length: length))
+        }
+        guard buffer.readableBytes >= 16 + Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: 16)
+        let data = buffer.readSlice(length: Int(length))!
+        return .handshake(.option(code: code, data: data))
+    }
+
+    private mutating func nextRequest(_ buffer: inout ByteBuffer) -> Frame? {
+        guard let (magic, flags, type, cookie, offset, length) = buffer.getMultipleIntegers(
+            at: buffer.readerIndex, as: (UInt32, UInt16, UInt16, UInt64, UInt64, UInt32).self)
+        else { return nil }
+        guard magic == NBDMagic.request else {
+            return .protocolError("bad request magic 0x\(String(magic, radix: 16))")
+        }
+        var request = NBDRequest(flags: flags, type: type, cookie: cookie, offset: offset, length: length)
+        guard type == NBDCommand.write.rawValue, length > 0 else {
+            buffer.moveReaderIndex(forwardBy: NBDRequest.headerSize)
+            return .request(request)
+        }
+        if Int(length) > maximumPayload {
+            buffer.moveReaderIndex(forwardBy: NBDRequest.headerSize)
+            request.payloadDropped = true
+            skipping = Int(length)
+            let dropped = min(skipping, buffer.readableBytes)
+            buffer.moveReaderIndex(forwardBy: dropped)
+            skipping -= dropped
+            return .request(request)
+        }
+        guard buffer.readableBytes >= NBDRequest.headerSize + Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: NBDRequest.headerSize)
+        request.payload = buffer.readSlice(length: Int(length))
+        return .request(request)
+    }
+}

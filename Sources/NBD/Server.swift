@@ -1,0 +1,131 @@
+public import NIOCore
+import NIOPosix
+import ZNBDSync
+
+/// Serves one export over NBD on a Unix socket and/or a TCP address, to any
+/// number of clients at once.
+public final class NBDServer: Sendable {
+    public struct Configuration: Sendable {
+        /// Listen on this Unix socket path (an existing file is replaced).
+        public var unixSocketPath: String?
+        /// Listen on this TCP host and port (port 0: any free port).
+        public var tcpHost: String?
+        public var tcpPort: Int
+        /// Event loop threads: sockets, framing, replies.
+        public var eventLoopThreads: Int
+        /// Threads that run requests on the device; 0 runs them on the event
+        /// loop (right for a device whose requests cost a memcpy).
+        public var workerThreads: Int
+        public var maximumInFlightRequests: Int
+        public var maximumInFlightBytes: Int
+
+        public init(
+            unixSocketPath: String? = nil, tcpHost: String? = nil, tcpPort: Int = 10809,
+            eventLoopThreads: Int = System.coreCount, workerThreads: Int = System.coreCount,
+            maximumInFlightRequests: Int = 128, maximumInFlightBytes: Int = 64 << 20
+        ) {
+            self.unixSocketPath = unixSocketPath
+            self.tcpHost = tcpHost
+            self.tcpPort = tcpPort
+            self.eventLoopThreads = eventLoopThreads
+            self.workerThreads = workerThreads
+            self.maximumInFlightRequests = maximumInFlightRequests
+            self.maximumInFlightBytes = maximumInFlightBytes
+        }
+    }
+
+    /// Sent down each connection's pipeline when the server stops: answer
+    /// what has arrived, then close.
+    struct Drain: Sendable {}
+
+    public let export: NBDExport
+    public let configuration: Configuration
+    private let group: MultiThreadedEventLoopGroup
+    private let workers: NIOThreadPool?
+    private let counters = ServerCounters()
+    private let channels = Locked<(listeners: [any Channel], connections: [ObjectIdentifier: any Channel])>(([], [:]))
+
+    public init(export: NBDExport, configuration: Configuration) {
+        self.export = export
+        self.configuration = configuration
+        group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
+        if configuration.workerThreads > 0 {
+            let pool = NIOThreadPool(numberOfThreads: configuration.workerThreads)
+            pool.start()
+            workers = pool
+        } else {
+            workers = nil
+        }
+    }
+
+    /// Starts listening; returns the bound addresses (Unix first, then TCP).
+    public func start() async throws -> [SocketAddress] {
+        var addresses: [SocketAddress] = []
+        if let path = configuration.unixSocketPath {
+            let channel = try await bootstrap(tcp: false)
+                .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+            track(listener: channel)
+            if let address = channel.localAddress { addresses.append(address) }
+        }
+        if let host = configuration.tcpHost {
+            let channel = try await bootstrap(tcp: true).bind(host: host, port: configuration.tcpPort).get()
+            track(listener: channel)
+            if let address = channel.localAddress { addresses.append(address) }
+        }
+        return addresses
+    }
+
+    private func track(listener: any Channel) {
+        channels.withLock { $0.listeners.append(listener) }
+    }
+
+    private func bootstrap(tcp: Bool) -> ServerBootstrap {
+        let export = self.export
+        let limits = NBDConnectionHandler.Limits(
+            maximumInFlightRequests: configuration.maximumInFlightRequests,
+            maximumInFlightBytes: configuration.maximumInFlightBytes)
+        let workers = self.workers
+        let counters = self.counters
+        let channels = self.channels
+        var bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(
+                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10, maximum: 1 << 20))
+            .childChannelInitializer { channel in
+                let id = ObjectIdentifier(channel)
+                channels.withLock { $0.connections[id] = channel }
+                channel.closeFuture.whenComplete { _ in _ = channels.withLock { $0.connections.removeValue(forKey: id) } }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        NBDConnectionHandler(export: export, limits: limits, workers: workers, counters: counters))
+                }
+            }
+        if tcp {
+            bootstrap = bootstrap.childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+        }
+        return bootstrap
+    }
+
+    /// Stops accepting, lets every connection answer what it has received,
+    /// waits up to `drainTimeout` for them to close, closes what is left,
+    /// and stops the threads.
+    public func shutdown(drainTimeout: TimeAmount = .seconds(2)) async {
+        let (listeners, connections) = channels.withLock { ($0.listeners, Array($0.connections.values)) }
+        for listener in listeners { try? await listener.close() }
+        for connection in connections { connection.pipeline.fireUserInboundEventTriggered(Drain()) }
+        let deadline = NIODeadline.now() + drainTimeout
+        for connection in connections {
+            let remaining = deadline - .now()
+            let timer = connection.eventLoop.scheduleTask(in: max(remaining, .zero)) { connection.close(promise: nil) }
+            try? await connection.closeFuture.get()
+            timer.cancel()
+        }
+        try? await workers?.shutdownGracefully()
+        try? await group.shutdownGracefully()
+    }
+
+    /// The server's figures now.
+    public func stats() -> NBDServerStats { counters.snapshot() }
+}
