@@ -93,12 +93,27 @@ extension BlockDevice {
     }
 }
 
-/// Appends `length` bytes of `status` to `extents`, merging with the last
-/// extent when the status is the same. Devices use it to build their answer.
-public func appendExtent(_ extents: inout [AllocationExtent], length: Int, status: AllocationStatus) {
-    if let last = extents.last, last.status == status {
-        extents[extents.count - 1].length += length
-    } else {
-        extents.append(AllocationExtent(length: length, status: status))
+/// The extents of `offset..<offset+length` for a device that knows the
+/// status of each `pageSize` page: runs of one status merged, at most
+/// `maximumExtents` of them (the last run is cut where a new one would start).
+public func collectExtents(
+    offset: Int, length: Int, pageSize: Int, maximumExtents: Int, statusOfPage: (Int) -> AllocationStatus
+) -> [AllocationExtent] {
+    var extents: [AllocationExtent] = []
+    var position = offset
+    let end = offset + length
+    while position < end {
+        let page = position / pageSize
+        let pieceEnd = min(end, (page + 1) * pageSize)
+        let status = statusOfPage(page)
+        if let last = extents.last, last.status == status {
+            extents[extents.count - 1].length += pieceEnd - position
+        } else if extents.count == maximumExtents {
+            break
+        } else {
+            extents.append(AllocationExtent(length: pieceEnd - position, status: status))
+        }
+        position = pieceEnd
     }
+    return extents
 }

@@ -134,21 +134,14 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
         -> [AllocationExtent]
     {
         try validateRange(offset: offset, length: length)
-        var extents: [AllocationExtent] = []
-        var position = offset
-        let end = offset + length
-        while position < end {
-            let page = position / Self.pageSize
-            let pieceEnd = min(end, (page + 1) * Self.pageSize)
-            let state: AllocationStatus = switch status[page].load(ordering: .relaxed) {
+        return collectExtents(
+            offset: offset, length: length, pageSize: Self.pageSize, maximumExtents: maximumExtents
+        ) { page in
+            switch status[page].load(ordering: .relaxed) {
             case Self.statusUnallocated: .unallocated
             case Self.statusZero: .zero
             default: .data
             }
-            if extents.count == maximumExtents, extents.last?.status != state { break }
-            appendExtent(&extents, length: pieceEnd - position, status: state)
-            position = pieceEnd
         }
-        return extents
     }
 }

@@ -171,6 +171,17 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     private func dispatch(_ request: NBDRequest, context: ChannelHandlerContext) {
         guard let processor else { return }
+        var owned = request
+        if workers != nil, let payload = request.payload {
+            // The payload is a slice of the cumulation buffer, which this
+            // loop appends to and reuses once it is the only owner. A worker
+            // thread that dropped the last other reference would then have
+            // read storage this thread reallocates: Swift's uniqueness check
+            // gives ThreadSanitizer no happens-before edge for that, so the
+            // worker gets a copy of its own (a memcpy beside a compression).
+            owned.payload = context.channel.allocator.buffer(buffer: payload)
+        }
+        let request = owned
         let cost = Int(request.length)
         inFlightRequests += 1
         inFlightBytes += cost

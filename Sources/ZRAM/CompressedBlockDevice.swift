@@ -191,18 +191,9 @@ public final class CompressedBlockDevice: BlockDevice {
         -> [AllocationExtent]
     {
         try checkRange(offset: offset, length: length)
-        var extents: [AllocationExtent] = []
-        var position = offset
-        let end = offset + length
-        while position < end {
-            let page = position / pageSize
-            let pieceEnd = min(end, (page + 1) * pageSize)
-            let status = slots.allocationStatus(page)
-            if extents.count == maximumExtents, extents.last?.status != status { break }
-            appendExtent(&extents, length: pieceEnd - position, status: status)
-            position = pieceEnd
-        }
-        return extents
+        return collectExtents(
+            offset: offset, length: length, pageSize: pageSize, maximumExtents: maximumExtents,
+            statusOfPage: slots.allocationStatus)
     }
 
     // MARK: Statistics and maintenance

@@ -47,6 +47,29 @@ struct ClientTests {
         }
     }
 
+    @Test("TCP and a Unix socket at once, from one server")
+    func tcpAndUnix() async throws {
+        let directory = try makeTemporaryDirectory("znbd-tcp")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let socket = directory.appendingPathComponent("nbd.sock").path
+        let server = NBDServer(
+            export: NBDExport(name: "tcp", device: try MemoryBlockDevice(byteCount: 8 << 20)),
+            configuration: .init(unixSocketPath: socket, tcpHost: "127.0.0.1", tcpPort: 0, eventLoopThreads: 1))
+        do {
+            let addresses = try await server.start()
+            let port = try #require(addresses.last?.port)
+            let overTCP = try LibNBDClient(uri: "nbd://127.0.0.1:\(port)/tcp")
+            let overUnix = try LibNBDClient(uri: "nbd+unix:///tcp?socket=\(socket)")
+            try overTCP.write([UInt8](repeating: 4, count: 8192), at: 4096)
+            #expect(try overUnix.read(count: 8192, at: 4096) == [UInt8](repeating: 4, count: 8192))
+            #expect(server.stats().connectionsOpen == 2)
+        } catch {
+            await server.shutdown()
+            throw error
+        }
+        await server.shutdown()
+    }
+
     @Test("simple replies only (as the kernel's client uses): reads and errors still correct")
     func simpleReplies() async throws {
         try await withServedDevice(mebibytes: 8) { served in
