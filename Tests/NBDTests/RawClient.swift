@@ -8,7 +8,9 @@ import Glibc
 /// A deliberately simple NBD client on a raw Unix socket, for what libnbd
 /// will not send: unknown commands and flags, oversized payloads, garbage,
 /// truncated streams. Every receive has a 10 s timeout.
-final class RawClient {
+final class RawClient: @unchecked Sendable {
+    // @unchecked: its only state is a socket descriptor; one thread may send
+    // while another receives, as the kernel allows.
     struct Failure: Error, CustomStringConvertible {
         let description: String
     }

@@ -1,0 +1,92 @@
+import BlockDevice
+import Foundation
+import NBD
+import Synchronization
+import Testing
+import TestSupport
+
+/// A RAM device whose writes wait at a gate until the test opens it.
+final class GatedDevice: BlockDevice, @unchecked Sendable {
+    // @unchecked: `open` is guarded by `condition`'s mutex; `inner` is Sendable.
+    let inner: MemoryBlockDevice
+    let writesEntered = Atomic<Int>(0)
+    private var open = false
+    private let condition = NSCondition()
+
+    init(byteCount: Int) throws { inner = try MemoryBlockDevice(byteCount: byteCount) }
+
+    func openGate() {
+        condition.lock()
+        open = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    var byteCount: Int { inner.byteCount }
+    var sectorSize: Int { inner.sectorSize }
+    var preferredBlockSize: Int { inner.preferredBlockSize }
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
+        try inner.read(into: buffer, at: offset)
+    }
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
+        writesEntered.add(1, ordering: .relaxed)
+        condition.lock()
+        while !open { condition.wait() }
+        condition.unlock()
+        try inner.write(bytes, at: offset)
+    }
+    func discard(offset: Int, length: Int) throws(BlockDeviceError) { try inner.discard(offset: offset, length: length) }
+    func writeZeroes(offset: Int, length: Int) throws(BlockDeviceError) { try inner.writeZeroes(offset: offset, length: length) }
+    func flush() throws(BlockDeviceError) {}
+    func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError) -> [AllocationExtent] {
+        try inner.allocationExtents(offset: offset, length: length, maximumExtents: maximumExtents)
+    }
+}
+
+@Suite("NBD back-pressure")
+struct BackPressureTests {
+    @Test("a client flooding 128 MiB of writes at a stalled device meets back-pressure, not an unbounded buffer")
+    func floodingClient() async throws {
+        let device = try GatedDevice(byteCount: 128 << 20)
+        try await withServedDevice(device: device, workerThreads: 2) { served in
+            let client = try RawClient(socketPath: served.socketPath)
+            try client.handshake()
+            let before = residentBytes()
+            let count = 2_048
+            let payload = [UInt8](repeating: 0x77, count: 65536)
+            let sent = Atomic<Int>(0)
+            let sender = Thread {
+                // Blocks once the server stops reading; the gate opens later.
+                for index in 0..<count {
+                    do {
+                        try client.sendRequest(type: NBDCommand.write.rawValue, cookie: UInt64(index),
+                                               offset: UInt64(index) * 65536, length: 65536, payload: payload)
+                        sent.add(1, ordering: .relaxed)
+                    } catch {
+                        return
+                    }
+                }
+            }
+            sender.start()
+            try await Task.sleep(for: .seconds(1))
+            let stalledGrowth = residentBytes() - before
+            let acceptedWhileStalled = sent.load(ordering: .relaxed)
+            // The server holds at most 128 requests (8 MiB here) plus socket
+            // buffers; the client could not push the rest.
+            #expect(acceptedWhileStalled < count / 2, "\(acceptedWhileStalled) of \(count) writes went out while stalled")
+            #expect(stalledGrowth < 48 << 20, "RSS grew \(stalledGrowth) bytes while stalled")
+            #expect(device.writesEntered.load(ordering: .relaxed) <= 2)
+            device.openGate()
+            var replies = 0
+            while replies < count {
+                let reply = try client.receiveSimpleReply()
+                #expect(reply.error == 0)
+                replies += 1
+            }
+            #expect(sent.load(ordering: .relaxed) == count)
+            var check = [UInt8](repeating: 0, count: 65536)
+            try check.withUnsafeMutableBytes { try device.read(into: $0, at: (count - 1) * 65536) }
+            #expect(check == payload)
+        }
+    }
+}
