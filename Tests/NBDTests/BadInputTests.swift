@@ -202,7 +202,11 @@ struct BadInputTests {
             try await Self.waitForConnections(served.server, open: 0)
             #expect(openFileDescriptorCount() == descriptors)
             let growth = residentBytes() - resident
-            #expect(growth < 8 << 20, "RSS grew by \(growth) bytes over 1,000 cycles")
+            // Under AddressSanitizer freed memory sits in its quarantine, so
+            // RSS says nothing there; LeakSanitizer checks leaks instead.
+            if ProcessInfo.processInfo.environment["ZNBD_SANITIZER"] != "address" {
+                #expect(growth < 8 << 20, "RSS grew by \(growth) bytes over 1,000 cycles")
+            }
             #expect(served.server.stats().connectionsTotal >= 1_100)
         }
     }
