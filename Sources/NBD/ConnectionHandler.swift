@@ -106,8 +106,9 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
             closeWhenIdle = true
             closeIfIdle(context: context)
         case ChannelEvent.inputClosed:
-            // The client will send nothing more: answer what it sent, then close.
-            stopParsing = true
+            // The client will send nothing more: answer every whole request it
+            // sent (some may still wait in the buffer behind the in-flight
+            // limit), then close.
             closeWhenIdle = true
             closeIfIdle(context: context)
         default:

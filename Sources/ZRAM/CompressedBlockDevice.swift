@@ -92,7 +92,7 @@ public final class CompressedBlockDevice: BlockDevice {
             pool = try ZSPool(
                 ZSPool.Configuration(
                     capacityBytes: poolBytes, maxChain: configuration.maxChain,
-                    memLimitBytes: configuration.memLimitBytes, trapOnInvalidFree: true))
+                    memLimitBytes: configuration.memLimitBytes))
         } catch {
             throw .pool(error)
         }

@@ -49,6 +49,7 @@ struct BackPressureTests {
     func floodingClient() async throws {
         let device = try GatedDevice(byteCount: 128 << 20)
         try await withServedDevice(device: device, workerThreads: 2) { served in
+            defer { device.openGate() }  // never leave workers blocked, even on failure
             let client = try RawClient(socketPath: served.socketPath)
             try client.handshake()
             let before = residentBytes()
@@ -87,6 +88,37 @@ struct BackPressureTests {
             var check = [UInt8](repeating: 0, count: 65536)
             try check.withUnsafeMutableBytes { try device.read(into: $0, at: (count - 1) * 65536) }
             #expect(check == payload)
+        }
+    }
+
+    @Test("a client that sends its requests and half-closes gets every reply, also those parsed after the limit")
+    func halfCloseAfterBurst() async throws {
+        let device = try GatedDevice(byteCount: 16 << 20)
+        try await withServedDevice(device: device, workerThreads: 2) { served in
+            let client = try RawClient(socketPath: served.socketPath)
+            try client.handshake()
+            defer { device.openGate() }  // never leave workers blocked, even on failure
+            // 300 small writes (150 KiB: they fit in the socket buffer, so the
+            // server reads them and the end of input in one go): more than
+            // the 128 it keeps in progress, so the rest wait unparsed in its
+            // buffer when the input closes.
+            let count = 300
+            for index in 0..<count {
+                try client.sendRequest(type: NBDCommand.write.rawValue, cookie: UInt64(index),
+                                       offset: UInt64(index) * 512, length: 512,
+                                       payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 512))
+            }
+            client.finishSending()
+            try await Task.sleep(for: .milliseconds(200))
+            device.openGate()
+            var cookies = Set<UInt64>()
+            for _ in 0..<count {
+                let reply = try client.receiveSimpleReply()
+                #expect(reply.error == 0)
+                cookies.insert(reply.cookie)
+            }
+            #expect(cookies.count == count)
+            #expect(client.isClosedByServer())
         }
     }
 }

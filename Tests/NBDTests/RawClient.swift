@@ -51,6 +51,11 @@ final class RawClient: @unchecked Sendable {
         }
     }
 
+    /// Tells the server this client will send nothing more (shutdown(SHUT_WR)).
+    func finishSending() {
+        shutdown(fd, Int32(SHUT_WR))
+    }
+
     /// Exactly `count` bytes; throws on EOF or timeout.
     func receive(_ count: Int) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)

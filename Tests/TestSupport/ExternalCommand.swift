@@ -34,14 +34,14 @@ public func runCommand(_ arguments: [String], timeout: Double = 60, environment:
     process.standardInput = FileHandle.nullDevice
     process.standardOutput = try FileHandle(forWritingTo: outURL)
     process.standardError = try FileHandle(forWritingTo: errURL)
-    try process.run()
+    // The handler is set before the process starts, so a quick exit is not missed.
     let finished = DispatchSemaphore(value: 0)
     process.terminationHandler = { _ in finished.signal() }
+    try process.run()
     var timedOut = false
     if finished.wait(timeout: .now() + timeout) == .timedOut {
         timedOut = true
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
     }
     process.waitUntilExit()
     return CommandResult(
