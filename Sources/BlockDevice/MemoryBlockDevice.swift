@@ -15,9 +15,16 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
     // @unchecked: `bytes` is only touched under the stripe lock of its chunk;
     // `status` entries are atomics.
 
-    public struct MapError: Error, CustomStringConvertible {
-        public let errno: Int32
-        public var description: String { "could not map the device's memory (errno \(errno))" }
+    public enum ConfigurationError: Error, CustomStringConvertible {
+        case invalidSize(Int)
+        case mapFailed(errno: Int32)
+
+        public var description: String {
+            switch self {
+            case .invalidSize(let bytes): "device size must be a positive multiple of 4096 bytes, got \(bytes)"
+            case .mapFailed(let code): "could not map the device's memory (errno \(code))"
+            }
+        }
     }
 
     public let byteCount: Int
@@ -34,28 +41,27 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
     private let bytes: UnsafeMutableRawPointer
     private let status: UnsafeMutablePointer<Atomic<UInt8>>
     private let stripes: UnsafeMutablePointer<pthread_mutex_t>
-    private let mappedBytes: Int
-    private let statusBytes: Int
+    /// One status byte per page.
+    private var statusBytes: Int { byteCount / Self.pageSize }
 
     /// A device of `byteCount` bytes (a multiple of 4096).
-    public init(byteCount: Int) throws(MapError) {
-        precondition(byteCount > 0 && byteCount % Self.pageSize == 0, "size must be a positive multiple of 4096")
+    public init(byteCount: Int) throws(ConfigurationError) {
+        guard byteCount > 0, byteCount % Self.pageSize == 0 else { throw .invalidSize(byteCount) }
         self.byteCount = byteCount
-        mappedBytes = byteCount
-        statusBytes = byteCount / Self.pageSize
+        let pages = byteCount / Self.pageSize
         let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
-        guard let data = mmap(nil, mappedBytes, PROT_READ | PROT_WRITE, flags, -1, 0),
+        guard let data = mmap(nil, byteCount, PROT_READ | PROT_WRITE, flags, -1, 0),
             data != UnsafeMutableRawPointer(bitPattern: -1)
-        else { throw MapError(errno: errno) }
-        guard let statusMemory = mmap(nil, statusBytes, PROT_READ | PROT_WRITE, flags, -1, 0),
+        else { throw .mapFailed(errno: errno) }
+        guard let statusMemory = mmap(nil, pages, PROT_READ | PROT_WRITE, flags, -1, 0),
             statusMemory != UnsafeMutableRawPointer(bitPattern: -1)
         else {
-            munmap(data, mappedBytes)
-            throw MapError(errno: errno)
+            munmap(data, byteCount)
+            throw .mapFailed(errno: errno)
         }
         bytes = data
         // Zero bits are Atomic<UInt8>(0): unallocated.
-        status = statusMemory.bindMemory(to: Atomic<UInt8>.self, capacity: statusBytes)
+        status = statusMemory.bindMemory(to: Atomic<UInt8>.self, capacity: pages)
         stripes = .allocate(capacity: Self.stripeCount)
         for index in 0..<Self.stripeCount {
             (stripes + index).initialize(to: pthread_mutex_t())
@@ -66,7 +72,7 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
     deinit {
         for index in 0..<Self.stripeCount { pthread_mutex_destroy(stripes + index) }
         stripes.deallocate()
-        munmap(bytes, mappedBytes)
+        munmap(bytes, byteCount)
         munmap(UnsafeMutableRawPointer(status), statusBytes)
     }
 

@@ -58,12 +58,8 @@ public struct NBDFrameParser: Sendable {
     /// The next complete frame at the front of `buffer`, consuming it; nil
     /// when more bytes are needed.
     public mutating func next(_ buffer: inout ByteBuffer) -> Frame? {
-        if skipping > 0 {
-            let dropped = min(skipping, buffer.readableBytes)
-            buffer.moveReaderIndex(forwardBy: dropped)
-            skipping -= dropped
-            if skipping > 0 { return nil }
-        }
+        dropSkippedBytes(&buffer)
+        if skipping > 0 { return nil }
         switch phase {
         case .clientFlags:
             guard let flags = buffer.readInteger(as: UInt32.self) else { return nil }
@@ -86,9 +82,7 @@ public struct NBDFrameParser: Sendable {
         if Int(length) > maximumOptionLength {
             buffer.moveReaderIndex(forwardBy: 16)
             skipping = Int(length)
-            let dropped = min(skipping, buffer.readableBytes)
-            buffer.moveReaderIndex(forwardBy: dropped)
-            skipping -= dropped
+            dropSkippedBytes(&buffer)
             return .handshake(.oversizedOption(code: code, length: length))
         }
         guard buffer.readableBytes >= 16 + Int(length) else { return nil }
@@ -113,14 +107,19 @@ public struct NBDFrameParser: Sendable {
             buffer.moveReaderIndex(forwardBy: NBDRequest.headerSize)
             request.payloadDropped = true
             skipping = Int(length)
-            let dropped = min(skipping, buffer.readableBytes)
-            buffer.moveReaderIndex(forwardBy: dropped)
-            skipping -= dropped
+            dropSkippedBytes(&buffer)
             return .request(request)
         }
         guard buffer.readableBytes >= NBDRequest.headerSize + Int(length) else { return nil }
         buffer.moveReaderIndex(forwardBy: NBDRequest.headerSize)
         request.payload = buffer.readSlice(length: Int(length))
         return .request(request)
+    }
+
+    /// Throws away as much of an oversized payload as has arrived.
+    private mutating func dropSkippedBytes(_ buffer: inout ByteBuffer) {
+        let dropped = min(skipping, buffer.readableBytes)
+        buffer.moveReaderIndex(forwardBy: dropped)
+        skipping -= dropped
     }
 }

@@ -97,9 +97,7 @@ public struct NBDRequestProcessor: Sendable {
         }
         let size = UInt64(export.device.byteCount)
         let (end, overflow) = request.offset.addingReportingOverflow(UInt64(request.length))
-        if overflow || end > size {
-            return command == .write || command == .writeZeroes ? .enospc : .einval
-        }
+        if overflow || end > size { return Self.pastTheEnd(command) }
         let sector = UInt64(export.minimumBlockSize)
         guard request.offset % sector == 0, UInt64(request.length) % sector == 0 else { return .einval }
         if command == .read, Int(request.length) > export.maximumPayload { return .einval }
@@ -109,9 +107,15 @@ public struct NBDRequestProcessor: Sendable {
         return nil
     }
 
+    /// The specification's errno for a range past the end: writes ask for
+    /// space that is not there; anything else asks for bytes that are not.
+    static func pastTheEnd(_ command: NBDCommand) -> NBDError {
+        command == .write || command == .writeZeroes ? .enospc : .einval
+    }
+
     static func errno(for error: BlockDeviceError, command: NBDCommand) -> NBDError {
         switch error {
-        case .outOfRange: command == .write || command == .writeZeroes ? .enospc : .einval
+        case .outOfRange: pastTheEnd(command)
         case .misaligned: .einval
         case .noSpace: .enospc
         case .ioError: .eio

@@ -47,8 +47,6 @@ final class SlotTable: @unchecked Sendable {
     static let sameBit: UInt64 = 1 << 16
     static let objectBit: UInt64 = 1 << 17
     static let hugeBit: UInt64 = 1 << 18
-    static let idleBit: UInt64 = 1 << 19
-    static let writtenBackBit: UInt64 = 1 << 20
     static let lockBit: UInt64 = 1 << 31
 
     let count: Int
@@ -84,9 +82,6 @@ final class SlotTable: @unchecked Sendable {
         guard let memory, memory != UnsafeMutableRawPointer(bitPattern: -1) else { return nil }
         return memory
     }
-
-    /// Bytes the table reserves (its resident part is what has been touched).
-    var reservedBytes: Int { count * 16 }
 
     // MARK: The slot lock
 

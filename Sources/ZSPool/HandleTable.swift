@@ -1,5 +1,4 @@
 import Synchronization
-import ZNBDSync
 
 #if canImport(Glibc)
 import Glibc
@@ -50,9 +49,8 @@ struct ObjectLocation: Equatable {
 /// touched part tracks the peak number of live objects); the directory of
 /// chunks is fixed at start-up, so a published chunk never moves.
 final class HandleTable: @unchecked Sendable {
-    // @unchecked: `directory` and the chunks it points to are written only
-    // under `ids` (a lock) before any id in them is handed out; the entries
-    // themselves are Atomics.
+    // @unchecked: chunks are published by ChunkedTable before any id in them
+    // is handed out; the entries themselves are Atomics.
 
     static let chunkShift = 16
     static let chunkSize = 1 << chunkShift
@@ -65,32 +63,23 @@ final class HandleTable: @unchecked Sendable {
     static let indexMask: UInt64 = (1 << 16) - 1
     static let maximumZspages = Int(zspageMask) + 1
 
-    private let directory: UnsafeMutablePointer<UnsafeMutablePointer<Atomic<UInt64>>?>
-    private let directorySize: Int
-
-    private let ids: Locked<ChunkedIdAllocator>
+    private let table: ChunkedTable
 
     /// Room for `capacity` live handles.
     init(capacity: Int) {
-        directorySize = max(1, (capacity + Self.chunkSize - 1) / Self.chunkSize)
-        directory = .allocate(capacity: directorySize)
-        directory.initialize(repeating: nil, count: directorySize)
-        ids = Locked(ChunkedIdAllocator(chunkShift: Self.chunkShift, chunkCount: directorySize))
+        table = ChunkedTable(capacity: capacity, chunkShift: Self.chunkShift)
     }
 
     deinit {
-        for index in 0..<directorySize {
-            if let chunk = directory[index] {
-                chunk.deinitialize(count: Self.chunkSize)
-                chunk.deallocate()
-            }
+        table.forEachChunk { chunk in
+            chunk.assumingMemoryBound(to: Atomic<UInt64>.self).deinitialize(count: Self.chunkSize)
+            chunk.deallocate()
         }
-        directory.deallocate()
     }
 
     @inline(__always)
     private func entry(_ id: UInt32) -> UnsafeMutablePointer<Atomic<UInt64>> {
-        directory[Int(id) >> Self.chunkShift].unsafelyUnwrapped + (Int(id) & (Self.chunkSize - 1))
+        table.chunk(containing: id).assumingMemoryBound(to: Atomic<UInt64>.self) + (Int(id) & (Self.chunkSize - 1))
     }
 
     private static func pack(_ location: ObjectLocation, generation: UInt64) -> UInt64 {
@@ -107,15 +96,13 @@ final class HandleTable: @unchecked Sendable {
 
     /// A new handle for an object at `location`. Nil when the table is full.
     func allocate(at location: ObjectLocation) -> ZSHandle? {
-        let id = ids.withLock { ids in
-            ids.allocate { chunk in
-                let storage = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: Self.chunkSize)
-                for index in 0..<Self.chunkSize {
-                    // Generation 1 first, so that no live handle's raw value is 0.
-                    (storage + index).initialize(to: Atomic(1 << Self.generationShift))
-                }
-                directory[chunk] = storage
+        let id = table.allocateId {
+            let storage = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: Self.chunkSize)
+            for index in 0..<Self.chunkSize {
+                // Generation 1 first, so that no live handle's raw value is 0.
+                (storage + index).initialize(to: Atomic(1 << Self.generationShift))
             }
+            return UnsafeMutableRawPointer(storage)
         }
         guard let id else { return nil }
         let slot = entry(id)
@@ -128,9 +115,7 @@ final class HandleTable: @unchecked Sendable {
     /// returns where the object is. Nil when the handle is not live (never
     /// allocated, freed, or from an earlier generation).
     func pin(_ handle: ZSHandle) -> ObjectLocation? {
-        guard handle.generation != 0, Int(handle.id) >> Self.chunkShift < directorySize,
-            directory[Int(handle.id) >> Self.chunkShift] != nil
-        else { return nil }
+        guard handle.generation != 0, table.existingChunk(containing: handle.id) != nil else { return nil }
         let slot = entry(handle.id)
         var spins = 0
         while true {
@@ -179,14 +164,12 @@ final class HandleTable: @unchecked Sendable {
         var next = (Self.generation(of: word) + 1) & Self.generationMask
         if next == 0 { next = 1 }
         slot.pointee.store(next << Self.generationShift, ordering: .releasing)
-        ids.withLock { $0.release(id) }
+        table.releaseId(id)
     }
 
     /// For the validator: the location of a live id, or nil.
     func peek(id: UInt32) -> (location: ObjectLocation, handle: ZSHandle)? {
-        guard Int(id) >> Self.chunkShift < directorySize, directory[Int(id) >> Self.chunkShift] != nil else {
-            return nil
-        }
+        guard table.existingChunk(containing: id) != nil else { return nil }
         let word = entry(id).pointee.load(ordering: .acquiring)
         guard word & Self.allocatedBit != 0 else { return nil }
         return (Self.location(of: word), ZSHandle(id: id, generation: Self.generation(of: word)))
@@ -199,11 +182,8 @@ final class HandleTable: @unchecked Sendable {
     }
 
     func usage() -> Usage {
-        ids.withLock { ids in
-            Usage(
-                liveHandles: ids.live,
-                tableBytes: ids.chunksMade * Self.chunkSize * MemoryLayout<UInt64>.stride + directorySize * 8)
-        }
+        let usage = table.usage(chunkBytes: Self.chunkSize * MemoryLayout<Atomic<UInt64>>.stride)
+        return Usage(liveHandles: usage.live, tableBytes: usage.tableBytes)
     }
 }
 

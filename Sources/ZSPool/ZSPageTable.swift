@@ -1,5 +1,4 @@
 import Synchronization
-import ZNBDSync
 
 /// A zspage: 1...16 frames (not contiguous) holding the objects of one size
 /// class, as zsmalloc's `struct zspage`, kept off-arena.
@@ -107,11 +106,11 @@ struct ZSPageRecord {
 }
 
 /// The zspage records, indexed by zspage id, in chunks allocated on demand
-/// under `ids`; the chunk directory is fixed, so a record never moves.
+/// by a ChunkedTable; the chunk directory is fixed, so a record never moves.
 final class ZSPageTable: @unchecked Sendable {
     // @unchecked: records are reached by pointer; each field's guard is
-    // documented on ZSPageRecord. The directory is written under `ids`
-    // before the ids in a new chunk are handed out.
+    // documented on ZSPageRecord. Chunks are published by ChunkedTable
+    // before the ids in them are handed out.
 
     static let none = UInt32.max
     static let endOfFreeList: UInt32 = 0x7FFF_FFFF
@@ -119,21 +118,14 @@ final class ZSPageTable: @unchecked Sendable {
     static let chunkShift = 10
     static let chunkSize = 1 << chunkShift
 
-    private let directory: UnsafeMutablePointer<UnsafeMutableRawPointer?>
-    private let directorySize: Int
-
-    private let ids: Locked<ChunkedIdAllocator>
+    private let table: ChunkedTable
 
     init(capacity: Int) {
-        directorySize = max(1, (capacity + Self.chunkSize - 1) / Self.chunkSize)
-        directory = .allocate(capacity: directorySize)
-        directory.initialize(repeating: nil, count: directorySize)
-        ids = Locked(ChunkedIdAllocator(chunkShift: Self.chunkShift, chunkCount: directorySize))
+        table = ChunkedTable(capacity: capacity, chunkShift: Self.chunkShift)
     }
 
     deinit {
-        for index in 0..<directorySize {
-            guard let chunk = directory[index] else { continue }
+        table.forEachChunk { chunk in
             for slot in 0..<Self.chunkSize {
                 ZSPageRecord(chunk: chunk, slot: slot).slots?.deallocate()
             }
@@ -141,19 +133,16 @@ final class ZSPageTable: @unchecked Sendable {
                 .deinitialize(count: Self.chunkSize)
             chunk.deallocate()
         }
-        directory.deallocate()
     }
 
     @inline(__always)
     func record(_ id: UInt32) -> ZSPageRecord {
-        ZSPageRecord(chunk: directory[Int(id) >> Self.chunkShift].unsafelyUnwrapped, slot: Int(id) & (Self.chunkSize - 1))
+        ZSPageRecord(chunk: table.chunk(containing: id), slot: Int(id) & (Self.chunkSize - 1))
     }
 
     /// A fresh zspage id whose record is reset and unlisted. Nil when full.
     func allocateId() -> UInt32? {
-        ids.withLock { ids in
-            ids.allocate { chunk in directory[chunk] = Self.makeChunk() }
-        }
+        table.allocateId(makeChunk: Self.makeChunk)
     }
 
     private static func makeChunk() -> UnsafeMutableRawPointer {
@@ -172,15 +161,13 @@ final class ZSPageTable: @unchecked Sendable {
     }
 
     func releaseId(_ id: UInt32) {
-        ids.withLock { $0.release(id) }
+        table.releaseId(id)
     }
 
     /// Bytes of record chunks allocated so far.
-    var tableBytes: Int {
-        ids.withLock { $0.chunksMade * ZSPageRecord.Layout.chunkBytes + directorySize * 8 }
-    }
+    var tableBytes: Int { table.usage(chunkBytes: ZSPageRecord.Layout.chunkBytes).tableBytes }
 
-    var liveCount: Int { ids.withLock { $0.live } }
+    var liveCount: Int { table.usage(chunkBytes: 0).live }
 
     // MARK: The zspage reader/writer lock
 

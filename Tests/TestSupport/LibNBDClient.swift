@@ -115,8 +115,4 @@ public final class LibNBDClient {
             }
         }
     }
-
-    public func shutdown() {
-        nbd_shutdown(handle, 0)
-    }
 }

@@ -1,0 +1,112 @@
+import ZNBDSync
+
+/// Ids for a table stored in fixed-size chunks made on first use: new ids
+/// are handed out in order, freed ids are reused last-freed first, so the
+/// touched part of the table tracks the peak number of live entries.
+///
+/// Used under its owner's lock; `allocate` calls `makeChunk` for the chunk
+/// an id opens before that id is returned, so nobody can hold an id whose
+/// chunk does not exist yet.
+struct ChunkedIdAllocator {
+    let chunkShift: Int
+    let chunkCount: Int
+    private var freeIds: [UInt32] = []
+    private(set) var nextUnusedId: UInt32 = 0
+    private(set) var live = 0
+
+    init(chunkShift: Int, chunkCount: Int) {
+        self.chunkShift = chunkShift
+        self.chunkCount = chunkCount
+    }
+
+    /// A free id, or nil when every chunk is used up.
+    mutating func allocate(makeChunk: (Int) -> Void) -> UInt32? {
+        if let id = freeIds.popLast() {
+            live += 1
+            return id
+        }
+        let id = nextUnusedId
+        let chunk = Int(id) >> chunkShift
+        guard chunk < chunkCount else { return nil }
+        if Int(id) & ((1 << chunkShift) - 1) == 0 { makeChunk(chunk) }
+        nextUnusedId += 1
+        live += 1
+        return id
+    }
+
+    mutating func release(_ id: UInt32) {
+        freeIds.append(id)
+        live -= 1
+    }
+
+    /// Chunks made so far.
+    var chunksMade: Int { (Int(nextUnusedId) + (1 << chunkShift) - 1) >> chunkShift }
+}
+
+/// The storage both id-indexed tables of the pool (handles, zspage records)
+/// share: a fixed directory of chunk pointers, chunks made on first use by
+/// the owner's `makeChunk`, and the ids that index them.
+///
+/// The directory never moves and a chunk, once published, never moves or
+/// goes away before the table: an entry reached through an id stays valid.
+/// Chunks are published under `ids`' lock before any id in them is handed
+/// out. The owner frees its chunks (`forEachChunk`) in its own deinit, since
+/// only it knows what they hold.
+final class ChunkedTable: @unchecked Sendable {
+    // @unchecked: `directory` slots are written once, under `ids`, before the
+    // ids they cover exist; after that they are only read.
+
+    let chunkShift: Int
+    let directorySize: Int
+    private let directory: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    private let ids: Locked<ChunkedIdAllocator>
+
+    /// Room for `capacity` entries in chunks of `1 << chunkShift`.
+    init(capacity: Int, chunkShift: Int) {
+        self.chunkShift = chunkShift
+        directorySize = max(1, (capacity + (1 << chunkShift) - 1) >> chunkShift)
+        directory = .allocate(capacity: directorySize)
+        directory.initialize(repeating: nil, count: directorySize)
+        ids = Locked(ChunkedIdAllocator(chunkShift: chunkShift, chunkCount: directorySize))
+    }
+
+    deinit {
+        directory.deallocate()
+    }
+
+    /// The chunk holding a live id's entry.
+    @inline(__always)
+    func chunk(containing id: UInt32) -> UnsafeMutableRawPointer {
+        directory[Int(id) >> chunkShift].unsafelyUnwrapped
+    }
+
+    /// The chunk that would hold `id`, or nil when it was never made (or is
+    /// past the table): for ids that come from outside and may be bogus.
+    func existingChunk(containing id: UInt32) -> UnsafeMutableRawPointer? {
+        let index = Int(id) >> chunkShift
+        return index < directorySize ? directory[index] : nil
+    }
+
+    /// A free id, making its chunk first when it opens one. Nil when full.
+    func allocateId(makeChunk: () -> UnsafeMutableRawPointer) -> UInt32? {
+        ids.withLock { ids in
+            ids.allocate { chunk in directory[chunk] = makeChunk() }
+        }
+    }
+
+    func releaseId(_ id: UInt32) {
+        ids.withLock { $0.release(id) }
+    }
+
+    /// Live ids, and the bytes of the directory plus `chunkBytes` per chunk made.
+    func usage(chunkBytes: Int) -> (live: Int, tableBytes: Int) {
+        ids.withLock { ($0.live, $0.chunksMade * chunkBytes + directorySize * MemoryLayout<UnsafeMutableRawPointer>.stride) }
+    }
+
+    /// Calls `body` with every chunk made, for the owner's deinit.
+    func forEachChunk(_ body: (UnsafeMutableRawPointer) -> Void) {
+        for index in 0..<directorySize {
+            if let chunk = directory[index] { body(chunk) }
+        }
+    }
+}
