@@ -98,16 +98,20 @@ struct BackPressureTests {
             let client = try RawClient(socketPath: served.socketPath)
             try client.handshake()
             defer { device.openGate() }  // never leave workers blocked, even on failure
-            // 300 small writes (150 KiB: they fit in the socket buffer, so the
-            // server reads them and the end of input in one go): more than
-            // the 128 it keeps in progress, so the rest wait unparsed in its
-            // buffer when the input closes.
-            let count = 300
+            // 200 small writes, more than the 128 the server keeps in
+            // progress, so the rest wait unparsed in its buffer (or the
+            // socket's) when the input closes. They go out in one send of
+            // 105 KiB: sent one by one, each small message costs the socket
+            // about 1.3 KiB of its 208 KiB send buffer, and the client would
+            // block once the server stops reading.
+            let count = 200
+            var batch: [UInt8] = []
             for index in 0..<count {
-                try client.sendRequest(type: NBDCommand.write.rawValue, cookie: UInt64(index),
-                                       offset: UInt64(index) * 512, length: 512,
-                                       payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 512))
+                batch += RawClient.request(type: NBDCommand.write.rawValue, cookie: UInt64(index),
+                                           offset: UInt64(index) * 512, length: 512,
+                                           payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 512))
             }
+            try client.send(batch)
             client.finishSending()
             try await Task.sleep(for: .milliseconds(200))
             device.openGate()

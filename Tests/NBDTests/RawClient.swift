@@ -126,9 +126,15 @@ final class RawClient: @unchecked Sendable {
     func sendRequest(type: UInt16, flags: UInt16 = 0, cookie: UInt64, offset: UInt64, length: UInt32, payload: [UInt8] = [])
         throws
     {
-        try send(
-            NBDMagic.request.bigEndianBytes + flags.bigEndianBytes + type.bigEndianBytes + cookie.bigEndianBytes
-                + offset.bigEndianBytes + length.bigEndianBytes + payload)
+        try send(Self.request(type: type, flags: flags, cookie: cookie, offset: offset, length: length, payload: payload))
+    }
+
+    /// One request's bytes, header and payload, for callers that batch them into one send.
+    static func request(type: UInt16, flags: UInt16 = 0, cookie: UInt64, offset: UInt64, length: UInt32, payload: [UInt8] = [])
+        -> [UInt8]
+    {
+        NBDMagic.request.bigEndianBytes + flags.bigEndianBytes + type.bigEndianBytes + cookie.bigEndianBytes
+            + offset.bigEndianBytes + length.bigEndianBytes + payload
     }
 
     /// A simple reply's error and cookie; `dataLength` bytes follow a successful read.
