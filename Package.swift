@@ -78,7 +78,7 @@ let package = Package(
         .systemLibrary(name: "CNBD", pkgConfig: "libnbd"),
         .target(
             name: "TestSupport",
-            dependencies: ["PageCodec", "ZNBDSync", "CNBD"],
+            dependencies: ["PageCodec", "ZNBDSync", "CNBD", "NBD"],
             path: "Tests/TestSupport",
             swiftSettings: strictSwift
         ),

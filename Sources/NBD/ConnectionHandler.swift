@@ -40,8 +40,14 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     private var readHeld = false
     /// After NBD_CMD_DISC or a fatal error: parse nothing more.
     private var stopParsing = false
-    /// DISC, or the server draining: close once nothing is in progress.
+    /// DISC, or the end of the client's input: close once nothing is in
+    /// progress.
     private var closeWhenIdle = false
+    /// The server is stopping: answer what the client has sent, then close
+    /// once the connection has been quiet for one `quietPeriod`.
+    private var draining = false
+    /// Bytes arrived since the last quiet check.
+    private var readSinceQuietCheck = false
     /// The last parse pass ended for want of bytes (no whole frame waits).
     private var parserStarved = true
     private var parsing = false
@@ -78,6 +84,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        readSinceQuietCheck = true
         var incoming = unwrapInboundIn(data)
         if buffer.readableBytes == 0 {
             buffer = incoming
@@ -103,8 +110,13 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
         case is NBDServer.Drain:
-            closeWhenIdle = true
-            closeIfIdle(context: context)
+            // Requests the client sent before the server began to stop may
+            // still sit in the socket, unread: keep reading and answering
+            // until a whole quiet period passes with nothing read, nothing
+            // in progress and no read held back by the limits.
+            draining = true
+            if !readHeld { context.read() }
+            scheduleQuietCheck(context: context)
         case ChannelEvent.inputClosed:
             // The client will send nothing more: answer every whole request it
             // sent (some may still wait in the buffer behind the in-flight
@@ -230,16 +242,39 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         }
     }
 
+    private var isIdle: Bool { inFlightRequests == 0 && (stopParsing || parserStarved) }
+
     private func closeIfIdle(context: ChannelHandlerContext) {
-        guard closeWhenIdle, !closed, inFlightRequests == 0, stopParsing || parserStarved else { return }
+        guard closeWhenIdle, !closed, isIdle else { return }
         close(context: context)
     }
 
+    /// How long a draining connection must stay quiet before it closes:
+    /// far longer than the event loop takes to read what already waits in
+    /// the socket.
+    static let quietPeriod = TimeAmount.milliseconds(25)
+
+    private func scheduleQuietCheck(context: ChannelHandlerContext) {
+        readSinceQuietCheck = false
+        context.eventLoop.assumeIsolated().scheduleTask(in: Self.quietPeriod) {
+            guard !self.closed else { return }
+            if self.isIdle, !self.readHeld, !self.readSinceQuietCheck {
+                self.close(context: context)
+            } else {
+                self.scheduleQuietCheck(context: context)
+            }
+        }
+    }
+
+    /// Closes once every reply written so far has reached the socket:
+    /// closing at once would drop replies still queued behind a client that
+    /// reads slowly.
     private func close(context: ChannelHandlerContext) {
         guard !closed else { return }
         closed = true
         stopParsing = true
-        context.flush()
-        context.close(promise: nil)
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 }

@@ -125,4 +125,48 @@ struct BackPressureTests {
             #expect(client.isClosedByServer())
         }
     }
+
+    @Test("a server that stops while requests wait behind the limit and in the socket answers every one of them")
+    func shutdownAnswersHeldRequests() async throws {
+        let device = try GatedDevice(byteCount: 16 << 20)
+        let directory = try makeTemporaryDirectory("znbd-drain")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let socketPath = directory.appendingPathComponent("nbd.sock").path
+        let server = NBDServer(
+            export: NBDExport(name: "", description: "", device: device, readOnly: false),
+            configuration: .init(unixSocketPath: socketPath, eventLoopThreads: 1, workerThreads: 2))
+        _ = try await server.start()
+        defer { device.openGate() }
+        let client = try RawClient(socketPath: socketPath)
+        try client.handshake()
+        // 400 writes of 4 KiB: 128 held in progress at the closed gate, the
+        // rest in the server's buffer and in the socket, where the sender
+        // blocks.
+        let count = 400
+        let sent = Atomic<Int>(0)
+        let sender = Thread {
+            for index in 0..<count {
+                let payload = [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 4096)
+                guard (try? client.sendRequest(type: NBDCommand.write.rawValue, cookie: UInt64(index),
+                                               offset: UInt64(index) * 4096, length: 4096, payload: payload)) != nil
+                else { return }
+                sent.add(1, ordering: .relaxed)
+            }
+        }
+        sender.start()
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(sent.load(ordering: .relaxed) < count, "the sender should be blocked behind the limit")
+        let stopping = Task { await server.shutdown(drainTimeout: .seconds(10)) }
+        try await Task.sleep(for: .milliseconds(100))
+        device.openGate()
+        var cookies = Set<UInt64>()
+        for _ in 0..<count {
+            let reply = try client.receiveSimpleReply()
+            #expect(reply.error == 0)
+            cookies.insert(reply.cookie)
+        }
+        #expect(cookies.count == count)
+        #expect(client.isClosedByServer())
+        await stopping.value
+    }
 }

@@ -8,16 +8,18 @@ import Glibc
 /// A deliberately simple NBD client on a raw Unix socket, for what libnbd
 /// will not send: unknown commands and flags, oversized payloads, garbage,
 /// truncated streams. Every receive has a 10 s timeout.
-final class RawClient: @unchecked Sendable {
+public final class RawClient: @unchecked Sendable {
     // @unchecked: its only state is a socket descriptor; one thread may send
     // while another receives, as the kernel allows.
-    struct Failure: Error, CustomStringConvertible {
-        let description: String
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+
+        public init(description: String) { self.description = description }
     }
 
-    let fd: Int32
+    public let fd: Int32
 
-    init(socketPath: String) throws {
+    public init(socketPath: String) throws {
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw Failure(description: "socket: errno \(errno)") }
         var address = sockaddr_un()
@@ -42,7 +44,7 @@ final class RawClient: @unchecked Sendable {
 
     deinit { close(fd) }
 
-    func send(_ bytes: [UInt8]) throws {
+    public func send(_ bytes: [UInt8]) throws {
         var sent = 0
         while sent < bytes.count {
             let count = bytes[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -52,12 +54,12 @@ final class RawClient: @unchecked Sendable {
     }
 
     /// Tells the server this client will send nothing more (shutdown(SHUT_WR)).
-    func finishSending() {
+    public func finishSending() {
         shutdown(fd, Int32(SHUT_WR))
     }
 
     /// Exactly `count` bytes; throws on EOF or timeout.
-    func receive(_ count: Int) throws -> [UInt8] {
+    public func receive(_ count: Int) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         var received = 0
         while received < count {
@@ -68,8 +70,20 @@ final class RawClient: @unchecked Sendable {
         return bytes
     }
 
+    /// Everything the server sends until it closes the connection.
+    public func receiveUntilClosed() throws -> [UInt8] {
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n >= 0 else { throw Failure(description: "recv: errno \(errno)") }
+            if n == 0 { return bytes }
+            bytes += chunk[..<n]
+        }
+    }
+
     /// True when the server has closed the connection (EOF within 10 s).
-    func isClosedByServer() -> Bool {
+    public func isClosedByServer() -> Bool {
         var byte: UInt8 = 0
         return recv(fd, &byte, 1, 0) == 0
     }
@@ -77,7 +91,7 @@ final class RawClient: @unchecked Sendable {
     // MARK: Protocol steps
 
     /// Greeting, client flags (NO_ZEROES), NBD_OPT_GO for `name`: ready for requests.
-    func handshake(name: String = "", structuredReplies: Bool = false) throws {
+    public func handshake(name: String = "", structuredReplies: Bool = false) throws {
         let greeting = try receive(18)
         guard greeting.be64(0) == NBDMagic.nbd, greeting.be64(8) == NBDMagic.option else {
             throw Failure(description: "bad greeting")
@@ -96,17 +110,17 @@ final class RawClient: @unchecked Sendable {
         }
     }
 
-    func sendOption(_ code: UInt32, data: [UInt8]) throws {
+    public func sendOption(_ code: UInt32, data: [UInt8]) throws {
         try send(NBDMagic.option.bigEndianBytes + code.bigEndianBytes + UInt32(data.count).bigEndianBytes + data)
     }
 
-    struct OptionReply {
-        var option: UInt32
-        var type: UInt32
-        var data: [UInt8]
+    public struct OptionReply {
+        public var option: UInt32
+        public var type: UInt32
+        public var data: [UInt8]
     }
 
-    func receiveOptionReply() throws -> OptionReply {
+    public func receiveOptionReply() throws -> OptionReply {
         let header = try receive(20)
         guard header.be64(0) == NBDMagic.optionReply else { throw Failure(description: "bad option reply magic") }
         let length = Int(header.be32(16))
@@ -114,7 +128,7 @@ final class RawClient: @unchecked Sendable {
     }
 
     /// Replies up to and including an ACK or an error.
-    func receiveOptionReplies() throws -> [OptionReply] {
+    public func receiveOptionReplies() throws -> [OptionReply] {
         var replies: [OptionReply] = []
         while true {
             let reply = try receiveOptionReply()
@@ -123,14 +137,14 @@ final class RawClient: @unchecked Sendable {
         }
     }
 
-    func sendRequest(type: UInt16, flags: UInt16 = 0, cookie: UInt64, offset: UInt64, length: UInt32, payload: [UInt8] = [])
+    public func sendRequest(type: UInt16, flags: UInt16 = 0, cookie: UInt64, offset: UInt64, length: UInt32, payload: [UInt8] = [])
         throws
     {
         try send(Self.request(type: type, flags: flags, cookie: cookie, offset: offset, length: length, payload: payload))
     }
 
     /// One request's bytes, header and payload, for callers that batch them into one send.
-    static func request(type: UInt16, flags: UInt16 = 0, cookie: UInt64, offset: UInt64, length: UInt32, payload: [UInt8] = [])
+    public static func request(type: UInt16, flags: UInt16 = 0, cookie: UInt64, offset: UInt64, length: UInt32, payload: [UInt8] = [])
         -> [UInt8]
     {
         NBDMagic.request.bigEndianBytes + flags.bigEndianBytes + type.bigEndianBytes + cookie.bigEndianBytes
@@ -138,7 +152,7 @@ final class RawClient: @unchecked Sendable {
     }
 
     /// A simple reply's error and cookie; `dataLength` bytes follow a successful read.
-    func receiveSimpleReply(dataLength: Int = 0) throws -> (error: UInt32, cookie: UInt64, data: [UInt8]) {
+    public func receiveSimpleReply(dataLength: Int = 0) throws -> (error: UInt32, cookie: UInt64, data: [UInt8]) {
         let header = try receive(16)
         guard header.be32(0) == NBDMagic.simpleReply else { throw Failure(description: "bad reply magic") }
         let error = header.be32(4)
@@ -148,11 +162,11 @@ final class RawClient: @unchecked Sendable {
 }
 
 extension FixedWidthInteger {
-    var bigEndianBytes: [UInt8] { withUnsafeBytes(of: bigEndian) { Array($0) } }
+    public var bigEndianBytes: [UInt8] { withUnsafeBytes(of: bigEndian) { Array($0) } }
 }
 
 extension [UInt8] {
-    func be64(_ at: Int) -> UInt64 { self[at..<at + 8].reduce(0) { $0 << 8 | UInt64($1) } }
-    func be32(_ at: Int) -> UInt32 { self[at..<at + 4].reduce(0) { $0 << 8 | UInt32($1) } }
-    func be16(_ at: Int) -> UInt16 { self[at..<at + 2].reduce(0) { $0 << 8 | UInt16($1) } }
+    public func be64(_ at: Int) -> UInt64 { self[at..<at + 8].reduce(0) { $0 << 8 | UInt64($1) } }
+    public func be32(_ at: Int) -> UInt32 { self[at..<at + 4].reduce(0) { $0 << 8 | UInt32($1) } }
+    public func be16(_ at: Int) -> UInt16 { self[at..<at + 2].reduce(0) { $0 << 8 | UInt16($1) } }
 }
