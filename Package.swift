@@ -9,6 +9,9 @@
 //   BlockDevice the device contract the NBD server serves (and a plain RAM device)
 //   ZRAM        the compressed block device: slot table, pages, discard, stats
 //   NBD         the NBD protocol (pure state machines) and its SwiftNIO server
+//   ZNBDControl the control plane: HTTP/JSON endpoint, Prometheus text, sizes
+//   znbd        the daemon: wires ZRAM to NBD and the control endpoint
+//   znbdctl     the control CLI (a client of ZNBDControl's endpoint)
 //   CNBD        libnbd (a real NBD client) for tests and tools
 //   TestSupport corpus and helpers shared by test targets (never shipped)
 import PackageDescription
@@ -29,6 +32,9 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         .target(
@@ -69,6 +75,39 @@ let package = Package(
             ],
             swiftSettings: strictSwift
         ),
+        .target(
+            name: "ZNBDControl",
+            dependencies: [
+                "ZRAM", "ZSPool", "NBD", "ZNBDSync",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strictSwift
+        ),
+        .executableTarget(
+            name: "znbd",
+            dependencies: [
+                "ZRAM", "NBD", "ZNBDControl",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSwift
+        ),
+        .executableTarget(
+            name: "znbdctl",
+            dependencies: [
+                "ZNBDControl",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSwift
+        ),
         .executableTarget(
             name: "znbd-bench",
             dependencies: ["PageCodec", "ZSPool", "ZRAM", "BlockDevice", "NBD"],
@@ -97,6 +136,13 @@ let package = Package(
             dependencies: [
                 "NBD", "BlockDevice", "ZRAM", "TestSupport", "ZNBDSync",
                 .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strictSwift
+        ),
+        .testTarget(
+            name: "DaemonTests",
+            dependencies: [
+                "ZNBDControl", "ZRAM", "NBD", "PageCodec", "TestSupport",
             ],
             swiftSettings: strictSwift
         ),

@@ -9,6 +9,13 @@ public struct CompactionResult: Sendable, Equatable, Codable {
 
     public init() {}
 
+    enum CodingKeys: String, CodingKey {
+        case framesFreed = "frames_freed"
+        case objectsMoved = "objects_moved"
+        case objectsSkipped = "objects_skipped"
+        case bytesMoved = "bytes_moved"
+    }
+
     mutating func add(_ other: CompactionResult) {
         framesFreed += other.framesFreed
         objectsMoved += other.objectsMoved

@@ -19,6 +19,12 @@ public struct DefragmentationResult: Sendable, Equatable, Codable {
     public var blocksReleased = 0
 
     public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case framesMigrated = "frames_migrated"
+        case framesSkipped = "frames_skipped"
+        case blocksReleased = "blocks_released"
+    }
 }
 
 extension ZSPool {

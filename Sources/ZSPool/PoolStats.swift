@@ -18,6 +18,19 @@ public struct ZSPoolStats: Sendable, Codable, Equatable {
         public var objectsAllocated: Int
         public var objectsUsed: Int
         public var framesUsed: Int
+
+        enum CodingKeys: String, CodingKey {
+            case index, size, zspages, full
+            case framesPerZspage = "frames_per_zspage"
+            case objectsPerZspage = "objects_per_zspage"
+            case isHuge = "huge"
+            case zspagesByFullness = "zspages_by_fullness"
+            case almostEmpty = "almost_empty"
+            case almostFull = "almost_full"
+            case objectsAllocated = "objects_allocated"
+            case objectsUsed = "objects_used"
+            case framesUsed = "frames_used"
+        }
     }
 
     public var classes: [ClassStats]
@@ -49,6 +62,32 @@ public struct ZSPoolStats: Sendable, Codable, Equatable {
     public var blockOccupancy: [Int]
 
     public var metadataBytes: Int { handleTableBytes + zspageTableBytes + slotTableBytes }
+
+    enum CodingKeys: String, CodingKey {
+        case classes
+        case capacityBytes = "capacity_bytes"
+        case memLimitBytes = "mem_limit_bytes"
+        case framesUsed = "frames_used"
+        case framesResident = "frames_resident"
+        case blocksResident = "blocks_resident"
+        case blocksReleased = "blocks_released"
+        case blocksFaultedIn = "blocks_faulted_in"
+        case bytesUsed = "bytes_used"
+        case maximumBytesUsed = "maximum_bytes_used"
+        case liveObjects = "live_objects"
+        case handleTableBytes = "handle_table_bytes"
+        case zspageTableBytes = "zspage_table_bytes"
+        case slotTableBytes = "slot_table_bytes"
+        case pagesCompacted = "pages_compacted"
+        case objectsCompacted = "objects_compacted"
+        case compactionSkips = "compaction_skips"
+        case framesMigrated = "frames_migrated"
+        case migrationSkips = "migration_skips"
+        case invalidFrees = "invalid_frees"
+        case transparentHugePages = "transparent_huge_pages"
+        case freeRunsByOrder = "free_runs_by_order"
+        case blockOccupancy = "block_occupancy"
+    }
 }
 
 extension ZSPool {

@@ -1,0 +1,164 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+public import NBD
+public import ZRAM
+import ZSPool
+
+/// One HTTP request as the endpoint sees it, whatever carried it.
+public struct ControlRequest: Sendable {
+    public var method: String
+    /// The path without its query string.
+    public var path: String
+    public var body: [UInt8]
+
+    public init(method: String, target: String, body: [UInt8] = []) {
+        self.method = method
+        path = String(target.prefix { $0 != "?" && $0 != "#" })
+        self.body = body
+    }
+}
+
+/// One answer: a status, a content type, a body, and for 405 the methods
+/// the path allows.
+public struct ControlResponse: Sendable, Equatable {
+    public var status: Int
+    public var contentType: String
+    public var body: [UInt8]
+    public var allow: [String]
+
+    static let json = "application/json"
+    /// The Prometheus text format's content type.
+    static let prometheusText = "text/plain; version=0.0.4; charset=utf-8"
+}
+
+/// The control endpoint's routes, as plain code over the device and the
+/// server's counters: testable without a socket, and never on the data
+/// path (it reads counters and takes the pool's class locks one at a time,
+/// as any I/O request would).
+///
+///   GET  /v1/stats       StatsDocument: mm_stat, io_stat, pool totals, NBD counters, RSS
+///   GET  /v1/classes     ClassesDocument: zsmalloc's per-class table
+///   GET  /v1/frames      FramesDocument: buddyinfo-style free runs, block occupancy
+///   POST /v1/compact     CompactDocument: compaction and defragmentation, now
+///   GET  /v1/mem-limit   MemLimitDocument
+///   PUT  /v1/mem-limit   body {"mem_limit": BYTES}, {"mem_limit": "512M"} or 512M; 0 lifts it
+///   GET  /metrics        Prometheus text exposition
+public final class ControlEndpoint: Sendable {
+    public let device: CompressedBlockDevice
+    public let export: ExportSummary
+    private let nbdStats: @Sendable () -> NBDServerStats
+
+    /// A body larger than this is refused (413) before it is read whole.
+    public static let maximumBodyBytes = 64 << 10
+
+    public init(device: CompressedBlockDevice, export: ExportSummary, nbdStats: @escaping @Sendable () -> NBDServerStats) {
+        self.device = device
+        self.export = export
+        self.nbdStats = nbdStats
+    }
+
+    private static let routes: [String: [String]] = [
+        "/v1/stats": ["GET"], "/v1/classes": ["GET"], "/v1/frames": ["GET"], "/v1/compact": ["POST"],
+        "/v1/mem-limit": ["GET", "PUT"], "/metrics": ["GET"],
+    ]
+
+    public func respond(to request: ControlRequest) -> ControlResponse {
+        guard let methods = Self.routes[request.path] else {
+            let known = Self.routes.keys.sorted().joined(separator: ", ")
+            return Self.error(404, "no such endpoint: \(request.path) (endpoints: \(known))")
+        }
+        guard methods.contains(request.method) else {
+            var response = Self.error(405, "\(request.method) is not allowed on \(request.path); use \(methods.joined(separator: " or "))")
+            response.allow = methods
+            return response
+        }
+        switch (request.method, request.path) {
+        case ("GET", "/v1/stats"):
+            return Self.document(stats())
+        case ("GET", "/v1/classes"):
+            return Self.document(ClassesDocument(classes: device.pool.stats().classes))
+        case ("GET", "/v1/frames"):
+            return Self.document(FramesDocument(device.pool.stats()))
+        case ("POST", "/v1/compact"):
+            return Self.document(compact())
+        case ("GET", "/v1/mem-limit"):
+            return Self.document(MemLimitDocument(memLimit: device.memLimitBytes ?? 0))
+        case ("PUT", "/v1/mem-limit"):
+            return setMemLimit(body: request.body)
+        default:  // GET /metrics
+            let text = PrometheusExposition.render(stats: stats(), pool: device.pool.stats())
+            return ControlResponse(status: 200, contentType: ControlResponse.prometheusText, body: Array(text.utf8), allow: [])
+        }
+    }
+
+    public func stats() -> StatsDocument {
+        StatsDocument(
+            device: device.stats(), rssBytes: residentMemoryBytes(), export: export,
+            pool: PoolSummary(device.pool.stats()), nbd: nbdStats())
+    }
+
+    private func compact() -> CompactDocument {
+        let usedBefore = device.pool.usedBytes
+        let rssBefore = residentMemoryBytes()
+        let result = device.compact()
+        return CompactDocument(
+            compaction: result.compaction, defragmentation: result.defragmentation, memUsedTotalBefore: usedBefore,
+            memUsedTotalAfter: device.pool.usedBytes, rssBytesBefore: rssBefore, rssBytesAfter: residentMemoryBytes())
+    }
+
+    private func setMemLimit(body: [UInt8]) -> ControlResponse {
+        let limit: Int
+        do {
+            limit = try Self.parseMemLimit(body)
+        } catch {
+            return Self.error(400, "\(error); send {\"mem_limit\": BYTES}, {\"mem_limit\": \"512M\"} or 512M (0: no limit)")
+        }
+        device.memLimitBytes = limit == 0 ? nil : limit
+        return Self.document(MemLimitDocument(memLimit: device.memLimitBytes ?? 0))
+    }
+
+    /// A JSON object with "mem_limit" as bytes or a size string, or a bare
+    /// size as zram's mem_limit attribute takes it ("512M").
+    static func parseMemLimit(_ body: [UInt8]) throws(ByteSize.ParseError) -> Int {
+        let text = String(decoding: body, as: UTF8.self).trimmingWhitespace()
+        guard text.hasPrefix("{") else { return try ByteSize.parse(String(text)) }
+        struct Numeric: Decodable { var mem_limit: Int }
+        struct Textual: Decodable { var mem_limit: String }
+        let decoder = JSONDecoder()
+        if let numeric = try? decoder.decode(Numeric.self, from: Data(body)) {
+            guard numeric.mem_limit >= 0 else { throw ByteSize.ParseError(description: "a negative mem_limit") }
+            return numeric.mem_limit
+        }
+        if let textual = try? decoder.decode(Textual.self, from: Data(body)) {
+            return try ByteSize.parse(textual.mem_limit)
+        }
+        throw ByteSize.ParseError(description: "the body is JSON without a mem_limit number or size")
+    }
+
+    // MARK: Encoding
+
+    /// Pretty, sorted (stable for diffs and eyes), paths left as written.
+    private static func encoder(pretty: Bool) -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.withoutEscapingSlashes]
+        return encoder
+    }
+
+    static func document(_ value: some Encodable) -> ControlResponse {
+        do {
+            var body = [UInt8](try encoder(pretty: true).encode(value))
+            body.append(UInt8(ascii: "\n"))
+            return ControlResponse(status: 200, contentType: ControlResponse.json, body: body, allow: [])
+        } catch {
+            return Self.error(500, "encoding the answer failed: \(error)")
+        }
+    }
+
+    public static func error(_ status: Int, _ message: String) -> ControlResponse {
+        let body = (try? encoder(pretty: false).encode(ErrorDocument(error: message))).map { [UInt8]($0) + [UInt8(ascii: "\n")] }
+        return ControlResponse(status: status, contentType: ControlResponse.json, body: body ?? Array("{}\n".utf8), allow: [])
+    }
+}

@@ -1,0 +1,246 @@
+public import NBD
+public import ZRAM
+public import ZSPool
+
+// The JSON documents of the control endpoint, shared by the daemon that
+// writes them and znbdctl that reads them. Keys are snake_case; the device's
+// figures keep the names of the kernel's zram (mm_stat, io_stat).
+
+/// GET /v1/stats. The device's figures sit at the top level, under zram's
+/// names, so `jq .orig_data_size` works as a reader of mm_stat expects.
+public struct StatsDocument: Sendable, Codable, Equatable {
+    public var device: ZRAMStats
+    /// The nine mm_stat figures in the kernel's order.
+    public var mmStat: [Int]
+    /// The four io_stat figures in the kernel's order.
+    public var ioStat: [Int]
+    /// The daemon's resident memory: pool, metadata, buffers and code.
+    public var rssBytes: Int
+    public var export: ExportSummary
+    public var pool: PoolSummary
+    public var nbd: NBDServerStats
+
+    public init(
+        device: ZRAMStats, rssBytes: Int, export: ExportSummary, pool: PoolSummary, nbd: NBDServerStats
+    ) {
+        self.device = device
+        mmStat = device.mmStat
+        ioStat = device.ioStat
+        self.rssBytes = rssBytes
+        self.export = export
+        self.pool = pool
+        self.nbd = nbd
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case mmStat = "mm_stat"
+        case ioStat = "io_stat"
+        case rssBytes = "rss_bytes"
+        case export, pool, nbd
+    }
+
+    public init(from decoder: any Decoder) throws {
+        device = try ZRAMStats(from: decoder)
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        mmStat = try container.decode([Int].self, forKey: .mmStat)
+        ioStat = try container.decode([Int].self, forKey: .ioStat)
+        rssBytes = try container.decode(Int.self, forKey: .rssBytes)
+        export = try container.decode(ExportSummary.self, forKey: .export)
+        pool = try container.decode(PoolSummary.self, forKey: .pool)
+        nbd = try container.decode(NBDServerStats.self, forKey: .nbd)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try device.encode(to: encoder)
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(mmStat, forKey: .mmStat)
+        try container.encode(ioStat, forKey: .ioStat)
+        try container.encode(rssBytes, forKey: .rssBytes)
+        try container.encode(export, forKey: .export)
+        try container.encode(pool, forKey: .pool)
+        try container.encode(nbd, forKey: .nbd)
+    }
+}
+
+/// What is served, and where.
+public struct ExportSummary: Sendable, Codable, Equatable {
+    public var name: String
+    public var sizeBytes: Int
+    public var readOnly: Bool
+    public var nbdSocket: String?
+    public var tcpAddress: String?
+    public var compaction: String
+
+    public init(name: String, sizeBytes: Int, readOnly: Bool, nbdSocket: String?, tcpAddress: String?, compaction: String) {
+        self.name = name
+        self.sizeBytes = sizeBytes
+        self.readOnly = readOnly
+        self.nbdSocket = nbdSocket
+        self.tcpAddress = tcpAddress
+        self.compaction = compaction
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, compaction
+        case sizeBytes = "size_bytes"
+        case readOnly = "read_only"
+        case nbdSocket = "nbd_socket"
+        case tcpAddress = "tcp_address"
+    }
+}
+
+/// The pool's totals (the per-class table and the frame maps have their own
+/// endpoints).
+public struct PoolSummary: Sendable, Codable, Equatable {
+    public var capacityBytes: Int
+    public var bytesUsed: Int
+    public var maximumBytesUsed: Int
+    public var framesUsed: Int
+    public var framesResident: Int
+    public var blocksResident: Int
+    public var blocksReleased: Int
+    public var blocksFaultedIn: Int
+    public var liveObjects: Int
+    public var zspages: Int
+    /// Handle table, zspage table and per-class slot tables, outside the arena.
+    public var metadataBytes: Int
+    public var objectsCompacted: Int
+    public var compactionSkips: Int
+    public var framesMigrated: Int
+    public var migrationSkips: Int
+    public var invalidFrees: Int
+    public var transparentHugePages: Bool
+
+    public init(_ stats: ZSPoolStats) {
+        capacityBytes = stats.capacityBytes
+        bytesUsed = stats.bytesUsed
+        maximumBytesUsed = stats.maximumBytesUsed
+        framesUsed = stats.framesUsed
+        framesResident = stats.framesResident
+        blocksResident = stats.blocksResident
+        blocksReleased = stats.blocksReleased
+        blocksFaultedIn = stats.blocksFaultedIn
+        liveObjects = stats.liveObjects
+        zspages = stats.classes.reduce(0) { $0 + $1.zspages }
+        metadataBytes = stats.metadataBytes
+        objectsCompacted = stats.objectsCompacted
+        compactionSkips = stats.compactionSkips
+        framesMigrated = stats.framesMigrated
+        migrationSkips = stats.migrationSkips
+        invalidFrees = stats.invalidFrees
+        transparentHugePages = stats.transparentHugePages
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case zspages
+        case capacityBytes = "capacity_bytes"
+        case bytesUsed = "bytes_used"
+        case maximumBytesUsed = "maximum_bytes_used"
+        case framesUsed = "frames_used"
+        case framesResident = "frames_resident"
+        case blocksResident = "blocks_resident"
+        case blocksReleased = "blocks_released"
+        case blocksFaultedIn = "blocks_faulted_in"
+        case liveObjects = "live_objects"
+        case metadataBytes = "metadata_bytes"
+        case objectsCompacted = "objects_compacted"
+        case compactionSkips = "compaction_skips"
+        case framesMigrated = "frames_migrated"
+        case migrationSkips = "migration_skips"
+        case invalidFrees = "invalid_frees"
+        case transparentHugePages = "transparent_huge_pages"
+    }
+}
+
+/// GET /v1/classes: zsmalloc's per-class table.
+public struct ClassesDocument: Sendable, Codable, Equatable {
+    public var classes: [ZSPoolStats.ClassStats]
+
+    public init(classes: [ZSPoolStats.ClassStats]) { self.classes = classes }
+}
+
+/// GET /v1/frames: the arena's frame map, as /proc/buddyinfo and a block
+/// occupancy histogram.
+public struct FramesDocument: Sendable, Codable, Equatable {
+    public var frameSize: Int
+    public var blockSize: Int
+    public var framesUsed: Int
+    public var framesResident: Int
+    public var blocksResident: Int
+    public var blocksReleased: Int
+    /// Free runs of resident frames by buddy order 0...9 (1 ... 512 frames).
+    public var freeRunsByOrder: [Int]
+    /// Resident blocks by used frames in eighths: [0] empty, [k] more than
+    /// (k-1)/8 and at most k/8 of the block used.
+    public var blockOccupancy: [Int]
+
+    public init(_ stats: ZSPoolStats) {
+        frameSize = ZSPool.frameSize
+        blockSize = ZSPool.blockSize
+        framesUsed = stats.framesUsed
+        framesResident = stats.framesResident
+        blocksResident = stats.blocksResident
+        blocksReleased = stats.blocksReleased
+        freeRunsByOrder = stats.freeRunsByOrder
+        blockOccupancy = stats.blockOccupancy
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case frameSize = "frame_size"
+        case blockSize = "block_size"
+        case framesUsed = "frames_used"
+        case framesResident = "frames_resident"
+        case blocksResident = "blocks_resident"
+        case blocksReleased = "blocks_released"
+        case freeRunsByOrder = "free_runs_by_order"
+        case blockOccupancy = "block_occupancy"
+    }
+}
+
+/// POST /v1/compact: what one compaction and defragmentation pass freed.
+public struct CompactDocument: Sendable, Codable, Equatable {
+    public var compaction: CompactionResult
+    public var defragmentation: DefragmentationResult
+    public var memUsedTotalBefore: Int
+    public var memUsedTotalAfter: Int
+    public var rssBytesBefore: Int
+    public var rssBytesAfter: Int
+
+    public init(
+        compaction: CompactionResult, defragmentation: DefragmentationResult, memUsedTotalBefore: Int,
+        memUsedTotalAfter: Int, rssBytesBefore: Int, rssBytesAfter: Int
+    ) {
+        self.compaction = compaction
+        self.defragmentation = defragmentation
+        self.memUsedTotalBefore = memUsedTotalBefore
+        self.memUsedTotalAfter = memUsedTotalAfter
+        self.rssBytesBefore = rssBytesBefore
+        self.rssBytesAfter = rssBytesAfter
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case compaction, defragmentation
+        case memUsedTotalBefore = "mem_used_total_before"
+        case memUsedTotalAfter = "mem_used_total_after"
+        case rssBytesBefore = "rss_bytes_before"
+        case rssBytesAfter = "rss_bytes_after"
+    }
+}
+
+/// GET and PUT /v1/mem-limit. 0 means no limit, as in zram's mem_limit.
+public struct MemLimitDocument: Sendable, Codable, Equatable {
+    public var memLimit: Int
+
+    public init(memLimit: Int) { self.memLimit = memLimit }
+
+    enum CodingKeys: String, CodingKey {
+        case memLimit = "mem_limit"
+    }
+}
+
+/// The body of every 4xx and 5xx answer.
+public struct ErrorDocument: Sendable, Codable, Equatable {
+    public var error: String
+
+    public init(error: String) { self.error = error }
+}

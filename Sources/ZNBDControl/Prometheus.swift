@@ -1,0 +1,149 @@
+public import ZSPool
+
+/// Prometheus text exposition format 0.0.4, the format node_exporter serves:
+/// per metric family one `# HELP` and one `# TYPE` line, then its samples.
+public struct PrometheusExposition {
+    public enum MetricType: String {
+        case counter, gauge
+    }
+
+    public private(set) var text = ""
+
+    public init() {}
+
+    /// One family: `name` with its help text and type, then one sample per
+    /// element of `samples` (labels, value).
+    public mutating func family(
+        _ name: String, _ type: MetricType, help: String, samples: [(labels: [(String, String)], value: Int)]
+    ) {
+        text += "# HELP \(name) \(Self.escapeHelp(help))\n# TYPE \(name) \(type.rawValue)\n"
+        for sample in samples {
+            text += name
+            if !sample.labels.isEmpty {
+                text += "{" + sample.labels.map { "\($0.0)=\"\(Self.escapeLabel($0.1))\"" }.joined(separator: ",") + "}"
+            }
+            text += " \(sample.value)\n"
+        }
+    }
+
+    public mutating func family(_ name: String, _ type: MetricType, help: String, value: Int) {
+        family(name, type, help: help, samples: [([], value)])
+    }
+
+    static func escapeHelp(_ text: String) -> String {
+        text.replacingAll("\\", with: "\\\\").replacingAll("\n", with: "\\n")
+    }
+
+    static func escapeLabel(_ text: String) -> String {
+        escapeHelp(text).replacingAll("\"", with: "\\\"")
+    }
+}
+
+extension String {
+    fileprivate func replacingAll(_ target: Character, with replacement: String) -> String {
+        var result = ""
+        for character in self { if character == target { result += replacement } else { result.append(character) } }
+        return result
+    }
+}
+
+extension PrometheusExposition {
+    /// GET /metrics: the figures of /v1/stats, the class table and the frame
+    /// map, named znbd_*, byte figures in bytes (the _bytes suffix), running
+    /// counts as counters (_total).
+    public static func render(stats: StatsDocument, pool: ZSPoolStats) -> String {
+        var out = PrometheusExposition()
+        let device = stats.device
+        out.family("znbd_disksize_bytes", .gauge, help: "Size of the device (zram disksize).", value: device.diskSize)
+        out.family("znbd_orig_data_size_bytes", .gauge, help: "Uncompressed bytes stored (mm_stat orig_data_size).",
+                   value: device.origDataSize)
+        out.family("znbd_compr_data_size_bytes", .gauge, help: "Compressed bytes stored (mm_stat compr_data_size).",
+                   value: device.comprDataSize)
+        out.family("znbd_mem_used_total_bytes", .gauge, help: "Pool memory in use (mm_stat mem_used_total).",
+                   value: device.memUsedTotal)
+        out.family("znbd_mem_limit_bytes", .gauge, help: "Pool memory limit, 0 for none (mm_stat mem_limit).",
+                   value: device.memLimit)
+        out.family("znbd_mem_used_max_bytes", .gauge, help: "Most pool memory ever in use (mm_stat mem_used_max).",
+                   value: device.memUsedMax)
+        out.family("znbd_same_pages", .gauge, help: "Pages of one repeated word, stored without memory (mm_stat same_pages).",
+                   value: device.samePages)
+        out.family("znbd_pages_compacted_total", .counter, help: "Pool frames freed by compaction (mm_stat pages_compacted).",
+                   value: device.pagesCompacted)
+        out.family("znbd_huge_pages", .gauge, help: "Pages stored raw, incompressible (mm_stat huge_pages).",
+                   value: device.hugePages)
+        out.family("znbd_huge_pages_since_total", .counter, help: "Pages ever stored raw (mm_stat huge_pages_since).",
+                   value: device.hugePagesSince)
+        out.family("znbd_failed_reads_total", .counter, help: "Reads that failed (io_stat failed_reads).",
+                   value: device.failedReads)
+        out.family("znbd_failed_writes_total", .counter, help: "Writes that failed, no space or codec error (io_stat failed_writes).",
+                   value: device.failedWrites)
+        out.family("znbd_invalid_io_total", .counter, help: "Requests refused for their range (io_stat invalid_io).",
+                   value: device.invalidIO)
+        out.family("znbd_notify_free_total", .counter, help: "Pages freed by discard (io_stat notify_free).",
+                   value: device.notifyFree)
+        out.family("znbd_device_requests_total", .counter, help: "Requests the device ran, by operation.", samples: [
+            ([("op", "read")], device.reads), ([("op", "write")], device.writes),
+            ([("op", "discard")], device.discards), ([("op", "write_zeroes")], device.zeroes),
+        ])
+        out.family("znbd_device_bytes_total", .counter, help: "Bytes the device read and wrote.", samples: [
+            ([("op", "read")], device.bytesRead), ([("op", "write")], device.bytesWritten),
+        ])
+        out.family("process_resident_memory_bytes", .gauge, help: "Resident memory of the znbd process.",
+                   value: stats.rssBytes)
+        renderPool(stats.pool, pool, into: &out)
+        renderNBD(stats, into: &out)
+        return out.text
+    }
+
+    private static func renderPool(_ summary: PoolSummary, _ pool: ZSPoolStats, into out: inout PrometheusExposition) {
+        out.family("znbd_pool_frames_used", .gauge, help: "4 KiB arena frames holding zspages.", value: summary.framesUsed)
+        out.family("znbd_pool_frames_resident", .gauge, help: "Arena frames of resident 2 MiB blocks, used or not.",
+                   value: summary.framesResident)
+        out.family("znbd_pool_blocks_released_total", .counter, help: "Arena blocks given back to the operating system.",
+                   value: summary.blocksReleased)
+        out.family("znbd_pool_live_objects", .gauge, help: "Objects stored in the pool.", value: summary.liveObjects)
+        out.family("znbd_pool_zspages", .gauge, help: "zspages in all classes.", value: summary.zspages)
+        out.family("znbd_pool_metadata_bytes", .gauge, help: "Handle, zspage and slot tables outside the arena.",
+                   value: summary.metadataBytes)
+        out.family("znbd_pool_objects_compacted_total", .counter, help: "Objects moved by compaction.",
+                   value: summary.objectsCompacted)
+        out.family("znbd_pool_frames_migrated_total", .counter, help: "Frames moved out of sparse blocks.",
+                   value: summary.framesMigrated)
+        out.family("znbd_pool_invalid_frees_total", .counter, help: "Frees of handles that were not live.",
+                   value: summary.invalidFrees)
+        let classes = pool.classes.filter { $0.zspages > 0 }
+        func perClass(_ value: (ZSPoolStats.ClassStats) -> Int) -> [(labels: [(String, String)], value: Int)] {
+            classes.map { ([("class", "\($0.index)"), ("size", "\($0.size)")], value($0)) }
+        }
+        out.family("znbd_pool_class_zspages", .gauge, help: "zspages per size class (classes in use).",
+                   samples: perClass(\.zspages))
+        out.family("znbd_pool_class_objects_used", .gauge, help: "Objects stored per size class (classes in use).",
+                   samples: perClass(\.objectsUsed))
+        out.family("znbd_pool_class_objects_allocated", .gauge, help: "Object slots per size class (classes in use).",
+                   samples: perClass(\.objectsAllocated))
+        out.family("znbd_pool_free_runs", .gauge, help: "Free runs of resident frames by buddy order (buddyinfo).",
+                   samples: pool.freeRunsByOrder.enumerated().map { ([("order", "\($0.offset)")], $0.element) })
+        out.family("znbd_pool_blocks_by_occupancy", .gauge,
+                   help: "Resident blocks by used frames, in eighths (0 = empty, 8 = more than 7/8).",
+                   samples: pool.blockOccupancy.enumerated().map { ([("eighths", "\($0.offset)")], $0.element) })
+    }
+
+    private static func renderNBD(_ stats: StatsDocument, into out: inout PrometheusExposition) {
+        let nbd = stats.nbd
+        out.family("znbd_nbd_connections_open", .gauge, help: "NBD connections open now.", value: nbd.connectionsOpen)
+        out.family("znbd_nbd_connections_total", .counter, help: "NBD connections accepted.", value: nbd.connectionsTotal)
+        out.family("znbd_nbd_protocol_errors_total", .counter, help: "NBD connections closed for a protocol violation.",
+                   value: nbd.protocolErrors)
+        let commands = nbd.commands.sorted { $0.key < $1.key }
+        out.family("znbd_nbd_requests_total", .counter, help: "NBD requests by command.",
+                   samples: commands.map { ([("command", $0.key)], $0.value.requests) })
+        out.family("znbd_nbd_request_bytes_total", .counter, help: "NBD payload bytes by command.",
+                   samples: commands.map { ([("command", $0.key)], $0.value.bytes) })
+        out.family("znbd_nbd_request_errors_total", .counter, help: "NBD requests answered with an error, by command and errno.",
+                   samples: commands.flatMap { command in
+                       command.value.errors.sorted { $0.key < $1.key }.map {
+                           ([("command", command.key), ("errno", $0.key)], $0.value)
+                       }
+                   })
+    }
+}

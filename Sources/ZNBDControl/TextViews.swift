@@ -1,0 +1,118 @@
+public import ZSPool
+
+/// The documents as znbdctl prints them for people (and, for mm_stat, for
+/// scripts written against /sys/block/zramN/mm_stat).
+public enum TextViews {
+    /// zramctl's table, with the figures a zram user looks at next.
+    public static func statsTable(_ stats: StatsDocument) -> String {
+        let device = stats.device
+        let ratio = device.comprDataSize > 0 ? Double(device.origDataSize) / Double(device.comprDataSize) : 0
+        let header = ["NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "RATIO", "MEM-LIMIT", "MEM-USED",
+                      "SAME", "HUGE", "COMPACTED", "RSS"]
+        let row = [
+            stats.export.name.isEmpty ? "(default)" : stats.export.name, "lzo",
+            ByteSize.format(device.diskSize), ByteSize.format(device.origDataSize), ByteSize.format(device.comprDataSize),
+            ByteSize.format(device.memUsedTotal), formatRatio(ratio),
+            device.memLimit == 0 ? "-" : ByteSize.format(device.memLimit), ByteSize.format(device.memUsedMax),
+            "\(device.samePages)", "\(device.hugePages)", "\(device.pagesCompacted)", ByteSize.format(stats.rssBytes),
+        ]
+        return table([header, row], leftAligned: 2)
+    }
+
+    /// The nine mm_stat figures as the kernel prints them.
+    public static func mmStatLine(_ stats: StatsDocument) -> String {
+        stats.mmStat.map { pad("\($0)", 8, left: false) }.joined(separator: " ") + "\n"
+    }
+
+    /// zsmalloc's classes file: one row per class in use (every class with
+    /// `all`), then the totals.
+    public static func classesTable(_ classes: [ZSPoolStats.ClassStats], all: Bool) -> String {
+        let header = ["class", "size", "huge", "frames/zspage", "objs/zspage", "zspages", "almost_empty", "almost_full",
+                      "full", "obj_allocated", "obj_used", "frames_used", "freeable"]
+        var rows = [header]
+        var totals = [Int](repeating: 0, count: 8)
+        for entry in classes where all || entry.zspages > 0 {
+            let freeable = entry.objectsPerZspage > 0
+                ? (entry.objectsAllocated - entry.objectsUsed) / entry.objectsPerZspage * entry.framesPerZspage : 0
+            let figures = [entry.zspages, entry.almostEmpty, entry.almostFull, entry.full, entry.objectsAllocated,
+                           entry.objectsUsed, entry.framesUsed, freeable]
+            for (index, figure) in figures.enumerated() { totals[index] += figure }
+            rows.append(["\(entry.index)", "\(entry.size)", entry.isHuge ? "Y" : "", "\(entry.framesPerZspage)",
+                         "\(entry.objectsPerZspage)"] + figures.map { "\($0)" })
+        }
+        rows.append(["Total", "", "", "", ""] + totals.map { "\($0)" })
+        return table(rows, leftAligned: 0)
+    }
+
+    /// A /proc/buddyinfo-style line of free runs by order, and the blocks'
+    /// occupancy as a small histogram.
+    public static func framesView(_ frames: FramesDocument) -> String {
+        var text = "frames: \(frames.framesUsed) used, \(frames.framesResident) resident"
+        text += " in \(frames.blocksResident) blocks of \(ByteSize.format(frames.blockSize));"
+        text += " \(frames.blocksReleased) blocks released to the OS\n"
+        text += "free runs by order (runs of 2^order free frames in resident blocks, as /proc/buddyinfo):\n"
+        text += "order " + frames.freeRunsByOrder.indices.map { pad("\($0)", 6, left: false) }.joined() + "\n"
+        text += "runs  " + frames.freeRunsByOrder.map { pad("\($0)", 6, left: false) }.joined() + "\n"
+        text += "resident blocks by frames used:\n"
+        let most = max(1, frames.blockOccupancy.max() ?? 1)
+        let framesPerBlock = frames.blockSize / frames.frameSize
+        for (eighths, count) in frames.blockOccupancy.enumerated() {
+            let label = eighths == 0 ? "empty" : "\((eighths - 1) * framesPerBlock / 8 + 1)-\(eighths * framesPerBlock / 8)"
+            let bar = String(repeating: "#", count: count == 0 ? 0 : max(1, count * 40 / most))
+            text += "  " + pad(label, 7, left: true) + pad("\(count)", 7, left: false) + " |" + bar + "\n"
+        }
+        return text
+    }
+
+    public static func compactSummary(_ result: CompactDocument) -> String {
+        let compaction = result.compaction
+        let defragmentation = result.defragmentation
+        var text = "compaction: \(compaction.framesFreed) frames freed"
+        text += " (\(ByteSize.format(compaction.framesFreed * ZSPool.frameSize))),"
+        text += " \(compaction.objectsMoved) objects moved (\(ByteSize.format(compaction.bytesMoved)))"
+        if compaction.objectsSkipped > 0 { text += ", \(compaction.objectsSkipped) busy objects left" }
+        text += "\ndefragmentation: \(defragmentation.framesMigrated) frames migrated,"
+        text += " \(defragmentation.blocksReleased) blocks released"
+        text += " (\(ByteSize.format(defragmentation.blocksReleased * ZSPool.blockSize)))"
+        if defragmentation.framesSkipped > 0 { text += ", \(defragmentation.framesSkipped) busy frames left" }
+        text += "\nmem_used_total \(ByteSize.format(result.memUsedTotalBefore)) -> \(ByteSize.format(result.memUsedTotalAfter)),"
+        text += " RSS \(ByteSize.format(result.rssBytesBefore)) -> \(ByteSize.format(result.rssBytesAfter))\n"
+        return text
+    }
+
+    public static func memLimitLine(_ limit: MemLimitDocument) -> String {
+        "mem_limit " + (limit.memLimit == 0 ? "none" : "\(ByteSize.format(limit.memLimit)) (\(limit.memLimit) bytes)") + "\n"
+    }
+
+    // MARK: Layout
+
+    static func formatRatio(_ ratio: Double) -> String {
+        let hundredths = Int((ratio * 100).rounded())
+        let fraction = hundredths % 100
+        return "\(hundredths / 100)." + (fraction < 10 ? "0" : "") + "\(fraction)"
+    }
+
+    /// Columns as wide as their widest cell; the first `leftAligned`
+    /// columns flush left, the rest (figures) flush right.
+    static func table(_ rows: [[String]], leftAligned: Int) -> String {
+        let columns = rows.map(\.count).max() ?? 0
+        let widths = (0..<columns).map { column in rows.map { column < $0.count ? $0[column].count : 0 }.max() ?? 0 }
+        return rows.map { row in
+            row.enumerated().map { pad($0.element, widths[$0.offset], left: $0.offset < leftAligned) }
+                .joined(separator: " ").trailingSpacesRemoved()
+        }.joined(separator: "\n") + "\n"
+    }
+
+    static func pad(_ text: String, _ width: Int, left: Bool) -> String {
+        let padding = String(repeating: " ", count: max(0, width - text.count))
+        return left ? text + padding : padding + text
+    }
+}
+
+extension String {
+    fileprivate func trailingSpacesRemoved() -> String {
+        var text = self
+        while text.last == " " { text.removeLast() }
+        return text
+    }
+}

@@ -1,0 +1,152 @@
+import Logging
+import NBD
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+import ZNBDControl
+import ZRAM
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The daemon's life: check the sockets, build the device, start the NBD
+/// server and the control endpoint, say how to attach, then on SIGTERM or
+/// SIGINT stop accepting, answer what clients sent, close, and remove the
+/// socket files.
+///
+/// Startup runs inside the service group, after its signal handlers are in
+/// place, so a signal that arrives the moment the sockets appear is a clean
+/// stop, never a kill.
+final class Daemon: Service {
+    let configuration: DaemonConfiguration
+    private let logger = Logger(label: "znbd")
+    private let startupFailure = Mutex<StartupError?>(nil)
+
+    init(configuration: DaemonConfiguration) {
+        self.configuration = configuration
+    }
+
+    /// Runs until SIGTERM or SIGINT; throws what kept the daemon from starting.
+    func serve() async throws {
+        let group = ServiceGroup(
+            configuration: .init(
+                // The service returns once it has stopped, or at once when
+                // it could not start: either way the group is done.
+                services: [.init(service: self, successTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        if let failure = startupFailure.withLock({ $0 }) { throw failure }
+    }
+
+    // MARK: Service
+
+    func run() async throws {
+        let running: Running
+        do {
+            running = try await start()
+        } catch {
+            startupFailure.withLock { $0 = error }
+            return
+        }
+        try? await gracefulShutdown()
+        logger.info("stopping: answering requests already received, then closing")
+        await running.stop()
+        logger.info("stopped")
+    }
+
+    /// What a started daemon holds.
+    private struct Running {
+        let server: NBDServer
+        let control: ControlServer
+        let socketPaths: [String]
+
+        func stop() async {
+            await server.shutdown(drainTimeout: .milliseconds(1500))
+            await control.shutdown()
+            socketPaths.forEach(SocketFile.remove)
+        }
+    }
+
+    private func start() async throws(StartupError) -> Running {
+        let configuration = self.configuration
+        try await SocketFile.prepare(configuration.socketPath, role: "NBD socket (--socket)")
+        try await SocketFile.prepare(configuration.controlPath, role: "control socket (--control)")
+
+        let device: CompressedBlockDevice
+        do {
+            device = try CompressedBlockDevice(.init(
+                byteCount: configuration.sizeBytes, maxChain: configuration.maxChain,
+                memLimitBytes: configuration.memLimitBytes))
+        } catch {
+            throw StartupError(description: "cannot create a \(ByteSize.format(configuration.sizeBytes)) device: \(error)")
+        }
+        let export = NBDExport(
+            name: configuration.name, description: "znbd compressed RAM disk, \(ByteSize.format(configuration.sizeBytes))",
+            device: device, readOnly: configuration.readOnly)
+        let server = NBDServer(export: export, configuration: .init(
+            unixSocketPath: configuration.socketPath, tcpHost: configuration.tcp?.host,
+            tcpPort: configuration.tcp?.port ?? 0, workerThreads: configuration.workers))
+        let addresses: [SocketAddress]
+        do {
+            addresses = try await server.start()
+        } catch {
+            let failure = StartupError(description: Self.listenFailure(error, configuration: configuration))
+            await server.shutdown(drainTimeout: .zero)
+            SocketFile.remove(configuration.socketPath)
+            throw failure
+        }
+        var tcpAddress: String?
+        if configuration.tcp != nil, let address = addresses.last, let port = address.port {
+            tcpAddress = TCPAddress.description(host: address.ipAddress ?? "?", port: port)
+        }
+        let summary = ExportSummary(
+            name: configuration.name, sizeBytes: configuration.sizeBytes, readOnly: configuration.readOnly,
+            nbdSocket: configuration.socketPath, tcpAddress: tcpAddress, compaction: "off")
+        let control = ControlServer(
+            endpoint: ControlEndpoint(device: device, export: summary, nbdStats: { server.stats() }),
+            socketPath: configuration.controlPath)
+        do {
+            try await control.start()
+        } catch {
+            await control.shutdown()
+            await server.shutdown(drainTimeout: .zero)
+            SocketFile.remove(configuration.socketPath)
+            throw StartupError(description: "cannot listen on \(configuration.controlPath): \(SocketFile.describe(error))")
+        }
+        logger.info("\(Self.attachLine(configuration, tcpAddress: tcpAddress))")
+        return Running(server: server, control: control, socketPaths: [configuration.socketPath, configuration.controlPath])
+    }
+
+    private static func listenFailure(_ error: any Error, configuration: DaemonConfiguration) -> String {
+        // The Unix socket binds first; a TCP failure names the address.
+        if let tcp = configuration.tcp, FileSystemEntry.isSocket(configuration.socketPath) {
+            return "cannot listen on \(tcp): \(SocketFile.describe(error))"
+        }
+        return "cannot listen on \(configuration.socketPath): \(SocketFile.describe(error))"
+    }
+
+    /// The start line: what is served, and how each kind of client attaches.
+    static func attachLine(_ configuration: DaemonConfiguration, tcpAddress: String?) -> String {
+        let socket = configuration.socketPath
+        let name = configuration.name
+        let nameOption = name.isEmpty ? "" : " -N \(shellQuoted(name))"
+        var line = "serving a \(ByteSize.format(configuration.sizeBytes)) compressed RAM disk"
+        line += name.isEmpty ? " (the default export)" : " (export \(shellQuoted(name)))"
+        line += configuration.readOnly ? ", read-only," : ""
+        line += " on \(socket)"
+        if let tcpAddress { line += " and nbd://\(tcpAddress)/\(name)" }
+        line += "; attach with: nbd-client -unix \(socket) /dev/nbd0\(nameOption) -b 4096"
+        line += " | nbdfuse DIR/disk --unix \(socket)"
+        line += " | qemu -drive file=nbd+unix:///\(name)?socket=\(socket)"
+        line += "; figures: znbdctl --control \(configuration.controlPath) stats"
+        return line
+    }
+
+    static func shellQuoted(_ text: String) -> String {
+        let plain = text.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_./:@".contains($0)) }
+        return plain && !text.isEmpty ? text : "'" + text.split(separator: "'", omittingEmptySubsequences: false)
+            .joined(separator: "'\\''") + "'"
+    }
+}

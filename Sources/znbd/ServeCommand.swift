@@ -1,0 +1,228 @@
+import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Logging
+import ZNBDControl
+import ZRAM
+import ZSPool
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `znbd` with no subcommand serves, as `znbd serve` does.
+@main
+struct ZNBDCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "znbd",
+        abstract: "A compressed RAM disk in the manner of zram, served over NBD.",
+        discussion: """
+            Pages are compressed with LZO1X-1 into a zsmalloc-style pool; pages of one repeated \
+            word cost no memory. Attach with nbd-client, nbdfuse or qemu; read figures with znbdctl.
+            """,
+        subcommands: [Serve.self],
+        defaultSubcommand: Serve.self)
+
+    /// Runs the command line; every error is one line on stderr. Bad
+    /// arguments, and sockets or addresses that cannot be had, exit 64
+    /// (EX_USAGE); --help exits 0.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as StartupError {
+            fail(error.description, code: 64)
+        } catch {
+            if let exitCode = error as? ExitCode { Glibc.exit(exitCode.rawValue) }
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }  // --help, --version
+            let message = message(for: error).split(whereSeparator: \.isNewline).joined(separator: "; ")
+            fail("\(message) (see znbd serve --help)", code: code.rawValue)
+        }
+    }
+
+    static func fail(_ message: String, code: Int32) -> Never {
+        var line = "znbd: \(message)\n"
+        line.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
+        Glibc.exit(code)
+    }
+}
+
+/// A startup failure caused by what was asked for: a socket in use, an
+/// address taken, a size the machine cannot reserve.
+struct StartupError: Error, Sendable, CustomStringConvertible {
+    let description: String
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve a compressed RAM disk over NBD (the default command).")
+
+    @Option(help: "Device size, a multiple of 4 KiB, with K, M, G or T (binary units).")
+    var size = "1G"
+
+    @Option(help: "Export name clients ask for (default: empty, the default export).")
+    var name = ""
+
+    @Option(help: ArgumentHelp(
+        "Unix socket for NBD clients (default: /run/znbd/nbd.sock for root, else $XDG_RUNTIME_DIR/znbd/nbd.sock).",
+        valueName: "path"))
+    var socket: String?
+
+    @Option(help: ArgumentHelp("Also listen for NBD on TCP (off unless given; [::1]:PORT for IPv6).", valueName: "host:port"))
+    var listen: String?
+
+    @Flag(help: "Serve the export read-only.")
+    var readOnly = false
+
+    @Option(help: ArgumentHelp("Cap on pool memory, as zram's mem_limit (0: none).", valueName: "size"))
+    var memLimit: String?
+
+    @Option(help: ArgumentHelp("Most frames per zspage, 1-\(SizeClassTable.maxChainLimit).", valueName: "n"))
+    var maxChain = SizeClassTable.defaultMaxChain
+
+    @Option(help: ArgumentHelp("Background compaction: off (compact with znbdctl compact); auto is not built yet.",
+                               valueName: "auto|off"))
+    var compaction = "off"
+
+    @Option(help: ArgumentHelp("Control socket for znbdctl (default: next to the NBD socket, NAME-control.sock).",
+                               valueName: "path"))
+    var control: String?
+
+    @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
+    var logLevel = "info"
+
+    @Option(help: ArgumentHelp(
+        "Threads that run requests on the device; 0 runs them on the connection's event loop thread.",
+        valueName: "n"))
+    var workers = 0
+
+    func validate() throws {
+        _ = try configuration()
+    }
+
+    /// The options, checked and turned into what the daemon needs.
+    func configuration() throws(ValidationError) -> DaemonConfiguration {
+        func parseSize(_ text: String, option: String) throws(ValidationError) -> Int {
+            do {
+                return try ByteSize.parse(text)
+            } catch {
+                throw ValidationError("\(option) \(text): \(error)")
+            }
+        }
+        let sizeBytes = try parseSize(size, option: "--size")
+        guard sizeBytes > 0 else { throw ValidationError("--size \(size): the device needs at least one 4 KiB page") }
+        guard sizeBytes % 4096 == 0 else {
+            throw ValidationError("--size \(size): \(sizeBytes) bytes is not a multiple of 4 KiB (4096 bytes)")
+        }
+        guard sizeBytes <= CompressedBlockDevice.maximumByteCount else {
+            throw ValidationError("--size \(size): at most \(ByteSize.format(CompressedBlockDevice.maximumByteCount))")
+        }
+        var memLimitBytes: Int?
+        if let memLimit {
+            let bytes = try parseSize(memLimit, option: "--mem-limit")
+            memLimitBytes = bytes == 0 ? nil : bytes
+        }
+        guard (1...SizeClassTable.maxChainLimit).contains(maxChain) else {
+            throw ValidationError("--max-chain \(maxChain): must be 1 to \(SizeClassTable.maxChainLimit)")
+        }
+        switch compaction {
+        case "off": break
+        case "auto":
+            throw ValidationError(
+                "--compaction auto: the background compaction thread is not built yet; use off and run znbdctl compact")
+        default:
+            throw ValidationError("--compaction \(compaction): must be auto or off")
+        }
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw ValidationError("--log-level \(logLevel): must be trace, debug, info, notice, warning, error or critical")
+        }
+        guard (0...256).contains(workers) else { throw ValidationError("--workers \(workers): must be 0 to 256") }
+        guard name.utf8.count <= 4096 else { throw ValidationError("--name: at most 4096 bytes (the NBD limit)") }
+
+        let environment = ProcessInfo.processInfo.environment
+        let socketPath = socket ?? ControlPaths.defaultNBDSocket(userID: getuid(), environment: environment)
+        let controlPath = control ?? ControlPaths.controlSocket(nextTo: socketPath)
+        for (option, path) in [("--socket", socketPath), ("--control", controlPath)] {
+            guard !path.isEmpty else { throw ValidationError("\(option): empty path") }
+            guard path.utf8.count <= ControlPaths.maximumSocketPathBytes else {
+                throw ValidationError("\(option) \(path): longer than a Unix socket path may be (107 bytes)")
+            }
+        }
+        guard socketPath != controlPath else { throw ValidationError("--socket and --control must differ") }
+        var tcp: TCPAddress?
+        if let listen {
+            do {
+                tcp = try TCPAddress(parsing: listen)
+            } catch {
+                throw ValidationError("--listen \(listen): \(error)")
+            }
+        }
+        return DaemonConfiguration(
+            sizeBytes: sizeBytes, name: name, socketPath: socketPath, tcp: tcp, readOnly: readOnly,
+            memLimitBytes: memLimitBytes, maxChain: maxChain, controlPath: controlPath, logLevel: level,
+            workers: workers)
+    }
+
+    func run() async throws {
+        let configuration = try configuration()
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        try await Daemon(configuration: configuration).serve()
+    }
+}
+
+/// HOST:PORT, [IPv6]:PORT, or :PORT for every address.
+struct TCPAddress: Sendable, Equatable, CustomStringConvertible {
+    var host: String
+    var port: Int
+
+    struct ParseError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    init(parsing text: String) throws(ParseError) {
+        guard let colon = text.lastIndex(of: ":") else { throw ParseError(description: "expected HOST:PORT") }
+        var hostPart = text[..<colon]
+        if hostPart.hasPrefix("[") && hostPart.hasSuffix("]") { hostPart = hostPart.dropFirst().dropLast() }
+        guard !hostPart.contains(":") || text.hasPrefix("[") else {
+            throw ParseError(description: "write an IPv6 address in brackets, [::1]:PORT")
+        }
+        guard let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+            throw ParseError(description: "the port must be a number from 0 to 65535")
+        }
+        host = hostPart.isEmpty ? "0.0.0.0" : String(hostPart)
+        self.port = port
+    }
+
+    var description: String { Self.description(host: host, port: port) }
+
+    static func description(host: String, port: Int) -> String {
+        host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+}
+
+/// What `znbd serve` was asked to do, checked.
+struct DaemonConfiguration: Sendable {
+    var sizeBytes: Int
+    var name: String
+    var socketPath: String
+    var tcp: TCPAddress?
+    var readOnly: Bool
+    var memLimitBytes: Int?
+    var maxChain: Int
+    var controlPath: String
+    var logLevel: Logger.Level
+    var workers: Int
+}

@@ -1,0 +1,214 @@
+import ArgumentParser
+import NIOHTTP1
+import ZNBDControl
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// znbdctl: figures and control of a running znbd, through its control
+/// socket. Every failure is one line on stderr: 64 for bad usage, 69 when no
+/// daemon answers, 76 when something else answers, 77 for permission, 1 when
+/// the daemon refuses the request.
+@main
+struct ZNBDCtl: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "znbdctl",
+        abstract: "Figures and control of a running znbd (as zramctl and /sys/block/zramN are for zram).",
+        subcommands: [Stats.self, Classes.self, Frames.self, Compact.self, MemLimit.self])
+
+    // Declared here too, so that --control may come before the subcommand.
+    @OptionGroup var options: ControlOptions
+
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as ControlClientError {
+            fail(error.description, code: error.exitCode)
+        } catch {
+            if let exitCode = error as? ExitCode { Glibc.exit(exitCode.rawValue) }
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }  // --help
+            let message = message(for: error).split(whereSeparator: \.isNewline).joined(separator: "; ")
+            fail("\(message) (see znbdctl --help)", code: code.rawValue)
+        }
+    }
+
+    static func fail(_ message: String, code: Int32) -> Never {
+        var line = "znbdctl: \(message)\n"
+        line.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
+        Glibc.exit(code)
+    }
+}
+
+/// --control, accepted before or after the subcommand.
+struct ControlOptions: ParsableArguments {
+    @Option(help: ArgumentHelp(
+        "znbd's control socket (default: /run/znbd/nbd-control.sock for root, else $XDG_RUNTIME_DIR/znbd/nbd-control.sock).",
+        valueName: "path"))
+    var control: String?
+
+    var client: ControlClient {
+        ControlClient(socketPath: control ?? ControlPaths.defaultControlSocket(
+            userID: getuid(), environment: ProcessInfo.processInfo.environment))
+    }
+
+    /// GET or send `path`, and decode the 200 answer as `Document`; an error
+    /// answer becomes its message.
+    func fetch<Document: Decodable>(
+        _ type: Document.Type, _ method: HTTPMethod = .GET, _ path: String, body: [UInt8] = []
+    ) async throws -> (document: Document, body: [UInt8]) {
+        let client = self.client
+        let response = try await client.request(method, path, body: body)
+        guard response.status == 200 else {
+            let message = (try? JSONDecoder().decode(ErrorDocument.self, from: Data(response.body)))?.error
+            throw ControlClientError(
+                description: "znbd answered \(response.status): \(message ?? String(decoding: response.body, as: UTF8.self))",
+                exitCode: ControlClientError.refused)
+        }
+        do {
+            return (try JSONDecoder().decode(Document.self, from: Data(response.body)), response.body)
+        } catch {
+            throw ControlClientError(
+                description: "\(client.socketPath) answered \(path) with something znbdctl cannot read: \(error)",
+                exitCode: ControlClientError.protocolError)
+        }
+    }
+}
+
+func printOut(_ text: String) {
+    var text = text
+    text.withUTF8 { bytes in
+        var offset = 0
+        while offset < bytes.count {
+            let written = write(STDOUT_FILENO, bytes.baseAddress! + offset, bytes.count - offset)
+            if written <= 0 { return }
+            offset += written
+        }
+    }
+}
+
+struct Stats: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The device's figures: a zramctl-style table, --json, or --raw (mm_stat's line).")
+
+    @OptionGroup var options: ControlOptions
+
+    @Flag(help: "The whole /v1/stats JSON object (mm_stat and io_stat fields under zram's names, pool, NBD, RSS).")
+    var json = false
+
+    @Flag(help: "The nine mm_stat figures in the kernel's order, as /sys/block/zramN/mm_stat prints them.")
+    var raw = false
+
+    @Option(help: ArgumentHelp("Print again every SECONDS until interrupted.", valueName: "seconds"))
+    var watch: Double?
+
+    func validate() throws {
+        if json && raw { throw ValidationError("--json and --raw: choose one") }
+        if let watch, !(watch >= 0.1 && watch <= 86_400) {
+            throw ValidationError("--watch \(watch): must be 0.1 to 86400 seconds")
+        }
+    }
+
+    func run() async throws {
+        let clearScreen = watch != nil && !json && !raw && isatty(STDOUT_FILENO) == 1
+        while true {
+            let (stats, body) = try await options.fetch(StatsDocument.self, .GET, "/v1/stats")
+            let text = json ? String(decoding: body, as: UTF8.self)
+                : raw ? TextViews.mmStatLine(stats) : TextViews.statsTable(stats)
+            printOut((clearScreen ? "\u{1B}[H\u{1B}[2J" : "") + text)
+            guard let watch else { return }
+            try await Task.sleep(for: .seconds(watch))
+        }
+    }
+}
+
+struct Classes: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The pool's size classes, as zsmalloc's debugfs classes file.")
+
+    @OptionGroup var options: ControlOptions
+
+    @Flag(help: "Every class, not only those in use.")
+    var all = false
+
+    @Flag(help: "The /v1/classes JSON.")
+    var json = false
+
+    func run() async throws {
+        let (document, body) = try await options.fetch(ClassesDocument.self, .GET, "/v1/classes")
+        printOut(json ? String(decoding: body, as: UTF8.self) : TextViews.classesTable(document.classes, all: all))
+    }
+}
+
+struct Frames: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The arena's frames: free runs by order (as /proc/buddyinfo) and block occupancy.")
+
+    @OptionGroup var options: ControlOptions
+
+    @Flag(help: "The /v1/frames JSON.")
+    var json = false
+
+    func run() async throws {
+        let (document, body) = try await options.fetch(FramesDocument.self, .GET, "/v1/frames")
+        printOut(json ? String(decoding: body, as: UTF8.self) : TextViews.framesView(document))
+    }
+}
+
+struct Compact: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Compact the pool and give emptied blocks back to the OS now (zram's compact, plus migration).")
+
+    @OptionGroup var options: ControlOptions
+
+    @Flag(help: "The /v1/compact JSON.")
+    var json = false
+
+    func run() async throws {
+        let (document, body) = try await options.fetch(CompactDocument.self, .POST, "/v1/compact")
+        printOut(json ? String(decoding: body, as: UTF8.self) : TextViews.compactSummary(document))
+    }
+}
+
+struct MemLimit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mem-limit",
+        abstract: "Show or set the cap on pool memory, as zram's mem_limit (0 lifts it).")
+
+    @OptionGroup var options: ControlOptions
+
+    @Argument(help: ArgumentHelp("The new limit: 512M, 2G, bytes, or 0 for none; omit to show it.", valueName: "size"))
+    var size: String?
+
+    func validate() throws {
+        if let size {
+            do {
+                _ = try ByteSize.parse(size)
+            } catch {
+                throw ValidationError("mem-limit \(size): \(error)")
+            }
+        }
+    }
+
+    func run() async throws {
+        let document: MemLimitDocument
+        if let size {
+            let bytes = try ByteSize.parse(size)
+            document = try await options.fetch(MemLimitDocument.self, .PUT, "/v1/mem-limit",
+                                               body: Array("{\"mem_limit\": \(bytes)}".utf8)).document
+        } else {
+            document = try await options.fetch(MemLimitDocument.self, .GET, "/v1/mem-limit").document
+        }
+        printOut(TextViews.memLimitLine(document))
+    }
+}

@@ -1,0 +1,188 @@
+import Foundation
+import NBD
+import Synchronization
+import Testing
+import TestSupport
+
+@Suite("znbd: start, stop on SIGTERM, and refuse bad arguments", .serialized)
+struct DaemonLifecycleTests {
+    @Test("SIGTERM while requests are in flight: each gets its reply, exit 0 within 2 s, socket files gone")
+    func sigtermAnswersInFlightRequests() async throws {
+        // One worker thread runs the requests, so the event loop reads ahead
+        // of it up to the in-flight limit: at the signal, requests wait in
+        // the worker's queue, in the server's buffer and in the socket.
+        try await withDaemon(["--size", "256M", "--workers", "1"]) { daemon in
+            let idle = try RawClient(socketPath: daemon.socketPath)  // attached, sends nothing
+            try idle.handshake()
+            let client = try RawClient(socketPath: daemon.socketPath)
+            try client.handshake()
+            var generator = SeededRandom(seed: 11)
+            let chunk = 128 << 10
+            let payloads = (0..<8).map { _ in generator.bytes(chunk) }
+            // 192 writes of 128 KiB (24 MiB to compress) and a read after every
+            // fourth: the server is still busy with them when the signal comes.
+            var expectedReads: [UInt64: [UInt8]] = [:]
+            var batch: [UInt8] = []
+            var cookie: UInt64 = 0
+            for index in 0..<192 {
+                let payload = payloads[index % payloads.count]
+                batch += RawClient.request(type: NBDCommand.write.rawValue, cookie: cookie, offset: UInt64(index * chunk),
+                                           length: UInt32(chunk), payload: payload)
+                cookie += 1
+                if index % 4 == 3 {
+                    batch += RawClient.request(type: NBDCommand.read.rawValue, cookie: cookie,
+                                               offset: UInt64(index * chunk), length: UInt32(chunk))
+                    expectedReads[cookie] = payload
+                    cookie += 1
+                }
+            }
+            let requests = Int(cookie)
+            // Replies are read on another thread while the requests go out,
+            // as a real client does; the signal follows the last byte sent.
+            let collector = ReplyCollector(client: client, expectedReads: expectedReads, count: requests)
+            let reader = Thread { collector.run() }
+            reader.start()
+            try client.send(batch)
+            let answeredBeforeSignal = collector.repliesSoFar
+            let stop = daemon.signal(SIGTERM)
+            print("sigterm: \(answeredBeforeSignal) of \(requests) requests answered when the signal was sent")
+            collector.finished.wait()
+            #expect(collector.failure == nil, "\(collector.failure ?? "")")
+            #expect(collector.replies == requests, "\(collector.replies) of \(requests) requests answered")
+            #expect(collector.errors == 0)
+            #expect(collector.wrongData == 0)
+            #expect(client.isClosedByServer())
+            #expect(idle.isClosedByServer())
+            #expect(stop.status == 0, "exit status \(String(describing: stop.status)): \(daemon.log)")
+            #expect(stop.seconds < 2, "took \(stop.seconds) s to stop")
+            #expect(!FileManager.default.fileExists(atPath: daemon.socketPath))
+            #expect(!FileManager.default.fileExists(atPath: daemon.controlPath))
+            #expect(daemon.log.contains("stopped"))
+        }
+    }
+
+    @Test("bad arguments: exit 64 and one line on stderr", arguments: [
+        (["--size", "0"], "at least one 4 KiB page"),
+        (["--size", "1000"], "not a multiple of 4 KiB"),
+        (["--size", "12X"], "unknown unit"),
+        (["--size", "lots"], "not a size"),
+        (["--mem-limit", "1Q"], "unknown unit"),
+        (["--max-chain", "99"], "must be 1 to 16"),
+        (["--compaction", "sometimes"], "must be auto or off"),
+        (["--listen", "localhost"], "expected HOST:PORT"),
+        (["--log-level", "loud"], "must be trace"),
+        (["--no-such-option"], "Unknown option"),
+    ])
+    func badArguments(arguments: [String], message: String) throws {
+        let directory = try makeTemporaryDirectory("znbd-args")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let result = try runCommand(
+            [try DaemonProcess.executable("znbd"), "--socket", directory.path + "/nbd.sock"] + arguments, timeout: 20)
+        Self.expectUsageError(result, contains: message)
+        #expect(!FileManager.default.fileExists(atPath: directory.path + "/nbd.sock"))
+    }
+
+    static func expectUsageError(_ result: CommandResult, contains message: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(result.status == 64, "exit \(result.status): \(result.standardError)", sourceLocation: sourceLocation)
+        let lines = result.standardError.split(separator: "\n")
+        #expect(lines.count == 1, "stderr: \(result.standardError)", sourceLocation: sourceLocation)
+        #expect(result.standardError.hasPrefix("znbd: ") && result.standardError.contains(message),
+                "stderr: \(result.standardError)", sourceLocation: sourceLocation)
+        #expect(!result.timedOut, sourceLocation: sourceLocation)
+    }
+
+    @Test("a live socket, an address in use, a path that is no socket: exit 64; a stale socket is replaced")
+    func socketsAndAddresses() async throws {
+        let znbd = try DaemonProcess.executable("znbd")
+        try await withDaemon(["--size", "16M", "--listen", "127.0.0.1:0"]) { live in
+            // The socket a running daemon answers on.
+            let clash = try runCommand([znbd, "--socket", live.socketPath, "--control", live.directory.path + "/b.sock"],
+                                       timeout: 20)
+            Self.expectUsageError(clash, contains: "in use by a running server")
+            #expect(!FileManager.default.fileExists(atPath: live.directory.path + "/b.sock"))
+
+            // The TCP address it listens on.
+            let stats = try JSONSerialization.jsonObject(
+                with: Data(try live.znbdctl(["stats", "--json"]).standardOutput.utf8)) as? [String: Any]
+            let address = try #require((stats?["export"] as? [String: Any])?["tcp_address"] as? String)
+            let other = try makeTemporaryDirectory("znbd-args")
+            defer { try? FileManager.default.removeItem(at: other) }
+            let taken = try runCommand([znbd, "--socket", other.path + "/nbd.sock", "--listen", address], timeout: 20)
+            Self.expectUsageError(taken, contains: "cannot listen on \(address)")
+            #expect(taken.standardError.contains("in use"))
+            #expect(!FileManager.default.fileExists(atPath: other.path + "/nbd.sock"))
+            #expect(!FileManager.default.fileExists(atPath: other.path + "/nbd-control.sock"))
+
+            // The first daemon never noticed.
+            let client = try LibNBDClient(uri: live.uri)
+            try client.write([UInt8](repeating: 5, count: 4096), at: 0)
+            #expect(try client.read(count: 4096, at: 0) == [UInt8](repeating: 5, count: 4096))
+
+            // A regular file where the socket should go.
+            let file = other.path + "/file.sock"
+            _ = FileManager.default.createFile(atPath: file, contents: Data("keep me".utf8))
+            let notSocket = try runCommand([znbd, "--socket", file], timeout: 20)
+            Self.expectUsageError(notSocket, contains: "is not a socket")
+            #expect((try? String(contentsOfFile: file, encoding: .utf8)) == "keep me")
+        }
+
+        // Socket files left by a daemon that was killed: the next one replaces them.
+        let killed = try DaemonProcess(["--size", "16M"])
+        defer { killed.cleanUp() }
+        try killed.waitUntilServing()
+        _ = killed.signal(SIGKILL)
+        #expect(FileManager.default.fileExists(atPath: killed.socketPath))
+        let successor = try DaemonProcess(["--size", "16M"], directory: killed.directory)
+        defer { successor.cleanUp() }
+        try successor.waitUntilServing()
+        let client = try LibNBDClient(uri: successor.uri)
+        #expect(client.size == 16 << 20)
+        #expect(successor.signal(SIGTERM).status == 0)
+    }
+}
+
+/// Reads replies on its own thread: each request's cookie once, with the
+/// payload a read should return.
+final class ReplyCollector: @unchecked Sendable {
+    // @unchecked: the fields are written by the reader thread only, and read
+    // by the test after `finished` is signalled.
+    let client: RawClient
+    let expectedReads: [UInt64: [UInt8]]
+    let count: Int
+    let finished = DispatchSemaphore(value: 0)
+    var replies = 0
+    private let progress = Atomic<Int>(0)
+    /// Replies received so far, readable while the reader runs.
+    var repliesSoFar: Int { progress.load(ordering: .relaxed) }
+    var errors = 0
+    var wrongData = 0
+    var failure: String?
+
+    init(client: RawClient, expectedReads: [UInt64: [UInt8]], count: Int) {
+        self.client = client
+        self.expectedReads = expectedReads
+        self.count = count
+    }
+
+    func run() {
+        defer { finished.signal() }
+        var seen = Set<UInt64>()
+        do {
+            while replies < count {
+                let header = try client.receive(16)
+                guard header.be32(0) == NBDMagic.simpleReply else { throw RawClient.Failure(description: "bad reply magic") }
+                let cookie = header.be64(8)
+                guard seen.insert(cookie).inserted else { throw RawClient.Failure(description: "cookie \(cookie) answered twice") }
+                replies += 1
+                progress.store(replies, ordering: .relaxed)
+                if header.be32(4) != 0 {
+                    errors += 1
+                } else if let expected = expectedReads[cookie], try client.receive(expected.count) != expected {
+                    wrongData += 1
+                }
+            }
+        } catch {
+            failure = "after \(replies) replies: \(error)"
+        }
+    }
+}

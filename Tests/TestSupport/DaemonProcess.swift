@@ -1,0 +1,121 @@
+public import Foundation
+
+/// The built `znbd` binary running as a real process on sockets in a
+/// temporary directory, for tests that meet the daemon as users do.
+///
+/// `withDaemon` always kills the process (SIGKILL if SIGTERM was not
+/// enough) and removes the directory, even when the test fails.
+public final class DaemonProcess: @unchecked Sendable {
+    // @unchecked: every field is set in init and never changes; Process is
+    // only asked for its pid and status after the termination semaphore.
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public let directory: URL
+    public let socketPath: String
+    public let controlPath: String
+    private let process = Process()
+    private let finished = DispatchSemaphore(value: 0)
+    private let standardErrorURL: URL
+    private let ownsDirectory: Bool
+
+    /// The directory the test binary was built into, where `swift build`
+    /// also put znbd and znbdctl (ZNBD_BIN_DIR overrides).
+    public static func executable(_ name: String) throws -> String {
+        let directory = ProcessInfo.processInfo.environment["ZNBD_BIN_DIR"]
+            ?? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().path
+        let path = directory + "/" + name
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw Failure(description: "\(path) is not built (swift build --build-tests builds it; or set ZNBD_BIN_DIR)")
+        }
+        return path
+    }
+
+    /// Starts `znbd serve --socket DIR/nbd.sock --control DIR/nbd-control.sock ARGUMENTS`.
+    public init(_ arguments: [String], directory: URL? = nil) throws {
+        ownsDirectory = directory == nil
+        self.directory = try directory ?? makeTemporaryDirectory("znbd-daemon")
+        socketPath = self.directory.appendingPathComponent("nbd.sock").path
+        controlPath = self.directory.appendingPathComponent("nbd-control.sock").path
+        standardErrorURL = self.directory.appendingPathComponent("znbd.log")
+        _ = FileManager.default.createFile(atPath: standardErrorURL.path, contents: nil)
+        process.executableURL = URL(fileURLWithPath: try Self.executable("znbd"))
+        process.arguments = ["serve", "--socket", socketPath, "--control", controlPath] + arguments
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = try FileHandle(forWritingTo: standardErrorURL)
+        process.standardError = try FileHandle(forWritingTo: standardErrorURL)
+        let finished = self.finished
+        process.terminationHandler = { _ in finished.signal() }
+        try process.run()
+    }
+
+    public var processIdentifier: Int32 { process.processIdentifier }
+    public var uri: String { "nbd+unix:///?socket=\(socketPath)" }
+    /// What the daemon logged (stdout and stderr).
+    public var log: String { readTextFile(standardErrorURL.path) }
+
+    /// Waits until both sockets accept connections; throws, with the
+    /// daemon's log, if it exits or takes longer than `timeout` seconds.
+    public func waitUntilServing(timeout: Double = 20) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if !process.isRunning {
+                throw Failure(description: "znbd exited with \(process.terminationStatus): \(log)")
+            }
+            if (try? RawClient(socketPath: socketPath)) != nil, (try? RawClient(socketPath: controlPath)) != nil {
+                return
+            }
+            usleep(20_000)
+        }
+        throw Failure(description: "znbd did not serve within \(timeout) s: \(log)")
+    }
+
+    /// Sends `signal` and waits up to `timeout` seconds for the exit.
+    public func signal(_ signal: Int32, timeout: Double = 10) -> (status: Int32?, seconds: Double) {
+        let start = Date()
+        kill(process.processIdentifier, signal)
+        guard finished.wait(timeout: .now() + timeout) == .success else { return (nil, timeout) }
+        finished.signal()  // later waiters see it too
+        process.waitUntilExit()
+        return (process.terminationStatus, Date().timeIntervalSince(start))
+    }
+
+    /// Kills what is left and removes the directory.
+    public func cleanUp() {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            _ = finished.wait(timeout: .now() + 10)
+        }
+        if ownsDirectory { try? FileManager.default.removeItem(at: directory) }
+    }
+
+    /// znbdctl against this daemon's control socket.
+    public func znbdctl(_ arguments: [String], timeout: Double = 60) throws -> CommandResult {
+        try runCommand([try Self.executable("znbdctl"), "--control", controlPath] + arguments, timeout: timeout)
+    }
+
+    /// curl on the control socket: the answer's body and HTTP status.
+    public func curl(_ method: String, _ path: String, body: String? = nil) throws -> (status: Int, body: String) {
+        var arguments = ["curl", "-s", "--max-time", "30", "--unix-socket", controlPath, "-X", method,
+                         "-w", "\n%{http_code}", "http://localhost\(path)"]
+        if let body { arguments += ["--data-binary", body] }
+        let result = try runCommand(arguments)
+        guard result.status == 0, let newline = result.standardOutput.lastIndex(of: "\n"),
+              let status = Int(result.standardOutput[result.standardOutput.index(after: newline)...])
+        else {
+            throw Failure(description: "curl \(method) \(path) failed (\(result.status)): \(result.standardError)")
+        }
+        return (status, String(result.standardOutput[..<newline]))
+    }
+}
+
+/// Runs `body` against a started daemon; always stops it and cleans up.
+public func withDaemon<Result>(
+    _ arguments: [String] = ["--size", "64M"], _ body: (DaemonProcess) async throws -> Result
+) async throws -> Result {
+    let daemon = try DaemonProcess(arguments)
+    defer { daemon.cleanUp() }
+    try daemon.waitUntilServing()
+    return try await body(daemon)
+}
