@@ -147,6 +147,11 @@ let package = Package(
             swiftSettings: strictSwift
         ),
         .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["ZNBDControl", "TestSupport"],
+            swiftSettings: strictSwift
+        ),
+        .testTarget(
             name: "ZRAMTests",
             dependencies: ["ZRAM", "BlockDevice", "PageCodec", "ZSPool", "TestSupport", "ZNBDSync"],
             swiftSettings: strictSwift

@@ -10,6 +10,8 @@ public final class DaemonProcess: @unchecked Sendable {
     // only asked for its pid and status after the termination semaphore.
     public struct Failure: Error, CustomStringConvertible {
         public let description: String
+
+        public init(description: String) { self.description = description }
     }
 
     public let directory: URL
