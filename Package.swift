@@ -10,6 +10,7 @@
 //   ZRAM        the compressed block device: slot table, pages, discard, stats
 //   NBD         the NBD protocol (pure state machines) and its SwiftNIO server
 //   ZNBDControl the control plane: HTTP/JSON endpoint, Prometheus text, sizes
+//   ZNBDCommandLine  one-line errors and exit codes for both executables
 //   znbd        the daemon: wires ZRAM to NBD and the control endpoint
 //   znbdctl     the control CLI (a client of ZNBDControl's endpoint)
 //   CNBD        libnbd (a real NBD client) for tests and tools
@@ -85,10 +86,15 @@ let package = Package(
             ],
             swiftSettings: strictSwift
         ),
+        .target(
+            name: "ZNBDCommandLine",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strictSwift
+        ),
         .executableTarget(
             name: "znbd",
             dependencies: [
-                "ZRAM", "NBD", "ZNBDControl",
+                "ZRAM", "NBD", "ZNBDControl", "ZNBDCommandLine",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -100,7 +106,7 @@ let package = Package(
         .executableTarget(
             name: "znbdctl",
             dependencies: [
-                "ZNBDControl",
+                "ZNBDControl", "ZNBDCommandLine",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

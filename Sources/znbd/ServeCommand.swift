@@ -5,6 +5,7 @@ import FoundationEssentials
 import Foundation
 #endif
 import Logging
+import ZNBDCommandLine
 import ZNBDControl
 import ZRAM
 import ZSPool
@@ -26,39 +27,18 @@ struct ZNBDCommand: AsyncParsableCommand {
         subcommands: [Serve.self],
         defaultSubcommand: Serve.self)
 
-    /// Runs the command line; every error is one line on stderr. Bad
-    /// arguments, and sockets or addresses that cannot be had, exit 64
-    /// (EX_USAGE); --help exits 0.
+    /// Bad arguments, and sockets or addresses that cannot be had, exit 64
+    /// (EX_USAGE) with one line on stderr.
     static func main() async {
-        do {
-            var command = try parseAsRoot()
-            if var asyncCommand = command as? any AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
-            }
-        } catch let error as StartupError {
-            fail(error.description, code: 64)
-        } catch {
-            if let exitCode = error as? ExitCode { Glibc.exit(exitCode.rawValue) }
-            let code = exitCode(for: error)
-            if code == .success { exit(withError: error) }  // --help, --version
-            let message = message(for: error).split(whereSeparator: \.isNewline).joined(separator: "; ")
-            fail("\(message) (see znbd serve --help)", code: code.rawValue)
-        }
-    }
-
-    static func fail(_ message: String, code: Int32) -> Never {
-        var line = "znbd: \(message)\n"
-        line.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
-        Glibc.exit(code)
+        await mainWithOneLineErrors(helpHint: "znbd serve --help")
     }
 }
 
 /// A startup failure caused by what was asked for: a socket in use, an
 /// address taken, a size the machine cannot reserve.
-struct StartupError: Error, Sendable, CustomStringConvertible {
+struct StartupError: CommandLineFailure, Sendable {
     let description: String
+    var exitCode: Int32 { 64 }
 }
 
 struct Serve: AsyncParsableCommand {

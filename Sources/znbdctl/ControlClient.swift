@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import ZNBDCommandLine
 
 #if canImport(Glibc)
 import Glibc
@@ -8,7 +9,7 @@ import Glibc
 
 /// Why znbdctl could not get an answer, each with the exit code a script
 /// can tell apart (sysexits.h).
-struct ControlClientError: Error, CustomStringConvertible {
+struct ControlClientError: CommandLineFailure {
     let description: String
     let exitCode: Int32
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import NIOHTTP1
+import ZNBDCommandLine
 import ZNBDControl
 
 #if canImport(FoundationEssentials)
@@ -26,28 +27,7 @@ struct ZNBDCtl: AsyncParsableCommand {
     @OptionGroup var options: ControlOptions
 
     static func main() async {
-        do {
-            var command = try parseAsRoot()
-            if var asyncCommand = command as? any AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
-            }
-        } catch let error as ControlClientError {
-            fail(error.description, code: error.exitCode)
-        } catch {
-            if let exitCode = error as? ExitCode { Glibc.exit(exitCode.rawValue) }
-            let code = exitCode(for: error)
-            if code == .success { exit(withError: error) }  // --help
-            let message = message(for: error).split(whereSeparator: \.isNewline).joined(separator: "; ")
-            fail("\(message) (see znbdctl --help)", code: code.rawValue)
-        }
-    }
-
-    static func fail(_ message: String, code: Int32) -> Never {
-        var line = "znbdctl: \(message)\n"
-        line.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
-        Glibc.exit(code)
+        await mainWithOneLineErrors(helpHint: "znbdctl --help")
     }
 }
 
@@ -83,6 +63,15 @@ struct ControlOptions: ParsableArguments {
                 description: "\(client.socketPath) answered \(path) with something znbdctl cannot read: \(error)",
                 exitCode: ControlClientError.protocolError)
         }
+    }
+
+    /// Fetches a document and prints it: as the daemon sent it with
+    /// `json`, else through `view`.
+    func show<Document: Decodable>(
+        _ type: Document.Type, _ method: HTTPMethod, _ path: String, json: Bool, view: (Document) -> String
+    ) async throws {
+        let (document, body) = try await fetch(type, method, path)
+        printOut(json ? String(decoding: body, as: UTF8.self) : view(document))
     }
 }
 
@@ -145,8 +134,9 @@ struct Classes: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let (document, body) = try await options.fetch(ClassesDocument.self, .GET, "/v1/classes")
-        printOut(json ? String(decoding: body, as: UTF8.self) : TextViews.classesTable(document.classes, all: all))
+        try await options.show(ClassesDocument.self, .GET, "/v1/classes", json: json) {
+            TextViews.classesTable($0.classes, all: all)
+        }
     }
 }
 
@@ -160,8 +150,7 @@ struct Frames: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let (document, body) = try await options.fetch(FramesDocument.self, .GET, "/v1/frames")
-        printOut(json ? String(decoding: body, as: UTF8.self) : TextViews.framesView(document))
+        try await options.show(FramesDocument.self, .GET, "/v1/frames", json: json, view: TextViews.framesView)
     }
 }
 
@@ -175,8 +164,7 @@ struct Compact: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let (document, body) = try await options.fetch(CompactDocument.self, .POST, "/v1/compact")
-        printOut(json ? String(decoding: body, as: UTF8.self) : TextViews.compactSummary(document))
+        try await options.show(CompactDocument.self, .POST, "/v1/compact", json: json, view: TextViews.compactSummary)
     }
 }
 

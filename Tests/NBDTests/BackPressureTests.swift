@@ -115,14 +115,7 @@ struct BackPressureTests {
             client.finishSending()
             try await Task.sleep(for: .milliseconds(200))
             device.openGate()
-            var cookies = Set<UInt64>()
-            for _ in 0..<count {
-                let reply = try client.receiveSimpleReply()
-                #expect(reply.error == 0)
-                cookies.insert(reply.cookie)
-            }
-            #expect(cookies.count == count)
-            #expect(client.isClosedByServer())
+            try Self.expectEveryReplyThenClose(client, count: count)
         }
     }
 
@@ -159,14 +152,22 @@ struct BackPressureTests {
         let stopping = Task { await server.shutdown(drainTimeout: .seconds(10)) }
         try await Task.sleep(for: .milliseconds(100))
         device.openGate()
+        try Self.expectEveryReplyThenClose(client, count: count)
+        await stopping.value
+    }
+
+    /// `count` replies, one per cookie 0..<count, each without error; then
+    /// the server closes the connection.
+    static func expectEveryReplyThenClose(
+        _ client: RawClient, count: Int, sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
         var cookies = Set<UInt64>()
         for _ in 0..<count {
             let reply = try client.receiveSimpleReply()
-            #expect(reply.error == 0)
+            #expect(reply.error == 0, sourceLocation: sourceLocation)
             cookies.insert(reply.cookie)
         }
-        #expect(cookies.count == count)
-        #expect(client.isClosedByServer())
-        await stopping.value
+        #expect(cookies == Set(0..<UInt64(count)), sourceLocation: sourceLocation)
+        #expect(client.isClosedByServer(), sourceLocation: sourceLocation)
     }
 }
