@@ -20,10 +20,16 @@ struct ControlClientError: CommandLineFailure {
 }
 
 /// One HTTP/1.1 request over the control Unix socket, answered in full.
+///
+/// The answer is gathered by a handler on the channel's event loop and
+/// handed over as bytes through a promise: no ByteBuffer leaves the loop.
+/// (A received buffer given to another thread is reused by NIO's pooled
+/// receive allocator once it looks unique again, and that uniqueness check
+/// gives ThreadSanitizer no happens-before edge.)
 struct ControlClient {
     let socketPath: String
 
-    struct Response {
+    struct Response: Sendable {
         var status: Int
         var body: [UInt8]
     }
@@ -32,49 +38,33 @@ struct ControlClient {
         async throws(ControlClientError) -> Response
     {
         try checkPath()
-        let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+        var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
+        head.headers.add(name: "Host", value: "localhost")
+        head.headers.add(name: "Content-Length", value: String(body.count))
+        head.headers.add(name: "Connection", value: "close")
+        let group = MultiThreadedEventLoopGroup.singleton
+        let answer = group.any().makePromise(of: Response.self)
+        let channel: any Channel
         do {
-            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            channel = try await ClientBootstrap(group: group)
                 .connectTimeout(.seconds(5))
-                .connect(unixDomainSocketPath: socketPath) { channel in
+                .channelInitializer { [head] channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
-                            wrappingChannelSynchronously: channel)
+                        try channel.pipeline.syncOperations.addHandler(
+                            ExchangeHandler(head: head, body: body, answer: answer))
                     }
                 }
+                .connect(unixDomainSocketPath: socketPath).get()
         } catch {
+            answer.fail(error)  // nobody else will complete it
             throw connectFailure(error)
         }
         // A daemon that accepts but never answers must not hang the caller.
-        let deadline = channel.channel.eventLoop.scheduleTask(in: timeout) { [channel = channel.channel] in
-            channel.close(promise: nil)
-        }
+        let deadline = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
         defer { deadline.cancel() }
         do {
-            return try await channel.executeThenClose { inbound, outbound in
-                var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
-                head.headers.add(name: "Host", value: "localhost")
-                head.headers.add(name: "Content-Length", value: String(body.count))
-                head.headers.add(name: "Connection", value: "close")
-                try await outbound.write(.head(head))
-                if !body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
-                try await outbound.write(.end(nil))
-                var response = Response(status: 0, body: [])
-                for try await part in inbound {
-                    switch part {
-                    case .head(let responseHead):
-                        response.status = Int(responseHead.status.code)
-                    case .body(var chunk):
-                        response.body += chunk.readBytes(length: chunk.readableBytes) ?? []
-                    case .end:
-                        return response
-                    }
-                }
-                throw ControlClientError(description: "the connection closed before a whole answer", exitCode: ControlClientError.protocolError)
-            }
-        } catch let error as ControlClientError {
-            throw notControlEndpoint(error.description)
+            return try await answer.futureResult.get()
         } catch {
             throw notControlEndpoint("\(error)")
         }
@@ -125,5 +115,64 @@ struct ControlClient {
         ControlClientError(
             description: "\(socketPath) did not answer as znbd's control endpoint (\(detail)); is it the NBD socket? The control socket is NAME-control.sock beside it",
             exitCode: ControlClientError.protocolError)
+    }
+}
+
+/// Sends one request when the connection opens and gathers the answer.
+private final class ExchangeHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    struct Incomplete: Error, CustomStringConvertible {
+        var description: String { "the connection closed before a whole answer" }
+    }
+
+    private let head: HTTPRequestHead
+    private let body: [UInt8]
+    private let answer: EventLoopPromise<ControlClient.Response>
+    private var response = ControlClient.Response(status: 0, body: [])
+    private var answered = false
+
+    init(head: HTTPRequestHead, body: [UInt8], answer: EventLoopPromise<ControlClient.Response>) {
+        self.head = head
+        self.body = body
+        self.answer = answer
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if !body.isEmpty {
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+        }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let responseHead):
+            response.status = Int(responseHead.status.code)
+        case .body(var chunk):
+            response.body += chunk.readBytes(length: chunk.readableBytes) ?? []
+        case .end:
+            finish(.success(response))
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        finish(.failure(error))
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        finish(.failure(Incomplete()))
+        context.fireChannelInactive()
+    }
+
+    private func finish(_ result: Result<ControlClient.Response, any Error>) {
+        guard !answered else { return }
+        answered = true
+        answer.completeWith(result)
     }
 }

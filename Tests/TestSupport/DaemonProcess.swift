@@ -73,10 +73,11 @@ public final class DaemonProcess: @unchecked Sendable {
         throw Failure(description: "znbd did not serve within \(timeout) s: \(log)")
     }
 
-    /// Sends `signal` and waits up to `timeout` seconds for the exit.
+    /// Sends `signal` (unless the process has exited) and waits up to
+    /// `timeout` seconds for the exit.
     public func signal(_ signal: Int32, timeout: Double = 10) -> (status: Int32?, seconds: Double) {
         let start = Date()
-        kill(process.processIdentifier, signal)
+        if process.isRunning { kill(process.processIdentifier, signal) }
         guard finished.wait(timeout: .now() + timeout) == .success else { return (nil, timeout) }
         finished.signal()  // later waiters see it too
         process.waitUntilExit()
@@ -112,12 +113,20 @@ public final class DaemonProcess: @unchecked Sendable {
     }
 }
 
-/// Runs `body` against a started daemon; always stops it and cleans up.
+/// Runs `body` against a started daemon, then stops it with SIGTERM, which
+/// must end it with status 0 (a sanitizer's report makes it non-zero);
+/// always kills what is left and cleans up.
 public func withDaemon<Result>(
     _ arguments: [String] = ["--size", "64M"], _ body: (DaemonProcess) async throws -> Result
 ) async throws -> Result {
     let daemon = try DaemonProcess(arguments)
     defer { daemon.cleanUp() }
     try daemon.waitUntilServing()
-    return try await body(daemon)
+    let result = try await body(daemon)
+    let stop = daemon.signal(SIGTERM)
+    guard stop.status == 0 else {
+        throw DaemonProcess.Failure(
+            description: "znbd ended with status \(stop.status.map(String.init) ?? "none") at SIGTERM: \(daemon.log.suffix(4000))")
+    }
+    return result
 }
