@@ -199,12 +199,15 @@ final class Attachment {
             return (try? runCommand(["nbd-client", "-d", device], timeout: 60).status) == 0
         }
         _ = try? runCommand(["fusermount3", "-u", fuseDirectory], timeout: 60)
-        guard finished.wait(timeout: .now() + 10) == .success else {
+        let exited = finished.wait(timeout: .now() + 10) == .success
+        if !exited {
             kill(process.processIdentifier, SIGKILL)
             _ = try? runCommand(["fusermount3", "-uz", fuseDirectory], timeout: 60)
             _ = finished.wait(timeout: .now() + 10)
-            return false
         }
-        return true
+        // Returns at once now; it also lets Foundation drop what it keeps
+        // to watch the child (left alone, LeakSanitizer reports it).
+        process.waitUntilExit()
+        return exited
     }
 }
