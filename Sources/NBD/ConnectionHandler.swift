@@ -3,9 +3,10 @@ import NIOPosix
 
 /// One client connection: cuts the stream into frames (NBDFrameParser),
 /// runs the handshake (NBDHandshake), then hands each request to the
-/// processor, on the worker pool when there is one, and writes each reply
-/// when it is ready: replies may leave in a different order than requests
-/// came, and every request gets exactly one.
+/// processor (writes on the worker pool when there is one, everything else
+/// on this event loop) and writes each reply when it is ready: replies may
+/// leave in a different order than requests came, and every request gets
+/// exactly one.
 ///
 /// Back-pressure: at most `maximumInFlightRequests` requests, or
 /// `maximumInFlightBytes` bytes of payload and read data, are in progress at
@@ -184,6 +185,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     private func dispatch(_ request: NBDRequest, context: ChannelHandlerContext) {
         guard let processor else { return }
+        // Only writes go to the workers: compressing a page costs far more
+        // than the hop to another thread, while reads (a decompression or a
+        // memcpy), trims, zeroes and flushes cost less than the hop itself.
+        let workers = request.type == NBDCommand.write.rawValue ? self.workers : nil
         var owned = request
         if workers != nil, let payload = request.payload {
             // The payload is a slice of the cumulation buffer, which this

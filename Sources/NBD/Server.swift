@@ -13,8 +13,9 @@ public final class NBDServer: Sendable {
         public var tcpPort: Int
         /// Event loop threads: sockets, framing, replies.
         public var eventLoopThreads: Int
-        /// Threads that run requests on the device; 0 runs them on the event
-        /// loop (right for a device whose requests cost a memcpy).
+        /// Threads that run writes on the device (where a compressing device
+        /// spends its time); 0 runs them on the event loop, as every other
+        /// command runs (right for a device whose writes cost a memcpy).
         public var workerThreads: Int
         public var maximumInFlightRequests: Int
         public var maximumInFlightBytes: Int

@@ -5,6 +5,7 @@ import FoundationEssentials
 import Foundation
 #endif
 import Logging
+import NIOCore
 import ZNBDCommandLine
 import ZNBDControl
 import ZRAM
@@ -80,9 +81,9 @@ struct Serve: AsyncParsableCommand {
     var logLevel = "info"
 
     @Option(help: ArgumentHelp(
-        "Threads that run requests on the device; 0 runs them on the connection's event loop thread.",
+        "Threads that compress written pages (default: one per core); 0 runs writes on the connection's event loop thread, as every other request runs.",
         valueName: "n"))
-    var workers = 0
+    var workers = System.coreCount
 
     func validate() throws {
         _ = try configuration()

@@ -8,7 +8,7 @@ import TestSupport
 struct DaemonLifecycleTests {
     @Test("SIGTERM while requests are in flight: each gets its reply, exit 0 within 2 s, socket files gone")
     func sigtermAnswersInFlightRequests() async throws {
-        // One worker thread runs the requests, so the event loop reads ahead
+        // One worker thread runs the writes, so the event loop reads ahead
         // of it up to the in-flight limit: at the signal, requests wait in
         // the worker's queue, in the server's buffer and in the socket.
         try await withDaemon(["--size", "256M", "--workers", "1"]) { daemon in
@@ -19,6 +19,16 @@ struct DaemonLifecycleTests {
             var generator = SeededRandom(seed: 11)
             let chunk = 128 << 10
             let payloads = (0..<8).map { _ in generator.bytes(chunk) }
+            // What the reads will ask for is written first and answered:
+            // requests in flight together may run in any order (reads stay
+            // on the event loop while writes queue for the worker), so a
+            // read's expected data must not depend on a write beside it.
+            let readRegion = 128 << 20
+            for (index, payload) in payloads.enumerated() {
+                try client.sendRequest(type: NBDCommand.write.rawValue, cookie: UInt64(1_000 + index),
+                                       offset: UInt64(readRegion + index * chunk), length: UInt32(chunk), payload: payload)
+                #expect(try client.receiveSimpleReply().error == 0)
+            }
             // 192 writes of 128 KiB (24 MiB to compress) and a read after every
             // fourth: the server is still busy with them when the signal comes.
             var expectedReads: [UInt64: [UInt8]] = [:]
@@ -30,9 +40,10 @@ struct DaemonLifecycleTests {
                                            length: UInt32(chunk), payload: payload)
                 cookie += 1
                 if index % 4 == 3 {
+                    let target = (index / 4) % payloads.count
                     batch += RawClient.request(type: NBDCommand.read.rawValue, cookie: cookie,
-                                               offset: UInt64(index * chunk), length: UInt32(chunk))
-                    expectedReads[cookie] = payload
+                                               offset: UInt64(readRegion + target * chunk), length: UInt32(chunk))
+                    expectedReads[cookie] = payloads[target]
                     cookie += 1
                 }
             }
