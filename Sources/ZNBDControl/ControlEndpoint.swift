@@ -35,9 +35,9 @@ public struct ControlResponse: Sendable, Equatable {
 }
 
 /// The control endpoint's routes, as plain code over the device and the
-/// server's counters: testable without a socket, and never on the data
-/// path (it reads counters and takes the pool's class locks one at a time,
-/// as any I/O request would).
+/// server's counters, testable without a socket. It reads counters and
+/// takes the pool's class locks one at a time, as an I/O request would;
+/// only POST /v1/compact does more (compaction, one zspage per lock hold).
 ///
 ///   GET  /v1/stats       StatsDocument: mm_stat, io_stat, pool totals, NBD counters, RSS
 ///   GET  /v1/classes     ClassesDocument: zsmalloc's per-class table

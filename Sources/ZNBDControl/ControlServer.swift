@@ -7,8 +7,10 @@ import ZNBDSync
 /// `curl --unix-socket PATH http://localhost/v1/stats` works).
 ///
 /// It has its own event loop and one worker thread, apart from the NBD
-/// server's: a slow scrape or a long compaction never holds up a request on
-/// the device. Requests on one connection are answered in order; bodies
+/// server's: a slow scrape or a long compaction never occupies a thread that
+/// serves NBD clients. (The device itself is shared: a compaction step holds
+/// one class's lock while it empties one zspage, as in zsmalloc.) Requests
+/// on one connection are answered in order; bodies
 /// over ControlEndpoint.maximumBodyBytes get 413; malformed HTTP gets 400
 /// and a closed connection.
 public final class ControlServer: Sendable {
