@@ -78,6 +78,32 @@ struct ControlEndpointTests {
         #expect(endpoint.device.memLimitBytes == nil)
     }
 
+    @Test("text views: mm_stat in the kernel's widths, zramctl's columns, the classes' totals")
+    func textViews() throws {
+        let endpoint = try endpoint()
+        try [UInt8](repeating: 0, count: 4096).withUnsafeBytes { try endpoint.device.write($0, at: 0) }
+        var generator = SeededRandom(seed: 3)
+        try generator.bytes(8192).withUnsafeBytes { try endpoint.device.write($0, at: 8192) }
+        let stats = endpoint.stats()
+        // The kernel prints mm_stat with "%8llu %8llu %8llu %8lu %8ld %8llu %8lu %8llu %8llu\n".
+        let expected = stats.mmStat.map { String(repeating: " ", count: max(0, 8 - String($0).count)) + String($0) }
+            .joined(separator: " ") + "\n"
+        #expect(TextViews.mmStatLine(stats) == expected)
+        #expect(stats.mmStat == [3 * 4096, 2 * 4096, stats.device.memUsedTotal, 0, stats.device.memUsedMax, 1, 0, 2, 2])
+
+        let table = TextViews.statsTable(stats).split(separator: "\n")
+        #expect(table.count == 2)
+        #expect(table.first?.split(separator: " ").map(String.init)
+                == ["NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "RATIO", "MEM-LIMIT", "MEM-USED", "SAME",
+                    "HUGE", "COMPACTED", "RSS"])
+        let row = table.last?.split(separator: " ").map(String.init) ?? []
+        #expect(Array(row.prefix(7)) == ["t", "lzo", "8M", "12K", "8K", ByteSize.format(stats.device.memUsedTotal), "1.50"])
+
+        let classes = TextViews.classesTable(endpoint.device.pool.stats().classes, all: false).split(separator: "\n")
+        #expect(classes.count == 3, "header, the huge class in use, the totals: \(classes)")
+        #expect(classes.last?.hasPrefix("Total") == true)
+    }
+
     @Test("/metrics: HELP and TYPE once per family, labels escaped, every sample a name and an integer")
     func prometheusText() throws {
         var exposition = PrometheusExposition()
