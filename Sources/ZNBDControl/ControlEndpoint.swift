@@ -5,7 +5,7 @@ import Foundation
 #endif
 public import NBD
 public import ZRAM
-import ZSPool
+public import ZSPool
 
 /// One HTTP request as the endpoint sees it, whatever carried it.
 public struct ControlRequest: Sendable {
@@ -77,7 +77,7 @@ public final class ControlEndpoint: Sendable {
         }
         switch (request.method, request.path) {
         case ("GET", "/v1/stats"):
-            return Self.document(stats())
+            return Self.document(stats(pool: device.pool.stats()))
         case ("GET", "/v1/classes"):
             return Self.document(ClassesDocument(classes: device.pool.stats().classes))
         case ("GET", "/v1/frames"):
@@ -89,15 +89,18 @@ public final class ControlEndpoint: Sendable {
         case ("PUT", "/v1/mem-limit"):
             return setMemLimit(body: request.body)
         default:  // GET /metrics
-            let text = PrometheusExposition.render(stats: stats(), pool: device.pool.stats())
+            let pool = device.pool.stats()
+            let text = PrometheusExposition.render(stats: stats(pool: pool), pool: pool)
             return ControlResponse(status: 200, contentType: ControlResponse.prometheusText, body: Array(text.utf8), allow: [])
         }
     }
 
-    public func stats() -> StatsDocument {
+    /// /v1/stats, given the pool's figures (one walk of the pool per
+    /// request, shared with /metrics' per-class figures).
+    public func stats(pool: ZSPoolStats) -> StatsDocument {
         StatsDocument(
-            device: device.stats(), rssBytes: residentMemoryBytes(), export: export,
-            pool: PoolSummary(device.pool.stats()), nbd: nbdStats())
+            device: device.stats(), rssBytes: residentMemoryBytes(), export: export, pool: PoolSummary(pool),
+            nbd: nbdStats())
     }
 
     private func compact() -> CompactDocument {

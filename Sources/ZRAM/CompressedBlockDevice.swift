@@ -198,17 +198,18 @@ public final class CompressedBlockDevice: BlockDevice {
 
     // MARK: Statistics and maintenance
 
+    /// Counters and the pool's running totals only: no walk of the classes
+    /// or the arena (pool.stats() is that walk), so it is cheap to poll.
     public func stats() -> ZRAMStats {
-        let poolStats = pool.stats()
-        return ZRAMStats(
+        ZRAMStats(
             diskSize: byteCount,
             origDataSize: counters.load(.pagesStored) * pageSize,
             comprDataSize: counters.load(.compressedBytes),
-            memUsedTotal: poolStats.bytesUsed,
-            memLimit: poolStats.memLimitBytes ?? 0,
-            memUsedMax: poolStats.maximumBytesUsed,
+            memUsedTotal: pool.usedBytes,
+            memLimit: pool.memLimitBytes ?? 0,
+            memUsedMax: pool.maximumUsedBytes,
             samePages: counters.load(.samePages),
-            pagesCompacted: poolStats.pagesCompacted,
+            pagesCompacted: pool.pagesCompacted,
             hugePages: counters.load(.hugePages),
             hugePagesSince: counters.load(.hugePagesSince),
             failedReads: counters.load(.failedReads),

@@ -200,6 +200,9 @@ final class FrameArena: @unchecked Sendable {
         }
     }
 
+    /// The most frames ever in use at once.
+    var maximumUsedFrames: Int { state.withLock { $0.maximumUsedFrames } }
+
     private func noteUsage(_ state: inout State) {
         let used = usedFrameCount.load(ordering: .relaxed)
         if used > state.maximumUsedFrames { state.maximumUsedFrames = used }

@@ -172,6 +172,13 @@ public final class ZSPool: Sendable {
     /// Bytes of frames in use now (zsmalloc's zs_get_total_pages × PAGE_SIZE).
     public var usedBytes: Int { arena.usedFrameCount.load(ordering: .relaxed) * FrameArena.frameSize }
 
+    /// The most bytes of frames ever in use at once (zram's mem_used_max).
+    public var maximumUsedBytes: Int { arena.maximumUsedFrames * FrameArena.frameSize }
+
+    /// Frames freed by compaction since the pool was made (zram's
+    /// pages_compacted).
+    public var pagesCompacted: Int { counters.pagesCompacted.load(ordering: .relaxed) }
+
     /// Address space reserved for frames.
     public var capacityBytes: Int { arena.frameCount * FrameArena.frameSize }
 

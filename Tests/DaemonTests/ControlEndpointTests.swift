@@ -84,7 +84,7 @@ struct ControlEndpointTests {
         try [UInt8](repeating: 0, count: 4096).withUnsafeBytes { try endpoint.device.write($0, at: 0) }
         var generator = SeededRandom(seed: 3)
         try generator.bytes(8192).withUnsafeBytes { try endpoint.device.write($0, at: 8192) }
-        let stats = endpoint.stats()
+        let stats = endpoint.stats(pool: endpoint.device.pool.stats())
         // The kernel prints mm_stat with "%8llu %8llu %8llu %8lu %8ld %8llu %8lu %8llu %8llu\n".
         let expected = stats.mmStat.map { String(repeating: " ", count: max(0, 8 - String($0).count)) + String($0) }
             .joined(separator: " ") + "\n"
