@@ -59,17 +59,39 @@ public final class NBDServer: Sendable {
         }
     }
 
+    /// A listener that could not be had, and why (EADDRINUSE, EACCES, …).
+    public struct BindError: Error, CustomStringConvertible {
+        /// The Unix socket path, or HOST:PORT.
+        public let endpoint: String
+        public let underlying: any Error
+
+        public var description: String { "cannot listen on \(endpoint): \(underlying)" }
+    }
+
     /// Starts listening; returns the bound addresses (Unix first, then TCP).
-    public func start() async throws -> [SocketAddress] {
+    /// Throws a BindError naming the endpoint that failed; listeners already
+    /// bound stay open until shutdown().
+    public func start() async throws(BindError) -> [SocketAddress] {
         var addresses: [SocketAddress] = []
         if let path = configuration.unixSocketPath {
-            let channel = try await bootstrap(tcp: false)
-                .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+            let channel: any Channel
+            do {
+                channel = try await bootstrap(tcp: false)
+                    .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+            } catch {
+                throw BindError(endpoint: path, underlying: error)
+            }
             track(listener: channel)
             if let address = channel.localAddress { addresses.append(address) }
         }
         if let host = configuration.tcpHost {
-            let channel = try await bootstrap(tcp: true).bind(host: host, port: configuration.tcpPort).get()
+            let channel: any Channel
+            do {
+                channel = try await bootstrap(tcp: true).bind(host: host, port: configuration.tcpPort).get()
+            } catch {
+                let endpoint = host.contains(":") ? "[\(host)]:\(configuration.tcpPort)" : "\(host):\(configuration.tcpPort)"
+                throw BindError(endpoint: endpoint, underlying: error)
+            }
             track(listener: channel)
             if let address = channel.localAddress { addresses.append(address) }
         }

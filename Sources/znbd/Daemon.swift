@@ -92,10 +92,9 @@ final class Daemon: Service {
         do {
             addresses = try await server.start()
         } catch {
-            let failure = StartupError(description: Self.listenFailure(error, configuration: configuration))
             await server.shutdown(drainTimeout: .zero)
             SocketFile.remove(configuration.socketPath)
-            throw failure
+            throw StartupError(description: "cannot listen on \(error.endpoint): \(SocketFile.describe(error.underlying))")
         }
         var tcpAddress: String?
         if configuration.tcp != nil, let address = addresses.last, let port = address.port {
@@ -117,14 +116,6 @@ final class Daemon: Service {
         }
         logger.info("\(Self.attachLine(configuration, tcpAddress: tcpAddress))")
         return Running(server: server, control: control, socketPaths: [configuration.socketPath, configuration.controlPath])
-    }
-
-    private static func listenFailure(_ error: any Error, configuration: DaemonConfiguration) -> String {
-        // The Unix socket binds first; a TCP failure names the address.
-        if let tcp = configuration.tcp, FileSystemEntry.isSocket(configuration.socketPath) {
-            return "cannot listen on \(tcp): \(SocketFile.describe(error))"
-        }
-        return "cannot listen on \(configuration.socketPath): \(SocketFile.describe(error))"
     }
 
     /// The start line: what is served, and how each kind of client attaches.

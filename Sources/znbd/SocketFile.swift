@@ -74,6 +74,4 @@ enum FileSystemEntry: Equatable {
         guard lstat(path, &status) == 0 else { return .missing }
         return status.st_mode & S_IFMT == S_IFSOCK ? .socket : .other
     }
-
-    static func isSocket(_ path: String) -> Bool { kind(path) == .socket }
 }
