@@ -123,7 +123,7 @@ let package = Package(
         .systemLibrary(name: "CNBD", pkgConfig: "libnbd"),
         .target(
             name: "TestSupport",
-            dependencies: ["PageCodec", "ZNBDSync", "CNBD", "NBD"],
+            dependencies: ["PageCodec", "ZNBDSync", "CNBD", "NBD", "ZNBDControl"],
             path: "Tests/TestSupport",
             swiftSettings: strictSwift
         ),

@@ -30,6 +30,12 @@ public enum ByteSize {
             }
             shift = unit.shift
         }
+        // Whole numbers exactly (a Double would round past 2^53); fractions
+        // ("1.5G") through the Double, which must come out whole.
+        if let whole = Int(number) {
+            guard whole < 1 << (62 - shift) else { throw ParseError(description: "too large") }
+            return whole << shift
+        }
         let bytes = value * Double(UInt64(1) << UInt64(shift))
         guard bytes < 0x1p62 else { throw ParseError(description: "too large") }
         guard bytes == bytes.rounded(.towardZero) else {

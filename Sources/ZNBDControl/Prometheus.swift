@@ -31,19 +31,11 @@ public struct PrometheusExposition {
     }
 
     static func escapeHelp(_ text: String) -> String {
-        text.replacingAll("\\", with: "\\\\").replacingAll("\n", with: "\\n")
+        text.replacing("\\", with: "\\\\").replacing("\n", with: "\\n")
     }
 
     static func escapeLabel(_ text: String) -> String {
-        escapeHelp(text).replacingAll("\"", with: "\\\"")
-    }
-}
-
-extension String {
-    fileprivate func replacingAll(_ target: Character, with replacement: String) -> String {
-        var result = ""
-        for character in self { if character == target { result += replacement } else { result.append(character) } }
-        return result
+        escapeHelp(text).replacing("\"", with: "\\\"")
     }
 }
 

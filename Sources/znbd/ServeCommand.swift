@@ -85,11 +85,8 @@ struct Serve: AsyncParsableCommand {
         valueName: "n"))
     var workers = System.coreCount
 
-    func validate() throws {
-        _ = try configuration()
-    }
-
-    /// The options, checked and turned into what the daemon needs.
+    /// The options, checked and turned into what the daemon needs. Called
+    /// once, by run(); a ValidationError from it exits 64 like a parse error.
     func configuration() throws(ValidationError) -> DaemonConfiguration {
         func parseSize(_ text: String, option: String) throws(ValidationError) -> Int {
             do {

@@ -38,13 +38,12 @@ enum SocketFile {
 
     private static func makeParentDirectory(of path: String, role: String) throws(StartupError) {
         guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return }
-        var prefix = ""
+        var prefix = path.hasPrefix("/") ? "" : "."
         // root's /run/znbd is readable by all (the sockets' own modes guard
         // them); another user's directory is private.
         let mode: mode_t = getuid() == 0 ? 0o755 : 0o700
         for component in path[..<slash].split(separator: "/") {
             prefix += "/" + component
-            if path.hasPrefix("/") == false && prefix.count == component.count + 1 { prefix.removeFirst() }
             if mkdir(prefix, mode) != 0 && Glibc.errno != EEXIST {
                 let reason = String(cString: strerror(Glibc.errno))
                 throw StartupError(description: "\(role) \(path): cannot create directory \(prefix): \(reason)")

@@ -178,20 +178,15 @@ struct MemLimit: AsyncParsableCommand {
     @Argument(help: ArgumentHelp("The new limit: 512M, 2G, bytes, or 0 for none; omit to show it.", valueName: "size"))
     var size: String?
 
-    func validate() throws {
-        if let size {
-            do {
-                _ = try ByteSize.parse(size)
-            } catch {
-                throw ValidationError("mem-limit \(size): \(error)")
-            }
-        }
-    }
-
     func run() async throws {
         let document: MemLimitDocument
         if let size {
-            let bytes = try ByteSize.parse(size)
+            let bytes: Int
+            do {
+                bytes = try ByteSize.parse(size)
+            } catch {
+                throw ValidationError("mem-limit \(size): \(error)")  // usage: exit 64
+            }
             document = try await options.fetch(MemLimitDocument.self, .PUT, "/v1/mem-limit",
                                                body: Array("{\"mem_limit\": \(bytes)}".utf8)).document
         } else {

@@ -10,7 +10,8 @@ struct ControlEndpointTests {
     @Test("sizes parse as memparse reads them and print as zramctl does")
     func byteSizes() throws {
         let good: [(String, Int)] = [("4096", 4096), ("4K", 4096), ("4k", 4096), ("512M", 512 << 20), ("1G", 1 << 30),
-                                     ("1.5G", 3 << 29), ("2TiB", 2 << 40), ("64MB", 64 << 20), (" 8M ", 8 << 20), ("0", 0)]
+                                     ("1.5G", 3 << 29), ("2TiB", 2 << 40), ("64MB", 64 << 20), (" 8M ", 8 << 20), ("0", 0),
+                                     ("9007199254740993", 9_007_199_254_740_993)]
         for (text, bytes) in good { #expect(try ByteSize.parse(text) == bytes, "\(text)") }
         for text in ["", "G", "1X", "1.3K", "-4K", "1GG", "12 M B", "9999999T"] {
             #expect(throws: ByteSize.ParseError.self, "\(text)") { try ByteSize.parse(text) }

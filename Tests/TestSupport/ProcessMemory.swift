@@ -1,9 +1,5 @@
-import Foundation
+import ZNBDControl
 
-/// Resident set size of this process in bytes, from /proc/self/statm.
-public func residentBytes() -> Int {
-    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
-    let fields = text.split(separator: " ")
-    guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
-    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
-}
+/// Resident set size of this process in bytes: the daemon's own reading
+/// (/proc/self/statm), so tests and /v1/stats measure alike.
+public func residentBytes() -> Int { residentMemoryBytes() }
