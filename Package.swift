@@ -1,20 +1,23 @@
 // swift-tools-version: 6.1
 //
 // Module map (dependencies point down the list; see docs/ARCHITECTURE.md):
-//   CLZO        C shim over liblzo2 (macros → functions, per-thread work memory)
-//   PageCodec   compress / decompress one 4 KiB page (LZO1X-1)
-//   CLinux     C shim for glibc calls that need _GNU_SOURCE (sched_getcpu)
-//   ZNBDSync    Locked<State> (a pthread mutex TSan can see), ShardedCounters
-//   ZSPool      the movable zsmalloc-style pool of objects in an mmap'd frame arena
-//   BlockDevice the device contract the NBD server serves (and a plain RAM device)
-//   ZRAM        the compressed block device: slot table, pages, discard, stats
-//   NBD         the NBD protocol (pure state machines) and its SwiftNIO server
-//   ZNBDControl the control plane: HTTP/JSON endpoint, Prometheus text, sizes
+//   CLinux           C shim: glibc calls needing _GNU_SOURCE, lockdep's per-thread stack
+//   ZNBDSystem       the low-level module: page size, anonymous mappings, spin
+//                    locks and their one order (lockdep), Locked, per-CPU counters
+//   CLZO             C shim over liblzo2 (macros → functions, per-thread work memory)
+//   PageCodec        compress / decompress one 4 KiB page (LZO1X-1)
+//   ZSPool           the movable zsmalloc-style pool of objects in an mmap'd frame arena
+//   BlockDevice      the device contract the NBD server serves (and a plain RAM device)
+//   ZRAM             the compressed block device: slot table, pages, discard, figures
+//   NBD              the NBD protocol (pure state machines) and its SwiftNIO server
+//   ZNBDControlAPI   the control endpoint's wire documents, sizes, paths, text views
+//                    (no dependencies: all znbdctl needs)
+//   ZNBDControlServer  the control endpoint over the device: routes, HTTP, Prometheus
 //   ZNBDCommandLine  one-line errors and exit codes for both executables
-//   znbd        the daemon: wires ZRAM to NBD and the control endpoint
-//   znbdctl     the control CLI (a client of ZNBDControl's endpoint)
-//   CNBD        libnbd (a real NBD client) for tests and tools
-//   TestSupport corpus and helpers shared by test targets (never shipped)
+//   znbd             the daemon: wires ZRAM to NBD and the control endpoint
+//   znbdctl          the control CLI (a client of ZNBDControlAPI's documents)
+//   CNBD             libnbd (a real NBD client) for tests and tools
+//   TestSupport      corpus and helpers shared by test targets (never shipped)
 import PackageDescription
 
 let strictSwift: [SwiftSetting] = [
@@ -33,56 +36,67 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
+        .target(name: "CLinux"),
+        .target(
+            name: "ZNBDSystem",
+            dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strictSwift
+        ),
         .target(
             name: "CLZO",
             linkerSettings: [.linkedLibrary("lzo2")]
         ),
         .target(
             name: "PageCodec",
-            dependencies: ["CLZO"],
-            swiftSettings: strictSwift
-        ),
-        .target(name: "CLinux"),
-        .target(
-            name: "ZNBDSync",
-            dependencies: ["CLinux"],
+            dependencies: ["CLZO", "ZNBDSystem"],
             swiftSettings: strictSwift
         ),
         .target(
             name: "ZSPool",
-            dependencies: ["ZNBDSync"],
+            dependencies: ["ZNBDSystem", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strictSwift
         ),
         .target(
             name: "BlockDevice",
+            dependencies: ["ZNBDSystem", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strictSwift
         ),
         .target(
             name: "ZRAM",
-            dependencies: ["BlockDevice", "PageCodec", "ZSPool", "ZNBDSync"],
+            dependencies: [
+                "BlockDevice", "PageCodec", "ZSPool", "ZNBDSystem",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
             swiftSettings: strictSwift
         ),
         .target(
             name: "NBD",
             dependencies: [
-                "BlockDevice", "ZNBDSync",
+                "BlockDevice", "ZNBDSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             swiftSettings: strictSwift
         ),
         .target(
-            name: "ZNBDControl",
+            name: "ZNBDControlAPI",
+            swiftSettings: strictSwift
+        ),
+        .target(
+            name: "ZNBDControlServer",
             dependencies: [
-                "ZRAM", "ZSPool", "NBD", "ZNBDSync",
+                "ZNBDControlAPI", "ZRAM", "ZSPool", "NBD", "ZNBDSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             swiftSettings: strictSwift
         ),
@@ -94,19 +108,21 @@ let package = Package(
         .executableTarget(
             name: "znbd",
             dependencies: [
-                "ZRAM", "NBD", "ZNBDControl", "ZNBDCommandLine",
+                "ZRAM", "NBD", "ZNBDControlAPI", "ZNBDControlServer", "ZNBDCommandLine", "ZNBDSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strictSwift
         ),
         .executableTarget(
             name: "znbdctl",
             dependencies: [
-                "ZNBDControl", "ZNBDCommandLine",
+                "ZNBDControlAPI", "ZNBDCommandLine",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -116,31 +132,39 @@ let package = Package(
         ),
         .executableTarget(
             name: "znbd-bench",
-            dependencies: ["PageCodec", "ZSPool", "ZRAM", "BlockDevice", "NBD"],
+            dependencies: [
+                "PageCodec", "ZSPool", "ZRAM", "BlockDevice", "NBD", "ZNBDSystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "tools/bench",
             swiftSettings: strictSwift
         ),
         .systemLibrary(name: "CNBD", pkgConfig: "libnbd"),
         .target(
             name: "TestSupport",
-            dependencies: ["PageCodec", "ZNBDSync", "CNBD", "NBD", "ZNBDControl"],
+            dependencies: ["PageCodec", "ZNBDSystem", "CNBD", "NBD", "ZNBDControlAPI"],
             path: "Tests/TestSupport",
             swiftSettings: strictSwift
         ),
         .testTarget(
+            name: "ZNBDSystemTests",
+            dependencies: ["ZNBDSystem", "TestSupport"],
+            swiftSettings: strictSwift
+        ),
+        .testTarget(
             name: "PageCodecTests",
-            dependencies: ["PageCodec", "TestSupport", "ZNBDSync"],
+            dependencies: ["PageCodec", "TestSupport", "ZNBDSystem"],
             swiftSettings: strictSwift
         ),
         .testTarget(
             name: "ZSPoolTests",
-            dependencies: ["ZSPool", "TestSupport", "ZNBDSync"],
+            dependencies: ["ZSPool", "TestSupport", "ZNBDSystem"],
             swiftSettings: strictSwift
         ),
         .testTarget(
             name: "NBDTests",
             dependencies: [
-                "NBD", "BlockDevice", "ZRAM", "TestSupport", "ZNBDSync",
+                "NBD", "BlockDevice", "ZRAM", "TestSupport", "ZNBDSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: strictSwift
@@ -148,18 +172,18 @@ let package = Package(
         .testTarget(
             name: "DaemonTests",
             dependencies: [
-                "ZNBDControl", "ZRAM", "NBD", "PageCodec", "TestSupport",
+                "ZNBDControlAPI", "ZNBDControlServer", "ZRAM", "NBD", "PageCodec", "TestSupport", "ZNBDSystem",
             ],
             swiftSettings: strictSwift
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["ZNBDControl", "TestSupport"],
+            dependencies: ["ZNBDControlAPI", "TestSupport"],
             swiftSettings: strictSwift
         ),
         .testTarget(
             name: "ZRAMTests",
-            dependencies: ["ZRAM", "BlockDevice", "PageCodec", "ZSPool", "TestSupport", "ZNBDSync"],
+            dependencies: ["ZRAM", "BlockDevice", "PageCodec", "ZSPool", "TestSupport", "ZNBDSystem"],
             swiftSettings: strictSwift
         ),
     ],

@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import Synchronization
+import ZNBDSystem
+import SystemPackage
 
 /// A plain, uncompressed RAM disk: the device the NBD server is tested and
 /// benchmarked with, so that protocol costs are measured apart from
@@ -12,8 +14,8 @@ import Synchronization
 /// a request takes the chunks it spans one at a time, so each chunk is
 /// atomic, as each page of a disk is.
 public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
-    // @unchecked: `bytes` is only touched under the stripe lock of its chunk;
-    // `status` entries are atomics.
+    // @unchecked: `data`'s bytes are only touched under the stripe lock of
+    // their chunk; `status` entries are atomics; the mappings are immutable.
 
     public enum ConfigurationError: Error, CustomStringConvertible {
         case invalidSize(Int)
@@ -29,39 +31,34 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
 
     public let byteCount: Int
     public var sectorSize: Int { 512 }
-    public var preferredBlockSize: Int { Self.pageSize }
+    public var preferredBlockSize: Int { pageSize }
 
-    static let pageSize = 4096
     static let chunkSize = 64 << 10
     static let stripeCount = 256
     private static let statusUnallocated: UInt8 = 0
     private static let statusZero: UInt8 = 1
     private static let statusData: UInt8 = 2
 
+    private let data: AnonymousMapping
+    private let statusMapping: AnonymousMapping
     private let bytes: UnsafeMutableRawPointer
     private let status: UnsafeMutablePointer<Atomic<UInt8>>
     private let stripes: UnsafeMutablePointer<pthread_mutex_t>
-    /// One status byte per page.
-    private var statusBytes: Int { byteCount / Self.pageSize }
 
-    /// A device of `byteCount` bytes (a multiple of 4096).
+    /// A device of `byteCount` bytes (a multiple of the page size).
     public init(byteCount: Int) throws(ConfigurationError) {
-        guard byteCount > 0, byteCount % Self.pageSize == 0 else { throw .invalidSize(byteCount) }
+        guard byteCount > 0, byteCount % pageSize == 0 else { throw .invalidSize(byteCount) }
         self.byteCount = byteCount
-        let pages = byteCount / Self.pageSize
-        let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
-        guard let data = mmap(nil, byteCount, PROT_READ | PROT_WRITE, flags, -1, 0),
-            data != UnsafeMutableRawPointer(bitPattern: -1)
-        else { throw .mapFailed(errno: errno) }
-        guard let statusMemory = mmap(nil, pages, PROT_READ | PROT_WRITE, flags, -1, 0),
-            statusMemory != UnsafeMutableRawPointer(bitPattern: -1)
-        else {
-            munmap(data, byteCount)
-            throw .mapFailed(errno: errno)
+        let pages = byteCount / pageSize
+        do {
+            data = try AnonymousMapping(byteCount: byteCount)
+            statusMapping = try AnonymousMapping(byteCount: pages)
+        } catch {
+            throw .mapFailed(errno: error.rawValue)
         }
-        bytes = data
+        bytes = data.base
         // Zero bits are Atomic<UInt8>(0): unallocated.
-        status = statusMemory.bindMemory(to: Atomic<UInt8>.self, capacity: pages)
+        status = statusMapping.base.bindMemory(to: Atomic<UInt8>.self, capacity: pages)
         stripes = .allocate(capacity: Self.stripeCount)
         for index in 0..<Self.stripeCount {
             (stripes + index).initialize(to: pthread_mutex_t())
@@ -72,8 +69,6 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
     deinit {
         for index in 0..<Self.stripeCount { pthread_mutex_destroy(stripes + index) }
         stripes.deallocate()
-        munmap(bytes, byteCount)
-        munmap(UnsafeMutableRawPointer(status), statusBytes)
     }
 
     /// Runs `body(offset, length)` for each chunk-bounded piece of the range,
@@ -93,8 +88,8 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
     }
 
     private func setStatus(_ value: UInt8, offset: Int, length: Int, wholePagesOnly: Bool) {
-        let first = wholePagesOnly ? (offset + Self.pageSize - 1) / Self.pageSize : offset / Self.pageSize
-        let end = wholePagesOnly ? (offset + length) / Self.pageSize : (offset + length + Self.pageSize - 1) / Self.pageSize
+        let first = wholePagesOnly ? (offset + pageSize - 1) / pageSize : offset / pageSize
+        let end = wholePagesOnly ? (offset + length) / pageSize : (offset + length + pageSize - 1) / pageSize
         guard first < end else { return }
         for page in first..<end { status[page].store(value, ordering: .relaxed) }
     }
@@ -116,12 +111,11 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
 
     public func discard(offset: Int, length: Int) throws(BlockDeviceError) {
         try validateRange(offset: offset, length: length)
-        let first = (offset + Self.pageSize - 1) / Self.pageSize * Self.pageSize
-        let end = (offset + length) / Self.pageSize * Self.pageSize
+        let first = (offset + pageSize - 1) / pageSize * pageSize
+        let end = (offset + length) / pageSize * pageSize
         guard first < end else { return }
         forEachChunk(offset: first, length: end - first) { position, count in
-            // Private anonymous pages read back as zeroes after MADV_DONTNEED.
-            _ = madvise(bytes + position, count, MADV_DONTNEED)
+            data.discard(offset: position, count: count)
         }
         setStatus(Self.statusUnallocated, offset: first, length: end - first, wholePagesOnly: true)
     }
@@ -141,7 +135,7 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
     {
         try validateRange(offset: offset, length: length)
         return collectExtents(
-            offset: offset, length: length, pageSize: Self.pageSize, maximumExtents: maximumExtents
+            offset: offset, length: length, pageSize: pageSize, maximumExtents: maximumExtents
         ) { page in
             switch status[page].load(ordering: .relaxed) {
             case Self.statusUnallocated: .unallocated

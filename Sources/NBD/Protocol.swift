@@ -82,7 +82,7 @@ public enum NBDTransmissionFlag {
 }
 
 /// Request types (NBD_CMD_*).
-public enum NBDCommand: UInt16, Sendable, CaseIterable, Codable {
+public enum NBDCommand: UInt16, Sendable, CaseIterable {
     case read = 0
     case write = 1
     case disconnect = 2
@@ -130,7 +130,7 @@ public enum NBDChunk {
 
 /// The errno values the protocol carries (they are fixed by the protocol,
 /// whatever the host's errno numbering).
-public enum NBDError: UInt32, Sendable, CaseIterable, Codable {
+public enum NBDError: UInt32, Sendable, CaseIterable {
     case eperm = 1
     case eio = 5
     case enomem = 12

@@ -1,6 +1,6 @@
+import NIOConcurrencyHelpers
 public import NIOCore
 import NIOPosix
-import ZNBDSync
 
 /// Serves one export over NBD on a Unix socket and/or a TCP address, to any
 /// number of clients at once.
@@ -44,7 +44,7 @@ public final class NBDServer: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let workers: NIOThreadPool?
     private let counters = ServerCounters()
-    private let channels = Locked<(listeners: [any Channel], connections: [ObjectIdentifier: any Channel])>(([], [:]))
+    private let channels = NIOLockedValueBox<(listeners: [any Channel], connections: [ObjectIdentifier: any Channel])>(([], [:]))
 
     public init(export: NBDExport, configuration: Configuration) {
         self.export = export
@@ -99,7 +99,7 @@ public final class NBDServer: Sendable {
     }
 
     private func track(listener: any Channel) {
-        channels.withLock { $0.listeners.append(listener) }
+        channels.withLockedValue { $0.listeners.append(listener) }
     }
 
     private func bootstrap(tcp: Bool) -> ServerBootstrap {
@@ -118,8 +118,8 @@ public final class NBDServer: Sendable {
                 .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10, maximum: 1 << 20))
             .childChannelInitializer { channel in
                 let id = ObjectIdentifier(channel)
-                channels.withLock { $0.connections[id] = channel }
-                channel.closeFuture.whenComplete { _ in _ = channels.withLock { $0.connections.removeValue(forKey: id) } }
+                channels.withLockedValue { $0.connections[id] = channel }
+                channel.closeFuture.whenComplete { _ in _ = channels.withLockedValue { $0.connections.removeValue(forKey: id) } }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         NBDConnectionHandler(export: export, limits: limits, workers: workers, counters: counters))
@@ -135,7 +135,7 @@ public final class NBDServer: Sendable {
     /// waits up to `drainTimeout` for them to close, closes what is left,
     /// and stops the threads.
     public func shutdown(drainTimeout: TimeAmount = .seconds(2)) async {
-        let (listeners, connections) = channels.withLock { ($0.listeners, Array($0.connections.values)) }
+        let (listeners, connections) = channels.withLockedValue { ($0.listeners, Array($0.connections.values)) }
         for listener in listeners { try? await listener.close() }
         for connection in connections { connection.pipeline.fireUserInboundEventTriggered(Drain()) }
         let deadline = NIODeadline.now() + drainTimeout

@@ -1,28 +1,30 @@
 import Synchronization
-import ZNBDSync
+import ZNBDSystem
 
-/// The server's figures: connections, and per command the requests, bytes
-/// and errors by errno name.
-public struct NBDServerStats: Sendable, Codable, Equatable {
-    public struct CommandStats: Sendable, Codable, Equatable {
-        public var requests: Int
-        public var bytes: Int
-        /// Errors by errno name (EINVAL, ENOSPC, …); absent names are zero.
+/// The server's figures: connections open and accepted, connections
+/// closed for a protocol violation, and per command name (read, write, …,
+/// "unknown") the requests, payload bytes and errors by errno name (absent
+/// names are zero).
+public struct NBDServerStats: Sendable, Equatable {
+    public struct CommandStats: Sendable, Equatable {
+        public var requests, bytes: Int
         public var errors: [String: Int]
+
+        public init(requests: Int, bytes: Int, errors: [String: Int]) {
+            self.requests = requests
+            self.bytes = bytes
+            self.errors = errors
+        }
     }
 
-    public var connectionsOpen: Int
-    public var connectionsTotal: Int
-    /// Connections closed for a protocol violation (bad magic, bad flags).
-    public var protocolErrors: Int
-    /// By command name (read, write, …, and "unknown" for unknown types).
+    public var connectionsOpen, connectionsTotal, protocolErrors: Int
     public var commands: [String: CommandStats]
 
-    enum CodingKeys: String, CodingKey {
-        case connectionsOpen = "connections_open"
-        case connectionsTotal = "connections_total"
-        case protocolErrors = "protocol_errors"
-        case commands
+    public init(connectionsOpen: Int, connectionsTotal: Int, protocolErrors: Int, commands: [String: CommandStats]) {
+        self.connectionsOpen = connectionsOpen
+        self.connectionsTotal = connectionsTotal
+        self.protocolErrors = protocolErrors
+        self.commands = commands
     }
 }
 

@@ -1,4 +1,5 @@
 internal import CLZO
+import ZNBDSystem
 
 /// LZO1X-1 from liblzo2, the compressor the kernel's zram uses by default
 /// (`lzo`).

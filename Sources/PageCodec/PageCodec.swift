@@ -1,5 +1,4 @@
-/// The size of one device page: the unit that is compressed and stored.
-public let pageSize = 4096
+import ZNBDSystem
 
 /// Why a page could not be compressed or decompressed.
 ///

@@ -20,6 +20,7 @@
 
 public import BlockDevice
 import PageCodec
+import ZNBDSystem
 public import ZSPool
 
 /// A compressed block device in RAM, safe to use from many threads at once.
@@ -66,8 +67,9 @@ public final class CompressedBlockDevice: BlockDevice {
     public let byteCount: Int
     public var sectorSize: Int { 512 }
     public var preferredBlockSize: Int { pageSize }
-    /// The pool holding the pages' objects: for statistics and maintenance.
-    public let pool: ZSPool
+    /// The pool holding the pages' objects. Internal: only the slots name
+    /// its handles; the control plane gets figures and `compact()`.
+    let pool: ZSPool
     /// Compressed lengths above this would land in the pool's huge class, so
     /// such pages are stored raw (zram's huge_class_size test).
     public let hugeThreshold: Int
@@ -99,7 +101,7 @@ public final class CompressedBlockDevice: BlockDevice {
         do {
             slots = try SlotTable(count: size / pageSize)
         } catch {
-            throw .slotTable(errno: error.errno)
+            throw .slotTable(errno: error.rawValue)
         }
         byteCount = size
         hugeThreshold = pool.sizeClasses.hugeThreshold
@@ -224,8 +226,12 @@ public final class CompressedBlockDevice: BlockDevice {
             bytesWritten: counters.load(.bytesWritten))
     }
 
+    /// The pool's whole picture: every class under its lock, then the arena
+    /// (a walk; `stats()` is the cheap poll).
+    public func poolStats() -> ZSPoolStats { pool.stats() }
+
     /// What one compaction and defragmentation pass did.
-    public struct MaintenanceResult: Sendable, Codable, Equatable {
+    public struct MaintenanceResult: Sendable, Equatable {
         public var compaction: CompactionResult
         public var defragmentation: DefragmentationResult
     }

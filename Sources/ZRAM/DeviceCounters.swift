@@ -1,4 +1,4 @@
-import ZNBDSync
+import ZNBDSystem
 
 /// The device's running counters, sharded per CPU (ShardedCounters): every
 /// write bumps several of them, and on shared cache lines two threads would

@@ -1,8 +1,7 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockDevice
 import Synchronization
+import SystemPackage
+import ZNBDSystem
 
 /// What one device page holds, decoded from its slot.
 enum SlotContent: Equatable {
@@ -41,7 +40,7 @@ enum SlotContent: Equatable {
 final class SlotTable: @unchecked Sendable {
     // @unchecked: `values[i]` is read and written only while holding slot i's
     // LOCK bit, whose acquire/release orders it between threads; `metas` are
-    // atomics.
+    // atomics; the mappings are immutable.
 
     static let lengthMask: UInt64 = (1 << 13) - 1
     static let sameBit: UInt64 = 1 << 16
@@ -50,70 +49,38 @@ final class SlotTable: @unchecked Sendable {
     static let lockBit: UInt64 = 1 << 31
 
     let count: Int
+    private let metaMapping: AnonymousMapping
+    private let valueMapping: AnonymousMapping
     private let metas: UnsafeMutablePointer<Atomic<UInt64>>
     private let values: UnsafeMutablePointer<UInt64>
 
-    struct MapError: Error {
-        let errno: Int32
-    }
-
-    init(count: Int) throws(MapError) {
+    init(count: Int) throws(Errno) {
         self.count = count
-        let metaBytes = max(1, count) * MemoryLayout<Atomic<UInt64>>.stride
-        let valueBytes = max(1, count) * MemoryLayout<UInt64>.stride
-        guard let metaMemory = Self.mapZeroed(byteCount: metaBytes) else { throw MapError(errno: errno) }
-        guard let valueMemory = Self.mapZeroed(byteCount: valueBytes) else {
-            munmap(metaMemory, metaBytes)
-            throw MapError(errno: errno)
-        }
+        metaMapping = try AnonymousMapping(byteCount: count * MemoryLayout<Atomic<UInt64>>.stride)
+        valueMapping = try AnonymousMapping(byteCount: count * MemoryLayout<UInt64>.stride)
         // Zero bits are a valid Atomic<UInt64>(0) and UInt64(0): binding the
         // fresh zero pages is their initialisation.
-        metas = metaMemory.bindMemory(to: Atomic<UInt64>.self, capacity: max(1, count))
-        values = valueMemory.bindMemory(to: UInt64.self, capacity: max(1, count))
-    }
-
-    deinit {
-        munmap(UnsafeMutableRawPointer(metas), max(1, count) * MemoryLayout<Atomic<UInt64>>.stride)
-        munmap(UnsafeMutableRawPointer(values), max(1, count) * MemoryLayout<UInt64>.stride)
-    }
-
-    private static func mapZeroed(byteCount: Int) -> UnsafeMutableRawPointer? {
-        let memory = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        guard let memory, memory != UnsafeMutableRawPointer(bitPattern: -1) else { return nil }
-        return memory
+        metas = metaMapping.base.bindMemory(to: Atomic<UInt64>.self, capacity: max(1, count))
+        values = valueMapping.base.bindMemory(to: UInt64.self, capacity: max(1, count))
     }
 
     // MARK: The slot lock
 
-    /// Takes slot `index`'s lock, waiting while another thread holds it.
     @inline(__always)
-    func lock(_ index: Int) {
-        let meta = metas + index
-        var spins = 0
-        while true {
-            let word = meta.pointee.load(ordering: .relaxed)
-            if word & Self.lockBit == 0 {
-                let (exchanged, _) = meta.pointee.compareExchange(
-                    expected: word, desired: word | Self.lockBit, ordering: .acquiring)
-                if exchanged { return }
-            }
-            spins += 1
-            if spins > 64 { sched_yield() }
-        }
+    private func slotLock(_ index: Int) -> BitSpinLock {
+        assert(index >= 0 && index < count, "slot \(index) outside the table")
+        return BitSpinLock(word: metas + index, bit: Self.lockBit, level: .slot)
     }
 
-    @inline(__always)
-    func unlock(_ index: Int) {
-        (metas + index).pointee.bitwiseAnd(~Self.lockBit, ordering: .releasing)
-    }
-
-    /// Runs `body` holding slot `index`'s lock.
+    /// Runs `body` holding slot `index`'s lock, waiting while another thread
+    /// holds it.
     @inline(__always)
     func withLock<Result, Failure: Error>(
         _ index: Int, _ body: () throws(Failure) -> Result
     ) throws(Failure) -> Result {
-        lock(index)
-        defer { unlock(index) }
+        let lock = slotLock(index)
+        lock.lock()
+        defer { lock.unlock() }
         return try body()
     }
 

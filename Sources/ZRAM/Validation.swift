@@ -1,5 +1,6 @@
 import BlockDevice
 import PageCodec
+import ZNBDSystem
 import ZSPool
 
 /// A broken invariant between the slot table, the figures and the pool.

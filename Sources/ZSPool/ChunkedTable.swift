@@ -1,4 +1,5 @@
-import ZNBDSync
+import Synchronization
+import ZNBDSystem
 
 /// Ids for a table stored in fixed-size chunks made on first use: new ids
 /// are handed out in order, freed ids are reused last-freed first, so the
@@ -49,16 +50,21 @@ struct ChunkedIdAllocator {
 ///
 /// The directory never moves and a chunk, once published, never moves or
 /// goes away before the table: an entry reached through an id stays valid.
-/// Chunks are published under `ids`' lock before any id in them is handed
-/// out. The owner frees its chunks (`forEachChunk`) in its own deinit, since
+/// Chunks are published under `ids`' lock, with a releasing store, before
+/// any id in them is handed out; lookups load the entry with acquiring
+/// ordering, so a thread that reaches a chunk through the directory also
+/// sees the chunk's initialised contents, whichever thread made it (ids from
+/// untrusted handles reach `existingChunk` with no other synchronisation).
+/// The owner frees its chunks (`forEachChunk`) in its own deinit, since
 /// only it knows what they hold.
 final class ChunkedTable: @unchecked Sendable {
-    // @unchecked: `directory` slots are written once, under `ids`, before the
-    // ids they cover exist; after that they are only read.
+    // @unchecked: `directory` entries are atomics, written once (under
+    // `ids`) and only read after that.
 
     let chunkShift: Int
     let directorySize: Int
-    private let directory: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    /// Chunk addresses, 0 for a chunk not made yet.
+    private let directory: UnsafeMutablePointer<Atomic<UInt>>
     private let ids: Locked<ChunkedIdAllocator>
 
     /// Room for `capacity` entries in chunks of `1 << chunkShift`.
@@ -66,31 +72,41 @@ final class ChunkedTable: @unchecked Sendable {
         self.chunkShift = chunkShift
         directorySize = max(1, (capacity + (1 << chunkShift) - 1) >> chunkShift)
         directory = .allocate(capacity: directorySize)
-        directory.initialize(repeating: nil, count: directorySize)
-        ids = Locked(ChunkedIdAllocator(chunkShift: chunkShift, chunkCount: directorySize))
+        for index in 0..<directorySize { (directory + index).initialize(to: Atomic(0)) }
+        ids = Locked(ChunkedIdAllocator(chunkShift: chunkShift, chunkCount: directorySize), level: .idAllocator)
     }
 
     deinit {
+        directory.deinitialize(count: directorySize)
         directory.deallocate()
+    }
+
+    @inline(__always)
+    private func loadChunk(_ index: Int) -> UnsafeMutableRawPointer? {
+        UnsafeMutableRawPointer(bitPattern: directory[index].load(ordering: .acquiring))
     }
 
     /// The chunk holding a live id's entry.
     @inline(__always)
     func chunk(containing id: UInt32) -> UnsafeMutableRawPointer {
-        directory[Int(id) >> chunkShift].unsafelyUnwrapped
+        let index = Int(id) >> chunkShift
+        assert(index < directorySize && loadChunk(index) != nil, "id \(id) is in no chunk made so far")
+        return loadChunk(index).unsafelyUnwrapped
     }
 
     /// The chunk that would hold `id`, or nil when it was never made (or is
     /// past the table): for ids that come from outside and may be bogus.
     func existingChunk(containing id: UInt32) -> UnsafeMutableRawPointer? {
         let index = Int(id) >> chunkShift
-        return index < directorySize ? directory[index] : nil
+        return index < directorySize ? loadChunk(index) : nil
     }
 
     /// A free id, making its chunk first when it opens one. Nil when full.
     func allocateId(makeChunk: () -> UnsafeMutableRawPointer) -> UInt32? {
         ids.withLock { ids in
-            ids.allocate { chunk in directory[chunk] = makeChunk() }
+            ids.allocate { chunk in
+                directory[chunk].store(UInt(bitPattern: makeChunk()), ordering: .releasing)
+            }
         }
     }
 
@@ -106,7 +122,7 @@ final class ChunkedTable: @unchecked Sendable {
     /// Calls `body` with every chunk made, for the owner's deinit.
     func forEachChunk(_ body: (UnsafeMutableRawPointer) -> Void) {
         for index in 0..<directorySize {
-            if let chunk = directory[index] { body(chunk) }
+            if let chunk = loadChunk(index) { body(chunk) }
         }
     }
 }

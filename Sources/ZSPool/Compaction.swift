@@ -1,5 +1,5 @@
 /// What one compaction pass did.
-public struct CompactionResult: Sendable, Equatable, Codable {
+public struct CompactionResult: Sendable, Equatable {
     /// Frames given back by emptied zspages (the kernel's pages_compacted).
     public var framesFreed = 0
     public var objectsMoved = 0
@@ -8,13 +8,6 @@ public struct CompactionResult: Sendable, Equatable, Codable {
     public var bytesMoved = 0
 
     public init() {}
-
-    enum CodingKeys: String, CodingKey {
-        case framesFreed = "frames_freed"
-        case objectsMoved = "objects_moved"
-        case objectsSkipped = "objects_skipped"
-        case bytesMoved = "bytes_moved"
-    }
 
     mutating func add(_ other: CompactionResult) {
         framesFreed += other.framesFreed

@@ -1,8 +1,6 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Synchronization
-import ZNBDSync
+import SystemPackage
+import ZNBDSystem
 
 /// The memory of the pool: one anonymous mapping reserved at start-up,
 /// cut into 4 KiB frames grouped in 2 MiB blocks.
@@ -22,11 +20,13 @@ import ZNBDSync
 /// All state is under one mutex (the innermost lock of the pool). The mapping
 /// itself is never moved or resized; `address(of:)` is valid until deinit.
 final class FrameArena: @unchecked Sendable {
-    // @unchecked: `base` is an immutable pointer to the mapping; every mutable
-    // field is inside `state` (a lock) or an Atomic.
+    // @unchecked: `mapping` is immutable (its bytes belong to whoever holds
+    // the locks the pool's map describes); every mutable field is inside
+    // `state` (a lock) or an Atomic.
 
-    static let frameSize = 4096
-    static let frameShift = 12
+    /// A frame is one page.
+    static let frameSize = pageSize
+    static let frameShift = pageShift
     static let framesPerBlock = 512
     static let blockSize = frameSize * framesPerBlock
     static let wordsPerBlock = framesPerBlock / 64
@@ -35,11 +35,11 @@ final class FrameArena: @unchecked Sendable {
     /// Orders of free runs reported by `frameInfo` (1 frame ... 512 frames).
     static let orderCount = 10
 
+    private let mapping: AnonymousMapping
+    /// The mapping's first frame, on a 2 MiB boundary.
     let base: UnsafeMutableRawPointer
     let frameCount: Int
     let blockCount: Int
-    private let mappingStart: UnsafeMutableRawPointer
-    private let mappingLength: Int
     /// True when the kernel accepted MADV_HUGEPAGE for the mapping.
     let transparentHugePages: Bool
 
@@ -73,46 +73,31 @@ final class FrameArena: @unchecked Sendable {
 
     private let state: Locked<State>
 
-    enum ArenaError: Error {
-        case mapFailed(errno: Int32)
-    }
-
-    /// Reserves `capacityBytes` (rounded up to whole blocks) of address space.
-    init(capacityBytes: Int) throws(ArenaError) {
+    /// Reserves `capacityBytes` (rounded up to whole blocks) of address
+    /// space, starting on a 2 MiB boundary, where a block is exactly one
+    /// transparent huge page.
+    init(capacityBytes: Int) throws(Errno) {
         let blocks = max(1, (capacityBytes + Self.blockSize - 1) / Self.blockSize)
         blockCount = blocks
         frameCount = blocks * Self.framesPerBlock
-        // Map one extra block so the frames can start on a 2 MiB boundary,
-        // where a block is exactly one transparent huge page.
-        mappingLength = (blocks + 1) * Self.blockSize
-        guard
-            let start = mmap(
-                nil, mappingLength, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-            start != UnsafeMutableRawPointer(bitPattern: -1)
-        else {
-            throw .mapFailed(errno: errno)
-        }
-        mappingStart = start
-        let misalignment = Int(bitPattern: start) % Self.blockSize
-        base = start + (misalignment == 0 ? 0 : Self.blockSize - misalignment)
-        transparentHugePages = madvise(base, blocks * Self.blockSize, MADV_HUGEPAGE) == 0
+        mapping = try AnonymousMapping(byteCount: blocks * Self.blockSize, alignment: Self.blockSize)
+        base = mapping.base
+        transparentHugePages = mapping.adviseHugePages()
         state = Locked(
             State(
                 usedBits: [UInt64](repeating: 0, count: blocks * Self.wordsPerBlock),
                 usedInBlock: [UInt16](repeating: 0, count: blocks),
                 resident: [Bool](repeating: false, count: blocks),
-                owners: [FrameOwner](repeating: .free, count: frameCount)))
-    }
-
-    deinit {
-        munmap(mappingStart, mappingLength)
+                owners: [FrameOwner](repeating: .free, count: frameCount)),
+            level: .arena)
     }
 
     /// The first byte of `frame`. Valid until the arena is destroyed; the
     /// bytes belong to whoever holds the locks the pool's map describes.
     @inline(__always)
     func address(of frame: UInt32) -> UnsafeMutableRawPointer {
-        base + (Int(frame) << Self.frameShift)
+        assert(Int(frame) < frameCount, "frame \(frame) is outside the arena")
+        return base + (Int(frame) << Self.frameShift)
     }
 
     // MARK: Allocation
@@ -210,9 +195,7 @@ final class FrameArena: @unchecked Sendable {
 
     private func release(block: Int, _ state: inout State) {
         guard state.resident[block] else { return }
-        // MADV_DONTNEED on private anonymous memory drops the pages at once;
-        // the range reads as zeroes if it is ever used again.
-        _ = madvise(base + block * Self.blockSize, Self.blockSize, MADV_DONTNEED)
+        mapping.discard(offset: block * Self.blockSize, count: Self.blockSize)
         state.resident[block] = false
         state.blocksReleased += 1
     }
@@ -403,10 +386,4 @@ final class FrameArena: @unchecked Sendable {
             return owners
         }
     }
-}
-
-/// A broken pool invariant found by `ZSPool.validate()`.
-public struct PoolCorruption: Error, CustomStringConvertible {
-    public let description: String
-    init(_ description: String) { self.description = description }
 }

@@ -1,8 +1,5 @@
 import Synchronization
-
-#if canImport(Glibc)
-import Glibc
-#endif
+import ZNBDSystem
 
 /// A stable name for one object of the pool, valid from `allocate` to `free`.
 ///
@@ -111,40 +108,32 @@ final class HandleTable: @unchecked Sendable {
         return ZSHandle(id: id, generation: generation)
     }
 
+    /// The pin of handle id `id`: the PIN bit of its entry word.
+    @inline(__always)
+    private func pinLock(_ id: UInt32) -> BitSpinLock {
+        BitSpinLock(word: entry(id), bit: Self.pinBit, level: .pin)
+    }
+
     /// Pins `handle`'s object, waiting while someone else holds it, and
     /// returns where the object is. Nil when the handle is not live (never
-    /// allocated, freed, or from an earlier generation).
+    /// allocated, freed, or from an earlier generation), also when it stops
+    /// being live while this waits.
     func pin(_ handle: ZSHandle) -> ObjectLocation? {
         guard handle.generation != 0, table.existingChunk(containing: handle.id) != nil else { return nil }
-        let slot = entry(handle.id)
-        var spins = 0
-        while true {
-            let word = slot.pointee.load(ordering: .acquiring)
-            guard word & Self.allocatedBit != 0, Self.generation(of: word) == handle.generation else {
-                return nil
-            }
-            if word & Self.pinBit == 0 {
-                let (exchanged, _) = slot.pointee.compareExchange(
-                    expected: word, desired: word | Self.pinBit, ordering: .acquiring)
-                if exchanged { return Self.location(of: word) }
-            }
-            backOff(&spins)
+        let word = pinLock(handle.id).lock { word in
+            word & Self.allocatedBit != 0 && Self.generation(of: word) == handle.generation
         }
+        return word.map(Self.location(of:))
     }
 
     /// Pins the object behind handle id `id` if nobody holds it. Returns its
     /// location, or nil (someone holds the pin: the -EAGAIN of zsmalloc).
     func tryPin(id: UInt32) -> ObjectLocation? {
-        let slot = entry(id)
-        let word = slot.pointee.load(ordering: .acquiring)
-        guard word & Self.allocatedBit != 0, word & Self.pinBit == 0 else { return nil }
-        let (exchanged, _) = slot.pointee.compareExchange(
-            expected: word, desired: word | Self.pinBit, ordering: .acquiring)
-        return exchanged ? Self.location(of: word) : nil
+        pinLock(id).tryLock { $0 & Self.allocatedBit != 0 }.map(Self.location(of:))
     }
 
     func unpin(id: UInt32) {
-        entry(id).pointee.bitwiseAnd(~Self.pinBit, ordering: .releasing)
+        pinLock(id).unlock()
     }
 
     /// Points a pinned handle at a new location, keeping it pinned.
@@ -158,12 +147,11 @@ final class HandleTable: @unchecked Sendable {
     /// Ends a pinned handle's life: bumps the generation, clears PIN and
     /// ALLOCATED, and makes the id available again.
     func release(id: UInt32) {
-        let slot = entry(id)
-        let word = slot.pointee.load(ordering: .relaxed)
+        let word = entry(id).pointee.load(ordering: .relaxed)
         precondition(word & Self.pinBit != 0, "releasing an unpinned handle")
         var next = (Self.generation(of: word) + 1) & Self.generationMask
         if next == 0 { next = 1 }
-        slot.pointee.store(next << Self.generationShift, ordering: .releasing)
+        pinLock(id).unlock(storing: next << Self.generationShift)
         table.releaseId(id)
     }
 
@@ -184,16 +172,5 @@ final class HandleTable: @unchecked Sendable {
     func usage() -> Usage {
         let usage = table.usage(chunkBytes: Self.chunkSize * MemoryLayout<Atomic<UInt64>>.stride)
         return Usage(liveHandles: usage.live, tableBytes: usage.tableBytes)
-    }
-}
-
-/// Waits politely for a lock held by another thread: spin a little, then
-/// yield the CPU, since the holder may be descheduled (userspace has no
-/// preempt_disable, the reason zsmalloc's bit spin locks are safe to spin on).
-@inline(__always)
-func backOff(_ spins: inout Int) {
-    spins += 1
-    if spins > 64 {
-        sched_yield()
     }
 }

@@ -11,7 +11,7 @@ public enum FrameMigrationOutcome: Sendable, Equatable {
 }
 
 /// What one defragmentation pass did.
-public struct DefragmentationResult: Sendable, Equatable, Codable {
+public struct DefragmentationResult: Sendable, Equatable {
     public var framesMigrated = 0
     /// Frames left in place because their zspage was busy.
     public var framesSkipped = 0
@@ -19,12 +19,6 @@ public struct DefragmentationResult: Sendable, Equatable, Codable {
     public var blocksReleased = 0
 
     public init() {}
-
-    enum CodingKeys: String, CodingKey {
-        case framesMigrated = "frames_migrated"
-        case framesSkipped = "frames_skipped"
-        case blocksReleased = "blocks_released"
-    }
 }
 
 extension ZSPool {

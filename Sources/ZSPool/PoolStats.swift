@@ -1,36 +1,16 @@
 /// A consistent-enough picture of the pool: each class is read under its
 /// own lock, the arena under its lock.
-public struct ZSPoolStats: Sendable, Codable, Equatable {
-    public struct ClassStats: Sendable, Codable, Equatable {
-        public var index: Int
-        public var size: Int
-        public var framesPerZspage: Int
-        public var objectsPerZspage: Int
+public struct ZSPoolStats: Sendable, Equatable {
+    /// One class: its shape, zspages per fullness list ([0] empty,
+    /// [1...10] in-use ratio 0-9% ... 90-99%, [11] full), the kernel's
+    /// classic groups (almost empty: at most 3/4 used; almost full; full),
+    /// and its objects and frames.
+    public struct ClassStats: Sendable, Equatable {
+        public var index, size, framesPerZspage, objectsPerZspage: Int
         public var isHuge: Bool
-        /// zspages per fullness list: [0] empty, [1...10] in-use ratio 0-9%
-        /// ... 90-99%, [11] full.
         public var zspagesByFullness: [Int]
-        /// The kernel's classic groups: ≤ 3/4 used, more, and full.
-        public var almostEmpty: Int
-        public var almostFull: Int
-        public var full: Int
-        public var zspages: Int
-        public var objectsAllocated: Int
-        public var objectsUsed: Int
-        public var framesUsed: Int
-
-        enum CodingKeys: String, CodingKey {
-            case index, size, zspages, full
-            case framesPerZspage = "frames_per_zspage"
-            case objectsPerZspage = "objects_per_zspage"
-            case isHuge = "huge"
-            case zspagesByFullness = "zspages_by_fullness"
-            case almostEmpty = "almost_empty"
-            case almostFull = "almost_full"
-            case objectsAllocated = "objects_allocated"
-            case objectsUsed = "objects_used"
-            case framesUsed = "frames_used"
-        }
+        public var almostEmpty, almostFull, full, zspages: Int
+        public var objectsAllocated, objectsUsed, framesUsed: Int
     }
 
     public var classes: [ClassStats]
@@ -62,32 +42,6 @@ public struct ZSPoolStats: Sendable, Codable, Equatable {
     public var blockOccupancy: [Int]
 
     public var metadataBytes: Int { handleTableBytes + zspageTableBytes + slotTableBytes }
-
-    enum CodingKeys: String, CodingKey {
-        case classes
-        case capacityBytes = "capacity_bytes"
-        case memLimitBytes = "mem_limit_bytes"
-        case framesUsed = "frames_used"
-        case framesResident = "frames_resident"
-        case blocksResident = "blocks_resident"
-        case blocksReleased = "blocks_released"
-        case blocksFaultedIn = "blocks_faulted_in"
-        case bytesUsed = "bytes_used"
-        case maximumBytesUsed = "maximum_bytes_used"
-        case liveObjects = "live_objects"
-        case handleTableBytes = "handle_table_bytes"
-        case zspageTableBytes = "zspage_table_bytes"
-        case slotTableBytes = "slot_table_bytes"
-        case pagesCompacted = "pages_compacted"
-        case objectsCompacted = "objects_compacted"
-        case compactionSkips = "compaction_skips"
-        case framesMigrated = "frames_migrated"
-        case migrationSkips = "migration_skips"
-        case invalidFrees = "invalid_frees"
-        case transparentHugePages = "transparent_huge_pages"
-        case freeRunsByOrder = "free_runs_by_order"
-        case blockOccupancy = "block_occupancy"
-    }
 }
 
 extension ZSPool {

@@ -8,9 +8,9 @@ public struct SizeClassSpec: Sendable, Equatable {
     public let framesPerZspage: Int
     public let objectsPerZspage: Int
     /// For each frame of a zspage, the in-frame offset of the first object
-    /// that *starts* in that frame, stored rather than recomputed (the seed
-    /// thread's KASAN faults came from computing it wrongly for frames after
-    /// the first). An offset whose object index is past `objectsPerZspage`
+    /// that *starts* in that frame, stored rather than recomputed (zsmalloc's
+    /// 2016 page-migration series computed it wrongly for frames after the
+    /// first, and KASAN caught migration writing into payload bytes). An offset whose object index is past `objectsPerZspage`
     /// lies in tail waste: no object starts in that frame.
     public let firstObjectOffsets: [Int]
 

@@ -62,7 +62,7 @@ extension ZSPool {
         else { throw PoolCorruption("\(name): header disagrees with its class or list") }
         // Frames: each owned by this zspage at its index, with the class's
         // first-object offset, and in no other zspage.
-        for index in 0..<16 {
+        for index in 0..<ZSPageRecord.FrameList.capacity {
             let frame = record.frames[index]
             if index >= spec.framesPerZspage {
                 guard frame == FrameArena.noFrame else { throw PoolCorruption("\(name): stray frame at \(index)") }
@@ -112,7 +112,7 @@ extension ZSPool {
     }
 
     /// Runs `body` holding every class lock, taken in class order (the only
-    /// place that holds two).
+    /// place that holds two: ranked, so the lock-order check allows it).
     private func withAllClassLocks(
         _ body: ([UnsafeMutablePointer<ClassLists>]) throws(PoolCorruption) -> Void
     ) throws(PoolCorruption) {
@@ -121,7 +121,7 @@ extension ZSPool {
                 try body(held)
                 return
             }
-            try classStates[index].lists.withLock { (lists: inout ClassLists) throws(PoolCorruption) -> Void in
+            try classStates[index].lists.withLock(ordered: true) { (lists: inout ClassLists) throws(PoolCorruption) -> Void in
                 try withUnsafeMutablePointer(to: &lists) { (pointer) throws(PoolCorruption) -> Void in
                     try lock(from: index + 1, held + [pointer])
                 }
@@ -129,4 +129,10 @@ extension ZSPool {
         }
         try lock(from: 0, [])
     }
+}
+
+/// A broken pool invariant found by `ZSPool.validate()`.
+public struct PoolCorruption: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }

@@ -1,4 +1,5 @@
 import Synchronization
+import ZNBDSystem
 
 /// A zspage: 1...16 frames (not contiguous) holding the objects of one size
 /// class, as zsmalloc's `struct zspage`, kept off-arena.
@@ -32,12 +33,19 @@ struct ZSPageRecord {
         static let previous = freeHead + 4 * count  // UInt32
         static let next = previous + 4 * count  // UInt32
         static let slots = next + 4 * count  // UInt (pointer bits)
-        static let frames = slots + 8 * count  // 16 × UInt32
-        static let chunkBytes = frames + 64 * count
+        static let frames = slots + 8 * count  // FrameList.capacity × UInt32
+        static let chunkBytes = frames + 4 * FrameList.capacity * count
     }
 
     let chunk: UnsafeMutableRawPointer
     let slot: Int
+
+    @inline(__always)
+    init(chunk: UnsafeMutableRawPointer, slot: Int) {
+        assert(slot >= 0 && slot < Layout.count, "zspage record slot \(slot) outside its chunk")
+        self.chunk = chunk
+        self.slot = slot
+    }
 
     @inline(__always)
     private func load<T>(_ field: Int, _ type: T.Type) -> T {
@@ -93,14 +101,21 @@ struct ZSPageRecord {
         get { UnsafeMutablePointer(bitPattern: load(Layout.slots, UInt.self)) }
         nonmutating set { store(UInt(bitPattern: newValue), Layout.slots) }
     }
-    var frames: FrameList { FrameList(base: chunk + Layout.frames + slot * 64) }
+    var frames: FrameList { FrameList(base: chunk + Layout.frames + slot * 4 * FrameList.capacity) }
 
     /// The zspage's frames, by index in the zspage.
     struct FrameList {
+        static let capacity = 16
         let base: UnsafeMutableRawPointer
         subscript(index: Int) -> UInt32 {
-            get { base.load(fromByteOffset: index * 4, as: UInt32.self) }
-            nonmutating set { base.storeBytes(of: newValue, toByteOffset: index * 4, as: UInt32.self) }
+            get {
+                assert(index >= 0 && index < Self.capacity, "frame index \(index) outside a zspage")
+                return base.load(fromByteOffset: index * 4, as: UInt32.self)
+            }
+            nonmutating set {
+                assert(index >= 0 && index < Self.capacity, "frame index \(index) outside a zspage")
+                base.storeBytes(of: newValue, toByteOffset: index * 4, as: UInt32.self)
+            }
         }
     }
 }
@@ -155,7 +170,7 @@ final class ZSPageTable: @unchecked Sendable {
             record.freeHead = endOfFreeList
             record.previous = none
             record.next = none
-            for index in 0..<16 { record.frames[index] = FrameArena.noFrame }
+            for index in 0..<ZSPageRecord.FrameList.capacity { record.frames[index] = FrameArena.noFrame }
         }
         return storage
     }
@@ -171,33 +186,20 @@ final class ZSPageTable: @unchecked Sendable {
 
     // MARK: The zspage reader/writer lock
 
+    @inline(__always)
+    private func lock(_ id: UInt32) -> ReaderWriterSpinLock {
+        ReaderWriterSpinLock(word: record(id).lock, level: .zspage)
+    }
+
     /// Waits for readers' access; writers (migration) hold it only briefly.
     @inline(__always)
-    func readLock(_ id: UInt32) {
-        let lock = record(id).lock
-        var spins = 0
-        while true {
-            let value = lock.pointee.load(ordering: .relaxed)
-            if value >= 0 {
-                let (exchanged, _) = lock.pointee.compareExchange(
-                    expected: value, desired: value + 1, ordering: .acquiring)
-                if exchanged { return }
-            }
-            backOff(&spins)
-        }
-    }
+    func readLock(_ id: UInt32) { lock(id).lockShared() }
 
     @inline(__always)
-    func readUnlock(_ id: UInt32) {
-        record(id).lock.pointee.subtract(1, ordering: .releasing)
-    }
+    func readUnlock(_ id: UInt32) { lock(id).unlockShared() }
 
     /// The only way to take the write lock: never waits.
-    func tryWriteLock(_ id: UInt32) -> Bool {
-        record(id).lock.pointee.compareExchange(expected: 0, desired: -1, ordering: .acquiring).exchanged
-    }
+    func tryWriteLock(_ id: UInt32) -> Bool { lock(id).tryLockExclusive() }
 
-    func writeUnlock(_ id: UInt32) {
-        record(id).lock.pointee.store(0, ordering: .releasing)
-    }
+    func writeUnlock(_ id: UInt32) { lock(id).unlockExclusive() }
 }

@@ -31,15 +31,20 @@
 // the zspage's frame list, which every access resolves through, so it never
 // needs to touch handles.
 //
-// LOCKS, outermost first (a thread holding one may only *wait* for those below):
+// LOCKS, outermost first (ZNBDSystem's LockLevel; a thread holding one may
+// only *wait* for those below it, and checked builds trap otherwise):
 //
-//   1. handle pin       per object; held by read/write/free for the access.
-//   2. zspage rwlock    per zspage; accessors hold it for reading while they
-//                       touch frame bytes; migration takes it for writing.
-//   3. class lock       per size class (a Locked, pthread); free lists, slot tables,
-//                       fullness lists, zspage creation and destruction.
-//   4. arena lock       frame bitmaps, block residency, frame owners.
-//   (leaf)              the id allocators of HandleTable and ZSPageTable.
+//   1. slot lock        not the pool's: ZRAM's per-page lock, held around
+//                       pool calls for that page (CompressedBlockDevice).
+//   2. handle pin       per object, a bit spin lock in its handle entry;
+//                       held by read/write/free for the access.
+//   3. zspage rwlock    per zspage, a spin lock; accessors hold it for
+//                       reading while they touch frame bytes; migration
+//                       only tries it for writing.
+//   4. class lock       per size class (a Locked, pthread); free lists, slot
+//                       tables, fullness lists, zspage creation and destruction.
+//   5. arena lock       frame bitmaps, block residency, frame owners.
+//   6. id allocators    of HandleTable and ZSPageTable (leaf).
 //
 // Compaction and migration hold a class lock and only *try* the pins and
 // zspage locks above it, skipping and counting what they cannot take (the
@@ -61,7 +66,7 @@
 // See docs/ARCHITECTURE.md for how ZRAM uses the pool.
 
 import Synchronization
-import ZNBDSync
+import ZNBDSystem
 
 /// Why the pool refused an operation.
 public enum ZSPoolError: Error, Equatable, Sendable {
@@ -147,7 +152,7 @@ public final class ZSPool: Sendable {
         do {
             arena = try FrameArena(capacityBytes: configuration.capacityBytes)
         } catch {
-            switch error { case .mapFailed(let code): throw .mapFailed(errno: code) }
+            throw .mapFailed(errno: error.rawValue)
         }
         zspages = ZSPageTable(capacity: arena.frameCount)
         handles = HandleTable(capacity: arena.frameCount * (FrameArena.frameSize / SizeClassTable.minimumObjectSize))
@@ -316,6 +321,8 @@ public final class ZSPool: Sendable {
     func segments(
         _ record: ZSPageRecord, index: Int, size: Int, offset: Int = 0, count: Int
     ) -> (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer?) {
+        assert(index >= 0 && index < Int(record.objectsPerZspage), "object \(index) outside its zspage")
+        assert(offset >= 0 && count >= 0 && offset + count <= size, "bytes \(offset)+\(count) outside a \(size)-byte object")
         let start = index * size + offset
         let frameIndex = start >> FrameArena.frameShift
         let inFrame = start & (FrameArena.frameSize - 1)
@@ -419,7 +426,7 @@ final class SizeClassState: Sendable {
 
     init(spec: SizeClassSpec) {
         self.spec = spec
-        lists = Locked(ClassLists())
+        lists = Locked(ClassLists(), level: .sizeClass, rank: spec.index)
     }
 }
 

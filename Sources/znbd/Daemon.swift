@@ -1,10 +1,12 @@
 import Logging
 import NBD
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
-import Synchronization
-import ZNBDControl
+import ZNBDControlAPI
+import ZNBDControlServer
+import ZNBDSystem
 import ZRAM
 
 #if canImport(Glibc)
@@ -22,7 +24,7 @@ import Glibc
 final class Daemon: Service {
     let configuration: DaemonConfiguration
     private let logger = Logger(label: "znbd")
-    private let startupFailure = Mutex<StartupError?>(nil)
+    private let startupFailure = NIOLockedValueBox<StartupError?>(nil)
 
     init(configuration: DaemonConfiguration) {
         self.configuration = configuration
@@ -37,7 +39,7 @@ final class Daemon: Service {
                 services: [.init(service: self, successTerminationBehavior: .gracefullyShutdownGroup)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
-        if let failure = startupFailure.withLock({ $0 }) { throw failure }
+        if let failure = startupFailure.withLockedValue({ $0 }) { throw failure }
     }
 
     // MARK: Service
@@ -47,7 +49,7 @@ final class Daemon: Service {
         do {
             running = try await start()
         } catch {
-            startupFailure.withLock { $0 = error }
+            startupFailure.withLockedValue { $0 = error }
             return
         }
         try? await gracefulShutdown()
@@ -128,7 +130,7 @@ final class Daemon: Service {
         line += configuration.readOnly ? ", read-only," : ""
         line += " on \(socket)"
         if let tcpAddress { line += " and nbd://\(tcpAddress)/\(name)" }
-        line += "; attach with: nbd-client -unix \(socket) /dev/nbd0\(nameOption) -b 4096"
+        line += "; attach with: nbd-client -unix \(socket) /dev/nbd0\(nameOption) -b \(pageSize)"
         line += " | nbdfuse DIR/disk --unix \(socket)"
         line += " | qemu -drive file=nbd+unix:///\(name)?socket=\(socket)"
         line += "; figures: znbdctl --control \(configuration.controlPath) stats"

@@ -7,7 +7,8 @@ import Foundation
 import Logging
 import NIOCore
 import ZNBDCommandLine
-import ZNBDControl
+import ZNBDControlAPI
+import ZNBDSystem
 import ZRAM
 import ZSPool
 
@@ -97,8 +98,8 @@ struct Serve: AsyncParsableCommand {
         }
         let sizeBytes = try parseSize(size, option: "--size")
         guard sizeBytes > 0 else { throw ValidationError("--size \(size): the device needs at least one 4 KiB page") }
-        guard sizeBytes % 4096 == 0 else {
-            throw ValidationError("--size \(size): \(sizeBytes) bytes is not a multiple of 4 KiB (4096 bytes)")
+        guard sizeBytes % pageSize == 0 else {
+            throw ValidationError("--size \(size): \(sizeBytes) bytes is not a multiple of 4 KiB (\(pageSize) bytes)")
         }
         guard sizeBytes <= CompressedBlockDevice.maximumByteCount else {
             throw ValidationError("--size \(size): at most \(ByteSize.format(CompressedBlockDevice.maximumByteCount))")

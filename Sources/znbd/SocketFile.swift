@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -37,14 +38,14 @@ enum SocketFile {
     }
 
     private static func makeParentDirectory(of path: String, role: String) throws(StartupError) {
-        guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return }
-        var prefix = path.hasPrefix("/") ? "" : "."
+        let directory = FilePath(path).removingLastComponent()
         // root's /run/znbd is readable by all (the sockets' own modes guard
         // them); another user's directory is private.
         let mode: mode_t = getuid() == 0 ? 0o755 : 0o700
-        for component in path[..<slash].split(separator: "/") {
-            prefix += "/" + component
-            if mkdir(prefix, mode) != 0 && Glibc.errno != EEXIST {
+        var prefix = FilePath(root: directory.root, [FilePath.Component]())
+        for component in directory.components {
+            prefix.append(component)
+            if mkdir(prefix.string, mode) != 0 && Glibc.errno != EEXIST {
                 let reason = String(cString: strerror(Glibc.errno))
                 throw StartupError(description: "\(role) \(path): cannot create directory \(prefix): \(reason)")
             }

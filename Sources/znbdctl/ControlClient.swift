@@ -21,6 +21,10 @@ struct ControlClientError: CommandLineFailure {
 
 /// One HTTP/1.1 request over the control Unix socket, answered in full.
 ///
+/// Not AsyncHTTPClient: for one request over a Unix socket it would add
+/// swift-nio-ssl, swift-nio-http2 and minutes to every build, where NIO's
+/// HTTP/1 codec (already linked) and this handler suffice.
+///
 /// The answer is gathered by a handler on the channel's event loop and
 /// handed over as bytes through a promise: no ByteBuffer leaves the loop.
 /// (A received buffer given to another thread is reused by NIO's pooled

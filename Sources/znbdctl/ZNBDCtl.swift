@@ -1,7 +1,7 @@
 import ArgumentParser
 import NIOHTTP1
 import ZNBDCommandLine
-import ZNBDControl
+import ZNBDControlAPI
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials

@@ -2,7 +2,8 @@ import Foundation
 import NBD
 import Testing
 import TestSupport
-import ZNBDControl
+import ZNBDControlAPI
+import ZNBDControlServer
 import ZRAM
 
 @Suite("Control plane without sockets: sizes, paths, routes, Prometheus text")
@@ -51,7 +52,7 @@ struct ControlEndpointTests {
         let document = try JSONDecoder().decode(StatsDocument.self, from: Data(stats.body))
         #expect(document.device.samePages == 2 && document.device.origDataSize == 8192)
         #expect(document.mmStat == document.device.mmStat && document.ioStat.count == 4)
-        #expect(document.nbd == NBDServerStatsFixture.sample)
+        #expect(document.nbd == NBDFigures(NBDServerStatsFixture.sample))
         let roundTrip = try JSONEncoder().encode(document)
         #expect(try JSONDecoder().decode(StatsDocument.self, from: roundTrip) == document)
 
@@ -85,7 +86,7 @@ struct ControlEndpointTests {
         try [UInt8](repeating: 0, count: 4096).withUnsafeBytes { try endpoint.device.write($0, at: 0) }
         var generator = SeededRandom(seed: 3)
         try generator.bytes(8192).withUnsafeBytes { try endpoint.device.write($0, at: 8192) }
-        let stats = endpoint.stats(pool: endpoint.device.pool.stats())
+        let stats = endpoint.stats(pool: endpoint.device.poolStats())
         // The kernel prints mm_stat with "%8llu %8llu %8llu %8lu %8ld %8llu %8lu %8llu %8llu\n".
         let expected = stats.mmStat.map { String(repeating: " ", count: max(0, 8 - String($0).count)) + String($0) }
             .joined(separator: " ") + "\n"
@@ -100,7 +101,8 @@ struct ControlEndpointTests {
         let row = table.last?.split(separator: " ").map(String.init) ?? []
         #expect(Array(row.prefix(7)) == ["t", "lzo", "8M", "12K", "8K", ByteSize.format(stats.device.memUsedTotal), "1.50"])
 
-        let classes = TextViews.classesTable(endpoint.device.pool.stats().classes, all: false).split(separator: "\n")
+        let classes = TextViews.classesTable(ClassesDocument(endpoint.device.poolStats()).classes, all: false)
+            .split(separator: "\n")
         #expect(classes.count == 3, "header, the huge class in use, the totals: \(classes)")
         #expect(classes.last?.hasPrefix("Total") == true)
     }
@@ -131,11 +133,7 @@ struct ControlEndpointTests {
 }
 
 enum NBDServerStatsFixture {
-    static let sample: NBDServerStats = {
-        let json = """
-            {"connections_open": 1, "connections_total": 3, "protocol_errors": 0,
-             "commands": {"write": {"requests": 5, "bytes": 20480, "errors": {"ENOSPC": 2}}}}
-            """
-        return try! JSONDecoder().decode(NBDServerStats.self, from: Data(json.utf8))
-    }()
+    static let sample = NBDServerStats(
+        connectionsOpen: 1, connectionsTotal: 3, protocolErrors: 0,
+        commands: ["write": .init(requests: 5, bytes: 20480, errors: ["ENOSPC": 2])])
 }

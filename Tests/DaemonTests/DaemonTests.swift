@@ -3,7 +3,7 @@ import NBD
 import PageCodec
 import Testing
 import TestSupport
-import ZNBDControl
+import ZNBDControlAPI
 
 /// Known data for the figures test: zero pages, English-like text, random bytes.
 struct KnownData {

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import TestSupport
-import ZNBDControl
+import ZNBDControlAPI
 
 /// What the end-to-end tests need from the machine, or the one line that
 /// says what is missing (the tests are then skipped, never passed).

@@ -4,7 +4,7 @@ import Foundation
 import NBD
 import Testing
 import TestSupport
-import ZNBDSync
+import ZNBDSystem
 import ZRAM
 
 @Suite("NBD through libnbd and the Debian tools", .serialized)

@@ -1,7 +1,7 @@
 import Dispatch
 import PageCodec
 import Synchronization
-import ZNBDSync
+import ZNBDSystem
 import Testing
 import TestSupport
 

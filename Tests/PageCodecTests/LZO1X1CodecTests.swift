@@ -1,5 +1,6 @@
 import Foundation
 import PageCodec
+import ZNBDSystem
 import Testing
 import TestSupport
 

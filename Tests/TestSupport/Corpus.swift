@@ -1,4 +1,5 @@
 public import Foundation
+public import ZNBDSystem
 
 /// Real-world test data: the first bytes of a tar stream of the system's own
 /// libraries, documentation and programs, the mix of text, code and binary
@@ -44,7 +45,7 @@ public enum Corpus {
     }
 
     /// The first `count` pages of the corpus, as one flat byte array.
-    public static func pages(_ count: Int, pageSize: Int = 4096) throws -> PageArray {
+    public static func pages(_ count: Int, pageSize: Int = ZNBDSystem.pageSize) throws -> PageArray {
         let url = try file(byteCount: count * pageSize)
         return PageArray(bytes: [UInt8](try Data(contentsOf: url)), pageSize: pageSize)
     }
@@ -55,7 +56,7 @@ public struct PageArray: Sendable {
     public let bytes: [UInt8]
     public let pageSize: Int
 
-    public init(bytes: [UInt8], pageSize: Int = 4096) {
+    public init(bytes: [UInt8], pageSize: Int = ZNBDSystem.pageSize) {
         precondition(bytes.count % pageSize == 0)
         self.bytes = bytes
         self.pageSize = pageSize

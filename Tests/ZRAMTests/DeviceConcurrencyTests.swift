@@ -3,7 +3,7 @@ import Foundation
 import Synchronization
 import Testing
 import TestSupport
-import ZNBDSync
+import ZNBDSystem
 @testable import ZRAM
 
 @Suite("ZRAM under concurrency, compaction and migration", .serialized)

@@ -1,7 +1,7 @@
 import Dispatch
 import Foundation
 import Synchronization
-import ZNBDSync
+import ZNBDSystem
 import Testing
 import TestSupport
 @testable import ZSPool

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import PageCodec
+import ZNBDSystem
 
 /// The same loop as tools/lzo-bench.c, through `LZO1X1Codec`: compress every
 /// page of the corpus, then decompress each and compare it with the original;

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import PageCodec
+import ZNBDSystem
 import ZRAM
 
 /// The corpus, shared read-only by benchmark threads.

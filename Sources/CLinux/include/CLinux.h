@@ -1,9 +1,39 @@
-// CLinux: the few glibc calls Swift's Glibc module does not export because
-// they need _GNU_SOURCE.
+// CLinux: the few glibc and kernel interfaces Swift's Glibc module does not
+// export (they need _GNU_SOURCE, are variadic, or are newer than glibc's
+// headers), and the per-thread state that the lock-order checker keeps.
+// Every symbol is prefixed clinux_.
 #ifndef ZNBD_CLINUX_H
 #define ZNBD_CLINUX_H
 
+#include <stdint.h>
+
 /// The CPU the calling thread runs on now (sched_getcpu), or -1.
 int clinux_current_cpu(void);
+
+// MARK: Lock-order checking (ZNBDSystem's LockOrder, in checked builds)
+//
+// Each thread keeps a stack of the checked locks it holds: level, rank and
+// identity. The Swift side decides what is allowed; this only stores.
+
+/// Most checked locks one thread may hold at once (the pool's validator
+/// holds every class lock).
+#define CLINUX_LOCKDEP_DEPTH 512
+
+typedef struct {
+    uint8_t level;
+    int32_t rank;
+    uintptr_t identity;
+} clinux_held_lock;
+
+/// The calling thread's held locks, oldest first, and their count.
+const clinux_held_lock *clinux_lockdep_held(int *count);
+
+/// Records a lock the calling thread now holds; returns 0, or -1 when the
+/// stack is full.
+int clinux_lockdep_push(uint8_t level, int32_t rank, uintptr_t identity);
+
+/// Forgets the most recent record of `identity`; returns 0, or -1 when the
+/// thread holds no such lock.
+int clinux_lockdep_remove(uintptr_t identity);
 
 #endif

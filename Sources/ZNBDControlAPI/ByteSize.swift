@@ -3,6 +3,8 @@
 public enum ByteSize {
     public struct ParseError: Error, CustomStringConvertible, Equatable {
         public let description: String
+
+        package init(description: String) { self.description = description }
     }
 
     private static let units: [(suffix: Character, shift: Int)] = [("K", 10), ("M", 20), ("G", 30), ("T", 40)]
@@ -58,7 +60,7 @@ public enum ByteSize {
 }
 
 extension String {
-    func trimmingWhitespace() -> Substring {
+    package func trimmingWhitespace() -> Substring {
         let start = firstIndex { !$0.isWhitespace } ?? endIndex
         let end = lastIndex { !$0.isWhitespace }.map(index(after:)) ?? start
         return self[start..<end]

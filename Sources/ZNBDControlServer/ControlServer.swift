@@ -1,7 +1,8 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import ZNBDSync
+import ZNBDControlAPI
 
 /// Serves a ControlEndpoint as HTTP/1.1 on a Unix socket (so that
 /// `curl --unix-socket PATH http://localhost/v1/stats` works).
@@ -18,7 +19,7 @@ public final class ControlServer: Sendable {
     public let socketPath: String
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private let worker = NIOThreadPool(numberOfThreads: 1)
-    private let listener = Locked<(any Channel)?>(nil)
+    private let listener = NIOLockedValueBox<(any Channel)?>(nil)
 
     public init(endpoint: ControlEndpoint, socketPath: String) {
         self.endpoint = endpoint
@@ -40,13 +41,13 @@ public final class ControlServer: Sendable {
                 }
             }
             .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true).get()
-        listener.withLock { $0 = channel }
+        listener.withLockedValue { $0 = channel }
     }
 
     /// Stops listening, then stops the threads (a request in progress is
     /// cut off: the control plane holds no data).
     public func shutdown() async {
-        let channel = listener.withLock { $0 }
+        let channel = listener.withLockedValue { $0 }
         try? await channel?.close()
         try? await worker.shutdownGracefully()
         try? await group.shutdownGracefully()

@@ -1,7 +1,12 @@
-public import ZSPool
+public import ZNBDControlAPI
 
 /// Prometheus text exposition format 0.0.4, the format node_exporter serves:
 /// per metric family one `# HELP` and one `# TYPE` line, then its samples.
+///
+/// Not swift-prometheus: its registry keeps live metric objects that code
+/// updates as events happen, while znbd's figures are snapshots read at
+/// scrape time; a registry rebuilt per scrape would print this same text.
+/// The tests parse the output with Debian's python3-prometheus-client.
 public struct PrometheusExposition {
     public enum MetricType: String {
         case counter, gauge
@@ -43,7 +48,7 @@ extension PrometheusExposition {
     /// GET /metrics: the figures of /v1/stats, the class table and the frame
     /// map, named znbd_*, byte figures in bytes (the _bytes suffix), running
     /// counts as counters (_total).
-    public static func render(stats: StatsDocument, pool: ZSPoolStats) -> String {
+    public static func render(stats: StatsDocument, classes: ClassesDocument, frames: FramesDocument) -> String {
         var out = PrometheusExposition()
         let device = stats.device
         out.family("znbd_disksize_bytes", .gauge, help: "Size of the device (zram disksize).", value: device.diskSize)
@@ -82,12 +87,14 @@ extension PrometheusExposition {
         ])
         out.family("process_resident_memory_bytes", .gauge, help: "Resident memory of the znbd process.",
                    value: stats.rssBytes)
-        renderPool(stats.pool, pool, into: &out)
+        renderPool(stats.pool, classes: classes, frames: frames, into: &out)
         renderNBD(stats, into: &out)
         return out.text
     }
 
-    private static func renderPool(_ summary: PoolSummary, _ pool: ZSPoolStats, into out: inout PrometheusExposition) {
+    private static func renderPool(
+        _ summary: PoolSummary, classes: ClassesDocument, frames: FramesDocument, into out: inout PrometheusExposition
+    ) {
         out.family("znbd_pool_frames_used", .gauge, help: "4 KiB arena frames holding zspages.", value: summary.framesUsed)
         out.family("znbd_pool_frames_resident", .gauge, help: "Arena frames of resident 2 MiB blocks, used or not.",
                    value: summary.framesResident)
@@ -103,9 +110,9 @@ extension PrometheusExposition {
                    value: summary.framesMigrated)
         out.family("znbd_pool_invalid_frees_total", .counter, help: "Frees of handles that were not live.",
                    value: summary.invalidFrees)
-        let classes = pool.classes.filter { $0.zspages > 0 }
-        func perClass(_ value: (ZSPoolStats.ClassStats) -> Int) -> [(labels: [(String, String)], value: Int)] {
-            classes.map { ([("class", "\($0.index)"), ("size", "\($0.size)")], value($0)) }
+        let inUse = classes.classes.filter { $0.zspages > 0 }
+        func perClass(_ value: (ClassFigures) -> Int) -> [(labels: [(String, String)], value: Int)] {
+            inUse.map { ([("class", "\($0.index)"), ("size", "\($0.size)")], value($0)) }
         }
         out.family("znbd_pool_class_zspages", .gauge, help: "zspages per size class (classes in use).",
                    samples: perClass(\.zspages))
@@ -114,10 +121,10 @@ extension PrometheusExposition {
         out.family("znbd_pool_class_objects_allocated", .gauge, help: "Object slots per size class (classes in use).",
                    samples: perClass(\.objectsAllocated))
         out.family("znbd_pool_free_runs", .gauge, help: "Free runs of resident frames by buddy order (buddyinfo).",
-                   samples: pool.freeRunsByOrder.enumerated().map { ([("order", "\($0.offset)")], $0.element) })
+                   samples: frames.freeRunsByOrder.enumerated().map { ([("order", "\($0.offset)")], $0.element) })
         out.family("znbd_pool_blocks_by_occupancy", .gauge,
                    help: "Resident blocks by used frames, in eighths (0 = empty, 8 = more than 7/8).",
-                   samples: pool.blockOccupancy.enumerated().map { ([("eighths", "\($0.offset)")], $0.element) })
+                   samples: frames.blockOccupancy.enumerated().map { ([("eighths", "\($0.offset)")], $0.element) })
     }
 
     private static func renderNBD(_ stats: StatsDocument, into out: inout PrometheusExposition) {

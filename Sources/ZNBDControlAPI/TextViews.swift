@@ -1,5 +1,3 @@
-public import ZSPool
-
 /// The documents as znbdctl prints them for people (and, for mm_stat, for
 /// scripts written against /sys/block/zramN/mm_stat).
 public enum TextViews {
@@ -26,7 +24,7 @@ public enum TextViews {
 
     /// zsmalloc's classes file: one row per class in use (every class with
     /// `all`), then the totals.
-    public static func classesTable(_ classes: [ZSPoolStats.ClassStats], all: Bool) -> String {
+    public static func classesTable(_ classes: [ClassFigures], all: Bool) -> String {
         let header = ["class", "size", "huge", "frames/zspage", "objs/zspage", "zspages", "almost_empty", "almost_full",
                       "full", "obj_allocated", "obj_used", "frames_used", "freeable"]
         var rows = [header]
@@ -68,12 +66,12 @@ public enum TextViews {
         let compaction = result.compaction
         let defragmentation = result.defragmentation
         var text = "compaction: \(compaction.framesFreed) frames freed"
-        text += " (\(ByteSize.format(compaction.framesFreed * ZSPool.frameSize))),"
+        text += " (\(ByteSize.format(compaction.framesFreed * result.frameSize))),"
         text += " \(compaction.objectsMoved) objects moved (\(ByteSize.format(compaction.bytesMoved)))"
         if compaction.objectsSkipped > 0 { text += ", \(compaction.objectsSkipped) busy objects left" }
         text += "\ndefragmentation: \(defragmentation.framesMigrated) frames migrated,"
         text += " \(defragmentation.blocksReleased) blocks released"
-        text += " (\(ByteSize.format(defragmentation.blocksReleased * ZSPool.blockSize)))"
+        text += " (\(ByteSize.format(defragmentation.blocksReleased * result.blockSize)))"
         if defragmentation.framesSkipped > 0 { text += ", \(defragmentation.framesSkipped) busy frames left" }
         text += "\nmem_used_total \(ByteSize.format(result.memUsedTotalBefore)) -> \(ByteSize.format(result.memUsedTotalAfter)),"
         text += " RSS \(ByteSize.format(result.rssBytesBefore)) -> \(ByteSize.format(result.rssBytesAfter))\n"

@@ -4,6 +4,8 @@ import FoundationEssentials
 import Foundation
 #endif
 public import NBD
+public import ZNBDControlAPI
+import ZNBDSystem
 public import ZRAM
 public import ZSPool
 
@@ -77,11 +79,11 @@ public final class ControlEndpoint: Sendable {
         }
         switch (request.method, request.path) {
         case ("GET", "/v1/stats"):
-            return Self.document(stats(pool: device.pool.stats()))
+            return Self.document(stats(pool: device.poolStats()))
         case ("GET", "/v1/classes"):
-            return Self.document(ClassesDocument(classes: device.pool.stats().classes))
+            return Self.document(ClassesDocument(device.poolStats()))
         case ("GET", "/v1/frames"):
-            return Self.document(FramesDocument(device.pool.stats()))
+            return Self.document(FramesDocument(device.poolStats()))
         case ("POST", "/v1/compact"):
             return Self.document(compact())
         case ("GET", "/v1/mem-limit"):
@@ -89,8 +91,9 @@ public final class ControlEndpoint: Sendable {
         case ("PUT", "/v1/mem-limit"):
             return setMemLimit(body: request.body)
         default:  // GET /metrics
-            let pool = device.pool.stats()
-            let text = PrometheusExposition.render(stats: stats(pool: pool), pool: pool)
+            let pool = device.poolStats()
+            let text = PrometheusExposition.render(
+                stats: stats(pool: pool), classes: ClassesDocument(pool), frames: FramesDocument(pool))
             return ControlResponse(status: 200, contentType: ControlResponse.prometheusText, body: Array(text.utf8), allow: [])
         }
     }
@@ -99,17 +102,19 @@ public final class ControlEndpoint: Sendable {
     /// request, shared with /metrics' per-class figures).
     public func stats(pool: ZSPoolStats) -> StatsDocument {
         StatsDocument(
-            device: device.stats(), rssBytes: residentMemoryBytes(), export: export, pool: PoolSummary(pool),
-            nbd: nbdStats())
+            device: DeviceFigures(device.stats()), rssBytes: residentMemoryBytes(), export: export,
+            pool: PoolSummary(pool), nbd: NBDFigures(nbdStats()))
     }
 
     private func compact() -> CompactDocument {
-        let usedBefore = device.pool.usedBytes
+        let usedBefore = device.stats().memUsedTotal
         let rssBefore = residentMemoryBytes()
         let result = device.compact()
         return CompactDocument(
-            compaction: result.compaction, defragmentation: result.defragmentation, memUsedTotalBefore: usedBefore,
-            memUsedTotalAfter: device.pool.usedBytes, rssBytesBefore: rssBefore, rssBytesAfter: residentMemoryBytes())
+            compaction: CompactionFigures(result.compaction),
+            defragmentation: DefragmentationFigures(result.defragmentation), frameSize: ZSPool.frameSize,
+            blockSize: ZSPool.blockSize, memUsedTotalBefore: usedBefore, memUsedTotalAfter: device.stats().memUsedTotal,
+            rssBytesBefore: rssBefore, rssBytesAfter: residentMemoryBytes())
     }
 
     private func setMemLimit(body: [UInt8]) -> ControlResponse {

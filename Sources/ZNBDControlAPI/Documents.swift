@@ -1,15 +1,21 @@
-public import NBD
-public import ZRAM
-public import ZSPool
-
-// The JSON documents of the control endpoint, shared by the daemon that
-// writes them and znbdctl that reads them. Keys are snake_case; the device's
-// figures keep the names of the kernel's zram (mm_stat, io_stat).
+// ZNBDControlAPI: the control endpoint's wire format, and what a client
+// needs beside it. No dependency beyond the standard library, so znbdctl
+// links none of the pool, the codecs or NBD.
+//
+// THE MAP
+//   Documents.swift   the JSON documents, one per route (this file)
+//   Figures.swift     the figures inside them, with every JSON key
+//   ByteSize.swift    sizes as people type them and zramctl prints them
+//   ControlPaths.swift  default socket paths, shared by znbd and znbdctl
+//   TextViews.swift   the documents as znbdctl prints them
+//
+// Keys are snake_case; the device's figures keep the names of the kernel's
+// zram (mm_stat, io_stat).
 
 /// GET /v1/stats. The device's figures sit at the top level, under zram's
 /// names, so `jq .orig_data_size` works as a reader of mm_stat expects.
 public struct StatsDocument: Sendable, Codable, Equatable {
-    public var device: ZRAMStats
+    public var device: DeviceFigures
     /// The nine mm_stat figures in the kernel's order.
     public var mmStat: [Int]
     /// The four io_stat figures in the kernel's order.
@@ -18,10 +24,10 @@ public struct StatsDocument: Sendable, Codable, Equatable {
     public var rssBytes: Int
     public var export: ExportSummary
     public var pool: PoolSummary
-    public var nbd: NBDServerStats
+    public var nbd: NBDFigures
 
     public init(
-        device: ZRAMStats, rssBytes: Int, export: ExportSummary, pool: PoolSummary, nbd: NBDServerStats
+        device: DeviceFigures, rssBytes: Int, export: ExportSummary, pool: PoolSummary, nbd: NBDFigures
     ) {
         self.device = device
         mmStat = device.mmStat
@@ -40,14 +46,14 @@ public struct StatsDocument: Sendable, Codable, Equatable {
     }
 
     public init(from decoder: any Decoder) throws {
-        device = try ZRAMStats(from: decoder)
+        device = try DeviceFigures(from: decoder)
         let container = try decoder.container(keyedBy: CodingKeys.self)
         mmStat = try container.decode([Int].self, forKey: .mmStat)
         ioStat = try container.decode([Int].self, forKey: .ioStat)
         rssBytes = try container.decode(Int.self, forKey: .rssBytes)
         export = try container.decode(ExportSummary.self, forKey: .export)
         pool = try container.decode(PoolSummary.self, forKey: .pool)
-        nbd = try container.decode(NBDServerStats.self, forKey: .nbd)
+        nbd = try container.decode(NBDFigures.self, forKey: .nbd)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -89,74 +95,11 @@ public struct ExportSummary: Sendable, Codable, Equatable {
     }
 }
 
-/// The pool's totals (the per-class table and the frame maps have their own
-/// endpoints).
-public struct PoolSummary: Sendable, Codable, Equatable {
-    public var capacityBytes: Int
-    public var bytesUsed: Int
-    public var maximumBytesUsed: Int
-    public var framesUsed: Int
-    public var framesResident: Int
-    public var blocksResident: Int
-    public var blocksReleased: Int
-    public var blocksFaultedIn: Int
-    public var liveObjects: Int
-    public var zspages: Int
-    /// Handle table, zspage table and per-class slot tables, outside the arena.
-    public var metadataBytes: Int
-    public var objectsCompacted: Int
-    public var compactionSkips: Int
-    public var framesMigrated: Int
-    public var migrationSkips: Int
-    public var invalidFrees: Int
-    public var transparentHugePages: Bool
-
-    public init(_ stats: ZSPoolStats) {
-        capacityBytes = stats.capacityBytes
-        bytesUsed = stats.bytesUsed
-        maximumBytesUsed = stats.maximumBytesUsed
-        framesUsed = stats.framesUsed
-        framesResident = stats.framesResident
-        blocksResident = stats.blocksResident
-        blocksReleased = stats.blocksReleased
-        blocksFaultedIn = stats.blocksFaultedIn
-        liveObjects = stats.liveObjects
-        zspages = stats.classes.reduce(0) { $0 + $1.zspages }
-        metadataBytes = stats.metadataBytes
-        objectsCompacted = stats.objectsCompacted
-        compactionSkips = stats.compactionSkips
-        framesMigrated = stats.framesMigrated
-        migrationSkips = stats.migrationSkips
-        invalidFrees = stats.invalidFrees
-        transparentHugePages = stats.transparentHugePages
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case zspages
-        case capacityBytes = "capacity_bytes"
-        case bytesUsed = "bytes_used"
-        case maximumBytesUsed = "maximum_bytes_used"
-        case framesUsed = "frames_used"
-        case framesResident = "frames_resident"
-        case blocksResident = "blocks_resident"
-        case blocksReleased = "blocks_released"
-        case blocksFaultedIn = "blocks_faulted_in"
-        case liveObjects = "live_objects"
-        case metadataBytes = "metadata_bytes"
-        case objectsCompacted = "objects_compacted"
-        case compactionSkips = "compaction_skips"
-        case framesMigrated = "frames_migrated"
-        case migrationSkips = "migration_skips"
-        case invalidFrees = "invalid_frees"
-        case transparentHugePages = "transparent_huge_pages"
-    }
-}
-
 /// GET /v1/classes: zsmalloc's per-class table.
 public struct ClassesDocument: Sendable, Codable, Equatable {
-    public var classes: [ZSPoolStats.ClassStats]
+    public var classes: [ClassFigures]
 
-    public init(classes: [ZSPoolStats.ClassStats]) { self.classes = classes }
+    public init(classes: [ClassFigures]) { self.classes = classes }
 }
 
 /// GET /v1/frames: the arena's frame map, as /proc/buddyinfo and a block
@@ -174,15 +117,18 @@ public struct FramesDocument: Sendable, Codable, Equatable {
     /// (k-1)/8 and at most k/8 of the block used.
     public var blockOccupancy: [Int]
 
-    public init(_ stats: ZSPoolStats) {
-        frameSize = ZSPool.frameSize
-        blockSize = ZSPool.blockSize
-        framesUsed = stats.framesUsed
-        framesResident = stats.framesResident
-        blocksResident = stats.blocksResident
-        blocksReleased = stats.blocksReleased
-        freeRunsByOrder = stats.freeRunsByOrder
-        blockOccupancy = stats.blockOccupancy
+    public init(
+        frameSize: Int, blockSize: Int, framesUsed: Int, framesResident: Int, blocksResident: Int, blocksReleased: Int,
+        freeRunsByOrder: [Int], blockOccupancy: [Int]
+    ) {
+        self.frameSize = frameSize
+        self.blockSize = blockSize
+        self.framesUsed = framesUsed
+        self.framesResident = framesResident
+        self.blocksResident = blocksResident
+        self.blocksReleased = blocksReleased
+        self.freeRunsByOrder = freeRunsByOrder
+        self.blockOccupancy = blockOccupancy
     }
 
     enum CodingKeys: String, CodingKey {
@@ -199,19 +145,24 @@ public struct FramesDocument: Sendable, Codable, Equatable {
 
 /// POST /v1/compact: what one compaction and defragmentation pass freed.
 public struct CompactDocument: Sendable, Codable, Equatable {
-    public var compaction: CompactionResult
-    public var defragmentation: DefragmentationResult
+    public var compaction: CompactionFigures
+    public var defragmentation: DefragmentationFigures
+    /// The pool's frame and block sizes, to turn the counts into bytes.
+    public var frameSize: Int
+    public var blockSize: Int
     public var memUsedTotalBefore: Int
     public var memUsedTotalAfter: Int
     public var rssBytesBefore: Int
     public var rssBytesAfter: Int
 
     public init(
-        compaction: CompactionResult, defragmentation: DefragmentationResult, memUsedTotalBefore: Int,
-        memUsedTotalAfter: Int, rssBytesBefore: Int, rssBytesAfter: Int
+        compaction: CompactionFigures, defragmentation: DefragmentationFigures, frameSize: Int, blockSize: Int,
+        memUsedTotalBefore: Int, memUsedTotalAfter: Int, rssBytesBefore: Int, rssBytesAfter: Int
     ) {
         self.compaction = compaction
         self.defragmentation = defragmentation
+        self.frameSize = frameSize
+        self.blockSize = blockSize
         self.memUsedTotalBefore = memUsedTotalBefore
         self.memUsedTotalAfter = memUsedTotalAfter
         self.rssBytesBefore = rssBytesBefore
@@ -220,6 +171,8 @@ public struct CompactDocument: Sendable, Codable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case compaction, defragmentation
+        case frameSize = "frame_size"
+        case blockSize = "block_size"
         case memUsedTotalBefore = "mem_used_total_before"
         case memUsedTotalAfter = "mem_used_total_after"
         case rssBytesBefore = "rss_bytes_before"

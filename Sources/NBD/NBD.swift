@@ -1,0 +1,37 @@
+// NBD: the server side of the Network Block Device protocol (fixed
+// newstyle; doc/proto.md of the NetworkBlockDevice project), serving any
+// BlockDevice. It knows nothing of compression or pools.
+//
+// THE MAP
+//
+// Pure protocol code: no sockets, no threads; the tests drive it directly.
+//   Protocol.swift          the specification's numbers: magics, options,
+//                           flags, commands, reply types, errnos
+//   Export.swift            what is served: name, device, read-only, limits,
+//                           and the transmission flags that follow from them
+//   FrameParser.swift       cuts the client's bytes into handshake messages
+//                           and requests; skips payloads over the limit so
+//                           the stream stays in step
+//   Handshake.swift         option negotiation as a state machine: a message
+//                           in, reply bytes and an outcome out
+//   RequestProcessor.swift  checks one request against the export and the
+//                           session, runs it on the device, encodes the reply
+//
+// SwiftNIO: the only code that touches sockets.
+//   Server.swift            listeners (Unix socket, TCP), the event loops,
+//                           the write workers; drain and shutdown
+//   ConnectionHandler.swift one connection: parsing, dispatch, back-pressure,
+//                           replies, close
+//   ServerStats.swift       per-command counters (sharded per CPU)
+//
+// THREADS
+//   Event loops (one per core): every connection lives on one loop, which
+//   parses, negotiates, runs reads, trims, zeroes, flushes and block status
+//   on the device, and writes every reply.
+//   Write workers (an NIOThreadPool, one per core): run writes on the
+//   device, where a compressing device spends its time; the reply goes back
+//   to the connection's loop.
+//   The device's own locks are taken inside device calls, on whichever of
+//   these threads runs them (docs/ARCHITECTURE.md has the table). The
+//   server's own state is per connection, touched only on its loop; the
+//   list of channels for shutdown is behind a NIOLockedValueBox.

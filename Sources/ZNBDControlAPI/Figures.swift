@@ -1,0 +1,313 @@
+// The figures inside the control documents, with their wire names. These
+// are the only place the control API's JSON keys are spelled: the core
+// modules (ZSPool, ZRAM, NBD) keep plain Swift figures, and
+// ZNBDControlServer copies them into these, field by field, so renaming a
+// core field cannot silently rename a key.
+
+/// The device's figures, under the names the kernel's zram uses in
+/// /sys/block/zramN/mm_stat and io_stat, plus request counters.
+public struct DeviceFigures: Sendable, Codable, Equatable {
+    /// The device size in bytes (zram's disksize).
+    public var diskSize: Int
+
+    // mm_stat, in the kernel's order.
+    /// Bytes of data stored: 4096 per page that holds something, same-filled
+    /// pages included.
+    public var origDataSize: Int
+    /// Bytes of compressed data: the compressed length of each page, 4096
+    /// for each huge page, 0 for same-filled pages.
+    public var comprDataSize: Int
+    /// Bytes of pool frames in use, metadata excluded (zs_get_total_pages).
+    public var memUsedTotal: Int
+    /// The memory limit in bytes; 0 for none.
+    public var memLimit: Int
+    /// The most pool bytes ever in use.
+    public var memUsedMax: Int
+    /// Pages stored as one repeated 8-byte word, with no pool object.
+    public var samePages: Int
+    /// Pool frames freed by compaction, since start.
+    public var pagesCompacted: Int
+    /// Pages stored raw now because they did not compress.
+    public var hugePages: Int
+    /// Pages ever stored raw, since start.
+    public var hugePagesSince: Int
+
+    // io_stat, in the kernel's order.
+    /// Reads that failed: stored data that did not decompress.
+    public var failedReads: Int
+    /// Writes that failed: no space (pool full or mem_limit), or a codec error.
+    public var failedWrites: Int
+    /// Requests refused for their range or alignment.
+    public var invalidIO: Int
+    /// Page frees requested by discard, one per whole page covered.
+    public var notifyFree: Int
+
+    // Requests and bytes.
+    public var reads: Int
+    public var writes: Int
+    public var discards: Int
+    public var zeroes: Int
+    public var bytesRead: Int
+    public var bytesWritten: Int
+
+    public init(
+        diskSize: Int, origDataSize: Int, comprDataSize: Int, memUsedTotal: Int, memLimit: Int, memUsedMax: Int,
+        samePages: Int, pagesCompacted: Int, hugePages: Int, hugePagesSince: Int, failedReads: Int,
+        failedWrites: Int, invalidIO: Int, notifyFree: Int, reads: Int, writes: Int, discards: Int, zeroes: Int,
+        bytesRead: Int, bytesWritten: Int
+    ) {
+        self.diskSize = diskSize
+        self.origDataSize = origDataSize
+        self.comprDataSize = comprDataSize
+        self.memUsedTotal = memUsedTotal
+        self.memLimit = memLimit
+        self.memUsedMax = memUsedMax
+        self.samePages = samePages
+        self.pagesCompacted = pagesCompacted
+        self.hugePages = hugePages
+        self.hugePagesSince = hugePagesSince
+        self.failedReads = failedReads
+        self.failedWrites = failedWrites
+        self.invalidIO = invalidIO
+        self.notifyFree = notifyFree
+        self.reads = reads
+        self.writes = writes
+        self.discards = discards
+        self.zeroes = zeroes
+        self.bytesRead = bytesRead
+        self.bytesWritten = bytesWritten
+    }
+
+    /// The nine mm_stat figures in the kernel's order.
+    public var mmStat: [Int] {
+        [origDataSize, comprDataSize, memUsedTotal, memLimit, memUsedMax, samePages, pagesCompacted, hugePages,
+         hugePagesSince]
+    }
+
+    /// The four io_stat figures in the kernel's order.
+    public var ioStat: [Int] { [failedReads, failedWrites, invalidIO, notifyFree] }
+
+    enum CodingKeys: String, CodingKey {
+        case diskSize = "disksize"
+        case origDataSize = "orig_data_size"
+        case comprDataSize = "compr_data_size"
+        case memUsedTotal = "mem_used_total"
+        case memLimit = "mem_limit"
+        case memUsedMax = "mem_used_max"
+        case samePages = "same_pages"
+        case pagesCompacted = "pages_compacted"
+        case hugePages = "huge_pages"
+        case hugePagesSince = "huge_pages_since"
+        case failedReads = "failed_reads"
+        case failedWrites = "failed_writes"
+        case invalidIO = "invalid_io"
+        case notifyFree = "notify_free"
+        case reads, writes, discards, zeroes
+        case bytesRead = "bytes_read"
+        case bytesWritten = "bytes_written"
+    }
+}
+
+/// The pool's totals (the per-class table and the frame maps have their own
+/// documents).
+public struct PoolSummary: Sendable, Codable, Equatable {
+    public var capacityBytes: Int
+    public var bytesUsed: Int
+    public var maximumBytesUsed: Int
+    public var framesUsed: Int
+    public var framesResident: Int
+    public var blocksResident: Int
+    public var blocksReleased: Int
+    public var blocksFaultedIn: Int
+    public var liveObjects: Int
+    public var zspages: Int
+    /// Handle table, zspage table and per-class slot tables, outside the arena.
+    public var metadataBytes: Int
+    public var objectsCompacted: Int
+    public var compactionSkips: Int
+    public var framesMigrated: Int
+    public var migrationSkips: Int
+    public var invalidFrees: Int
+    public var transparentHugePages: Bool
+
+    public init(
+        capacityBytes: Int, bytesUsed: Int, maximumBytesUsed: Int, framesUsed: Int, framesResident: Int,
+        blocksResident: Int, blocksReleased: Int, blocksFaultedIn: Int, liveObjects: Int, zspages: Int,
+        metadataBytes: Int, objectsCompacted: Int, compactionSkips: Int, framesMigrated: Int, migrationSkips: Int,
+        invalidFrees: Int, transparentHugePages: Bool
+    ) {
+        self.capacityBytes = capacityBytes
+        self.bytesUsed = bytesUsed
+        self.maximumBytesUsed = maximumBytesUsed
+        self.framesUsed = framesUsed
+        self.framesResident = framesResident
+        self.blocksResident = blocksResident
+        self.blocksReleased = blocksReleased
+        self.blocksFaultedIn = blocksFaultedIn
+        self.liveObjects = liveObjects
+        self.zspages = zspages
+        self.metadataBytes = metadataBytes
+        self.objectsCompacted = objectsCompacted
+        self.compactionSkips = compactionSkips
+        self.framesMigrated = framesMigrated
+        self.migrationSkips = migrationSkips
+        self.invalidFrees = invalidFrees
+        self.transparentHugePages = transparentHugePages
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case zspages
+        case capacityBytes = "capacity_bytes"
+        case bytesUsed = "bytes_used"
+        case maximumBytesUsed = "maximum_bytes_used"
+        case framesUsed = "frames_used"
+        case framesResident = "frames_resident"
+        case blocksResident = "blocks_resident"
+        case blocksReleased = "blocks_released"
+        case blocksFaultedIn = "blocks_faulted_in"
+        case liveObjects = "live_objects"
+        case metadataBytes = "metadata_bytes"
+        case objectsCompacted = "objects_compacted"
+        case compactionSkips = "compaction_skips"
+        case framesMigrated = "frames_migrated"
+        case migrationSkips = "migration_skips"
+        case invalidFrees = "invalid_frees"
+        case transparentHugePages = "transparent_huge_pages"
+    }
+}
+
+/// One size class of the pool, as a row of zsmalloc's debugfs classes file.
+public struct ClassFigures: Sendable, Codable, Equatable {
+    public var index: Int
+    public var size: Int
+    public var framesPerZspage: Int
+    public var objectsPerZspage: Int
+    public var isHuge: Bool
+    /// zspages per fullness list: [0] empty, [1...10] in-use ratio 0-9% ...
+    /// 90-99%, [11] full.
+    public var zspagesByFullness: [Int]
+    /// The kernel's classic groups: at most 3/4 used, more, and full.
+    public var almostEmpty: Int
+    public var almostFull: Int
+    public var full: Int
+    public var zspages: Int
+    public var objectsAllocated: Int
+    public var objectsUsed: Int
+    public var framesUsed: Int
+
+    public init(
+        index: Int, size: Int, framesPerZspage: Int, objectsPerZspage: Int, isHuge: Bool, zspagesByFullness: [Int],
+        almostEmpty: Int, almostFull: Int, full: Int, zspages: Int, objectsAllocated: Int, objectsUsed: Int,
+        framesUsed: Int
+    ) {
+        self.index = index
+        self.size = size
+        self.framesPerZspage = framesPerZspage
+        self.objectsPerZspage = objectsPerZspage
+        self.isHuge = isHuge
+        self.zspagesByFullness = zspagesByFullness
+        self.almostEmpty = almostEmpty
+        self.almostFull = almostFull
+        self.full = full
+        self.zspages = zspages
+        self.objectsAllocated = objectsAllocated
+        self.objectsUsed = objectsUsed
+        self.framesUsed = framesUsed
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case index, size, zspages, full
+        case framesPerZspage = "frames_per_zspage"
+        case objectsPerZspage = "objects_per_zspage"
+        case isHuge = "huge"
+        case zspagesByFullness = "zspages_by_fullness"
+        case almostEmpty = "almost_empty"
+        case almostFull = "almost_full"
+        case objectsAllocated = "objects_allocated"
+        case objectsUsed = "objects_used"
+        case framesUsed = "frames_used"
+    }
+}
+
+/// The NBD server's figures: connections, and per command the requests,
+/// bytes and errors by errno name.
+public struct NBDFigures: Sendable, Codable, Equatable {
+    public struct CommandFigures: Sendable, Codable, Equatable {
+        public var requests: Int
+        public var bytes: Int
+        /// Errors by errno name (EINVAL, ENOSPC, …); absent names are zero.
+        public var errors: [String: Int]
+
+        public init(requests: Int, bytes: Int, errors: [String: Int]) {
+            self.requests = requests
+            self.bytes = bytes
+            self.errors = errors
+        }
+    }
+
+    public var connectionsOpen: Int
+    public var connectionsTotal: Int
+    /// Connections closed for a protocol violation (bad magic, bad flags).
+    public var protocolErrors: Int
+    /// By command name (read, write, …, and "unknown" for unknown types).
+    public var commands: [String: CommandFigures]
+
+    public init(connectionsOpen: Int, connectionsTotal: Int, protocolErrors: Int, commands: [String: CommandFigures]) {
+        self.connectionsOpen = connectionsOpen
+        self.connectionsTotal = connectionsTotal
+        self.protocolErrors = protocolErrors
+        self.commands = commands
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case connectionsOpen = "connections_open"
+        case connectionsTotal = "connections_total"
+        case protocolErrors = "protocol_errors"
+        case commands
+    }
+}
+
+/// What one compaction pass did (zs_compact).
+public struct CompactionFigures: Sendable, Codable, Equatable {
+    /// Frames given back by emptied zspages (the kernel's pages_compacted).
+    public var framesFreed: Int
+    public var objectsMoved: Int
+    /// Objects left in place because someone held their pin.
+    public var objectsSkipped: Int
+    public var bytesMoved: Int
+
+    public init(framesFreed: Int, objectsMoved: Int, objectsSkipped: Int, bytesMoved: Int) {
+        self.framesFreed = framesFreed
+        self.objectsMoved = objectsMoved
+        self.objectsSkipped = objectsSkipped
+        self.bytesMoved = bytesMoved
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case framesFreed = "frames_freed"
+        case objectsMoved = "objects_moved"
+        case objectsSkipped = "objects_skipped"
+        case bytesMoved = "bytes_moved"
+    }
+}
+
+/// What one frame-migration pass did.
+public struct DefragmentationFigures: Sendable, Codable, Equatable {
+    public var framesMigrated: Int
+    /// Frames left in place because their zspage was busy.
+    public var framesSkipped: Int
+    /// Blocks emptied and given back to the kernel.
+    public var blocksReleased: Int
+
+    public init(framesMigrated: Int, framesSkipped: Int, blocksReleased: Int) {
+        self.framesMigrated = framesMigrated
+        self.framesSkipped = framesSkipped
+        self.blocksReleased = blocksReleased
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case framesMigrated = "frames_migrated"
+        case framesSkipped = "frames_skipped"
+        case blocksReleased = "blocks_released"
+    }
+}

@@ -1,0 +1,88 @@
+public import NBD
+public import ZNBDControlAPI
+public import ZRAM
+public import ZSPool
+
+// The one place the core modules' plain figures become the control API's
+// documents: field by field, so a renamed core field is a compile error
+// here, never a silently renamed JSON key.
+
+extension DeviceFigures {
+    public init(_ stats: ZRAMStats) {
+        self.init(
+            diskSize: stats.diskSize, origDataSize: stats.origDataSize, comprDataSize: stats.comprDataSize,
+            memUsedTotal: stats.memUsedTotal, memLimit: stats.memLimit, memUsedMax: stats.memUsedMax,
+            samePages: stats.samePages, pagesCompacted: stats.pagesCompacted, hugePages: stats.hugePages,
+            hugePagesSince: stats.hugePagesSince, failedReads: stats.failedReads, failedWrites: stats.failedWrites,
+            invalidIO: stats.invalidIO, notifyFree: stats.notifyFree, reads: stats.reads, writes: stats.writes,
+            discards: stats.discards, zeroes: stats.zeroes, bytesRead: stats.bytesRead,
+            bytesWritten: stats.bytesWritten)
+    }
+}
+
+extension PoolSummary {
+    public init(_ stats: ZSPoolStats) {
+        self.init(
+            capacityBytes: stats.capacityBytes, bytesUsed: stats.bytesUsed, maximumBytesUsed: stats.maximumBytesUsed,
+            framesUsed: stats.framesUsed, framesResident: stats.framesResident, blocksResident: stats.blocksResident,
+            blocksReleased: stats.blocksReleased, blocksFaultedIn: stats.blocksFaultedIn,
+            liveObjects: stats.liveObjects, zspages: stats.classes.reduce(0) { $0 + $1.zspages },
+            metadataBytes: stats.metadataBytes, objectsCompacted: stats.objectsCompacted,
+            compactionSkips: stats.compactionSkips, framesMigrated: stats.framesMigrated,
+            migrationSkips: stats.migrationSkips, invalidFrees: stats.invalidFrees,
+            transparentHugePages: stats.transparentHugePages)
+    }
+}
+
+extension ClassFigures {
+    public init(_ stats: ZSPoolStats.ClassStats) {
+        self.init(
+            index: stats.index, size: stats.size, framesPerZspage: stats.framesPerZspage,
+            objectsPerZspage: stats.objectsPerZspage, isHuge: stats.isHuge, zspagesByFullness: stats.zspagesByFullness,
+            almostEmpty: stats.almostEmpty, almostFull: stats.almostFull, full: stats.full, zspages: stats.zspages,
+            objectsAllocated: stats.objectsAllocated, objectsUsed: stats.objectsUsed, framesUsed: stats.framesUsed)
+    }
+}
+
+extension ClassesDocument {
+    public init(_ stats: ZSPoolStats) {
+        self.init(classes: stats.classes.map(ClassFigures.init))
+    }
+}
+
+extension FramesDocument {
+    public init(_ stats: ZSPoolStats) {
+        self.init(
+            frameSize: ZSPool.frameSize, blockSize: ZSPool.blockSize, framesUsed: stats.framesUsed,
+            framesResident: stats.framesResident, blocksResident: stats.blocksResident,
+            blocksReleased: stats.blocksReleased, freeRunsByOrder: stats.freeRunsByOrder,
+            blockOccupancy: stats.blockOccupancy)
+    }
+}
+
+extension NBDFigures {
+    public init(_ stats: NBDServerStats) {
+        self.init(
+            connectionsOpen: stats.connectionsOpen, connectionsTotal: stats.connectionsTotal,
+            protocolErrors: stats.protocolErrors,
+            commands: stats.commands.mapValues {
+                CommandFigures(requests: $0.requests, bytes: $0.bytes, errors: $0.errors)
+            })
+    }
+}
+
+extension CompactionFigures {
+    public init(_ result: CompactionResult) {
+        self.init(
+            framesFreed: result.framesFreed, objectsMoved: result.objectsMoved, objectsSkipped: result.objectsSkipped,
+            bytesMoved: result.bytesMoved)
+    }
+}
+
+extension DefragmentationFigures {
+    public init(_ result: DefragmentationResult) {
+        self.init(
+            framesMigrated: result.framesMigrated, framesSkipped: result.framesSkipped,
+            blocksReleased: result.blocksReleased)
+    }
+}

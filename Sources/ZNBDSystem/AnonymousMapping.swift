@@ -1,0 +1,58 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import SystemPackage
+
+/// Memory straight from the kernel: one private anonymous mapping, owned by
+/// this value and unmapped when it goes away (the corresponding C calls are
+/// `mmap(MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)` and `munmap`).
+///
+/// Pages cost nothing until first touched, read as zeroes until written, and
+/// after `discard` read as zeroes again and cost nothing again: the pool's
+/// arena, the slot table and the plain RAM device rely on all three. The
+/// address never changes while the value lives; pointers into it must not
+/// outlive it. Not copyable: exactly one owner unmaps it.
+public struct AnonymousMapping: ~Copyable {
+    /// The first usable byte, aligned as asked.
+    public let base: UnsafeMutableRawPointer
+    /// Usable bytes from `base` (a whole number of pages).
+    public let byteCount: Int
+    private let mappingStart: UnsafeMutableRawPointer
+    private let mappingLength: Int
+
+    /// Maps `byteCount` bytes (at least one page; rounded up to whole
+    /// pages) starting at a multiple of `alignment`, a power of two no
+    /// smaller than a page. Only address space is reserved.
+    public init(byteCount: Int, alignment: Int = pageSize) throws(Errno) {
+        precondition(byteCount >= 0 && alignment >= pageSize && alignment.nonzeroBitCount == 1)
+        let usable = max(pageSize, (byteCount + pageSize - 1) & ~(pageSize - 1))
+        // Map `alignment - pageSize` more, so an aligned start fits inside.
+        let length = usable + alignment - pageSize
+        let start = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let start, start != MAP_FAILED else { throw Errno(rawValue: errno) }
+        mappingStart = start
+        mappingLength = length
+        let misalignment = Int(bitPattern: start) & (alignment - 1)
+        base = start + (misalignment == 0 ? 0 : alignment - misalignment)
+        self.byteCount = usable
+    }
+
+    deinit {
+        munmap(mappingStart, mappingLength)
+    }
+
+    /// Asks for transparent huge pages over the whole mapping
+    /// (`madvise(MADV_HUGEPAGE)`); false when the kernel refuses.
+    public func adviseHugePages() -> Bool {
+        madvise(base, byteCount, MADV_HUGEPAGE) == 0
+    }
+
+    /// Gives the pages of `offset..<offset + count` back to the kernel
+    /// (`madvise(MADV_DONTNEED)`): the process's RSS falls at once, and the
+    /// range reads as zeroes if it is touched again. Page-aligned only.
+    public func discard(offset: Int, count: Int) {
+        assert(offset >= 0 && count >= 0 && offset + count <= byteCount, "discard outside the mapping")
+        assert(offset & (pageSize - 1) == 0 && count & (pageSize - 1) == 0, "discard of a partial page")
+        _ = madvise(base + offset, count, MADV_DONTNEED)
+    }
+}

@@ -1,0 +1,103 @@
+import Synchronization
+import Testing
+import TestSupport
+import ZNBDSystem
+
+@Suite("ZNBDSystem: mappings, spin locks and the lock order")
+struct ZNBDSystemTests {
+    @Test("an anonymous mapping is aligned, reads zero, and reads zero again after discard")
+    func anonymousMapping() throws {
+        let mapping = try AnonymousMapping(byteCount: 3 * pageSize + 1, alignment: 2 << 20)
+        #expect(Int(bitPattern: mapping.base) % (2 << 20) == 0)
+        #expect(mapping.byteCount == 4 * pageSize)
+        let bytes = UnsafeMutableRawBufferPointer(start: mapping.base, count: mapping.byteCount)
+        #expect(bytes.allSatisfy { $0 == 0 })
+        bytes.initializeMemory(as: UInt8.self, repeating: 0xA5)
+        mapping.discard(offset: pageSize, count: 2 * pageSize)
+        #expect(bytes[..<pageSize].allSatisfy { $0 == 0xA5 })
+        #expect(bytes[pageSize..<(3 * pageSize)].allSatisfy { $0 == 0 })
+        #expect(bytes[(3 * pageSize)...].allSatisfy { $0 == 0xA5 })
+    }
+
+    @Test("a bit spin lock keeps the word's other bits, refuses what `admit` refuses, and excludes")
+    func bitSpinLock() {
+        let word = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: 1)
+        word.initialize(to: Atomic(0x1234))
+        defer { word.deallocate() }
+        let lock = BitSpinLock(word: word, bit: 1 << 63, level: .unchecked)
+        #expect(lock.lock() == 0x1234)
+        #expect(lock.tryLock() == nil, "held")
+        lock.unlock(storing: 0x99)
+        #expect(word.pointee.load(ordering: .relaxed) == 0x99)
+        #expect(lock.lock(admitting: { $0 != 0x99 }) == nil, "refused, nothing taken")
+        #expect(lock.tryLock() == 0x99)
+        lock.unlock()
+
+        // Two threads add under the lock, through the word's data bits.
+        runOnThreads(2) { _ in
+            for _ in 0..<100_000 {
+                let value = lock.lock()
+                lock.unlock(storing: value + 1)
+            }
+        }
+        #expect(word.pointee.load(ordering: .relaxed) == 0x99 + 200_000)
+    }
+
+    @Test("a reader/writer spin lock: readers share, the writer only tries")
+    func readerWriterSpinLock() {
+        let word = UnsafeMutablePointer<Atomic<Int32>>.allocate(capacity: 1)
+        word.initialize(to: Atomic(0))
+        defer { word.deallocate() }
+        let lock = ReaderWriterSpinLock(word: word, level: .unchecked)
+        lock.lockShared()
+        lock.lockShared()
+        #expect(!lock.tryLockExclusive())
+        lock.unlockShared()
+        lock.unlockShared()
+        #expect(lock.tryLockExclusive())
+        #expect(!lock.tryLockExclusive())
+        lock.unlockExclusive()
+        #expect(word.pointee.load(ordering: .relaxed) == 0)
+    }
+
+    @Test("the lock order allows waits downwards, tries anywhere, and ranked nesting")
+    func lockOrderAllows() {
+        let slot = Locked(0, level: .slot)
+        let sizeClass = Locked(0, level: .sizeClass)
+        let arena = Locked(0, level: .arena)
+        let first = Locked(0, level: .sizeClass, rank: 1)
+        let second = Locked(0, level: .sizeClass, rank: 2)
+        slot.withLock { _ in sizeClass.withLock { _ in arena.withLock { _ in } } }
+        first.withLock(ordered: true) { _ in second.withLock(ordered: true) { _ in } }
+        // A try of a lower level never waits, so it is allowed.
+        let word = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: 1)
+        word.initialize(to: Atomic(0))
+        defer { word.deallocate() }
+        let pin = BitSpinLock(word: word, bit: 1, level: .pin)
+        arena.withLock { _ in
+            #expect(pin.tryLock() != nil)
+            #expect(LockOrder.heldCount == (LockOrder.isChecking ? 2 : 0))
+            pin.unlock()
+        }
+        #expect(LockOrder.heldCount == 0)
+    }
+
+    @Test("waiting for a lock above one held traps in checked builds", .enabled(if: LockOrder.isChecking))
+    func lockOrderTraps() async {
+        await #expect(processExitsWith: .failure) {
+            let sizeClass = Locked(0, level: .sizeClass)
+            let slot = Locked(0, level: .slot)
+            sizeClass.withLock { _ in slot.withLock { _ in } }
+        }
+        await #expect(processExitsWith: .failure) {
+            let first = Locked(0, level: .sizeClass, rank: 1)
+            let second = Locked(0, level: .sizeClass, rank: 2)
+            first.withLock { _ in second.withLock { _ in } }  // same level, not ordered
+        }
+        await #expect(processExitsWith: .failure) {
+            let word = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: 1)
+            word.initialize(to: Atomic(0))
+            BitSpinLock(word: word, bit: 1, level: .pin).unlock()  // never taken
+        }
+    }
+}

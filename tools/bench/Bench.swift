@@ -1,0 +1,97 @@
+// znbd-bench: the project's benchmarks (never timed assertions in tests).
+//
+//   znbd-bench codec CORPUS_FILE [PASSES]
+//   znbd-bench pool [OPERATIONS_PER_THREAD]
+//   znbd-bench device CORPUS_FILE [ROUNDS]
+//   znbd-bench serve memory|zram SOCKET MIB [WORKERS]
+//
+// Each prints machine-readable lines; the tools/bench-* scripts run them
+// beside their peers in the same run and compute the ratios.
+
+import ArgumentParser
+
+@main
+struct ZNBDBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "znbd-bench",
+        abstract: "znbd's benchmarks; the tools/bench-* scripts run them beside their peers.",
+        subcommands: [Codec.self, Pool.self, Device.self, Serve.self])
+}
+
+extension ZNBDBench {
+    struct Codec: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "LZO1X-1 through the Swift codec: compress and decompress-and-compare every page of a corpus.")
+
+        @Argument(help: "A file of whole pages (tools/corpus builds one).")
+        var corpus: String
+
+        @Argument(help: "Passes per run; the best is reported.")
+        var passes = 5
+
+        func validate() throws {
+            guard passes > 0 else { throw ValidationError("PASSES must be positive") }
+        }
+
+        func run() { runCodecBenchmark(corpusPath: corpus, passes: passes) }
+    }
+
+    struct Pool: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "ZSPool allocate+write+free and read beside malloc, then compaction and migration.")
+
+        @Argument(help: "Operations per thread.")
+        var operationsPerThread = 2_000_000
+
+        func validate() throws {
+            guard operationsPerThread > 0 else { throw ValidationError("OPERATIONS_PER_THREAD must be positive") }
+        }
+
+        func run() { runPoolBenchmark(operationsPerThread: operationsPerThread) }
+    }
+
+    struct Device: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "CompressedBlockDevice writes, overwrites and reads beside the codec alone.")
+
+        @Argument(help: "A file of whole pages (tools/corpus builds one).")
+        var corpus: String
+
+        @Argument(help: "Rounds; the best is reported.")
+        var rounds = 3
+
+        func validate() throws {
+            guard rounds > 0 else { throw ValidationError("ROUNDS must be positive") }
+        }
+
+        func run() { runDeviceBenchmark(corpusPath: corpus, rounds: rounds) }
+    }
+
+    struct Serve: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Serve a plain RAM device (memory) or the compressed one (zram) over NBD until killed.")
+
+        enum Kind: String, ExpressibleByArgument, CaseIterable {
+            case memory, zram
+        }
+
+        @Argument(help: "memory or zram.")
+        var kind: Kind
+
+        @Argument(help: "The Unix socket to listen on.")
+        var socket: String
+
+        @Argument(help: "Device size in MiB.")
+        var mebibytes: Int
+
+        @Argument(help: "Threads that run writes; 0 runs them on the event loop.")
+        var workers = 2
+
+        func validate() throws {
+            guard mebibytes > 0 else { throw ValidationError("MIB must be positive") }
+            guard workers >= 0 else { throw ValidationError("WORKERS must be 0 or more") }
+        }
+
+        func run() { runServe(kind: kind.rawValue, socketPath: socket, mebibytes: mebibytes, workers: workers) }
+    }
+}
