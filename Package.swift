@@ -164,8 +164,9 @@ let package = Package(
         .testTarget(
             name: "NBDTests",
             dependencies: [
-                "NBD", "BlockDevice", "ZRAM", "TestSupport", "ZNBDSystem",
+                "NBD", "BlockDevice", "ZRAM", "TestSupport", "ZNBDSystem", "ZNBDControlAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             swiftSettings: strictSwift
         ),

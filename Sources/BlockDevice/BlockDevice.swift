@@ -1,17 +1,18 @@
 // BlockDevice: the contract between a device (ZRAM's compressed disk, or the
 // plain MemoryBlockDevice) and whoever serves it (the NBD server).
 //
-// Offsets and lengths are in bytes. A device checks every request against its
-// size and its sector size and answers with a BlockDeviceError, never a trap:
-// requests come straight from the network.
+// Offsets and lengths are in bytes, at any alignment: a device serves a range
+// that is not a multiple of its sector size (reading and patching the pages
+// at the edges). Whoever serves it decides what to ask of clients (NBD
+// enforces the sector size on clients that agreed to block sizes). A device
+// checks every request against its size and answers with a BlockDeviceError,
+// never a trap: requests come straight from the network.
 
 /// Why a device refused a request. The NBD layer maps each case to the errno
 /// the protocol carries.
 public enum BlockDeviceError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The range ends past the device (EINVAL for reads, ENOSPC for writes).
     case outOfRange(offset: Int, length: Int, deviceSize: Int)
-    /// Offset or length is not a multiple of the sector size (EINVAL).
-    case misaligned(offset: Int, length: Int, sectorSize: Int)
     /// The device has no memory left for the data: a full pool or its limit
     /// (ENOSPC). Nothing was changed.
     case noSpace
@@ -22,8 +23,6 @@ public enum BlockDeviceError: Error, Equatable, Sendable, CustomStringConvertibl
         switch self {
         case .outOfRange(let offset, let length, let size):
             "range \(offset)+\(length) ends past the device (\(size) bytes)"
-        case .misaligned(let offset, let length, let sector):
-            "range \(offset)+\(length) is not aligned to \(sector)-byte sectors"
         case .noSpace: "no space left in the device's memory"
         case .ioError(let why): "I/O error: \(why)"
         }
@@ -59,7 +58,8 @@ public struct AllocationExtent: Sendable, Equatable {
 public protocol BlockDevice: AnyObject, Sendable {
     /// The device size in bytes.
     var byteCount: Int { get }
-    /// The smallest unit of I/O; offsets and lengths are multiples of it.
+    /// The unit clients are asked to align to (NBD's minimum block size).
+    /// The device itself serves any byte range.
     var sectorSize: Int { get }
     /// The unit the device stores; I/O aligned to it avoids read-modify-write.
     var preferredBlockSize: Int { get }
@@ -78,19 +78,21 @@ public protocol BlockDevice: AnyObject, Sendable {
     /// may end before `offset + length`.
     func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError)
         -> [AllocationExtent]
+    /// Counts a request its server refused before calling the device, for
+    /// its range or its alignment (zram's invalid_io). Does nothing unless
+    /// the device keeps such a figure.
+    func recordInvalidRequest()
 }
 
 extension BlockDevice {
-    /// Checks that `offset..<offset+length` lies inside the device and on
-    /// sector boundaries.
+    /// Checks that `offset..<offset+length` lies inside the device.
     public func validateRange(offset: Int, length: Int) throws(BlockDeviceError) {
         guard offset >= 0, length >= 0, offset <= byteCount, length <= byteCount - offset else {
             throw .outOfRange(offset: offset, length: length, deviceSize: byteCount)
         }
-        guard offset % sectorSize == 0, length % sectorSize == 0 else {
-            throw .misaligned(offset: offset, length: length, sectorSize: sectorSize)
-        }
     }
+
+    public func recordInvalidRequest() {}
 }
 
 /// The extents of `offset..<offset+length` for a device that knows the

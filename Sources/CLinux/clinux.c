@@ -1,9 +1,14 @@
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <sched.h>
 #include <string.h>
 #include "CLinux.h"
 
 int clinux_current_cpu(void) { return sched_getcpu(); }
+
+int clinux_malloc_map_at_least(size_t bytes) { return mallopt(M_MMAP_THRESHOLD, (int)bytes); }
+
+int clinux_malloc_trim(void) { return malloc_trim(0); }
 
 static __thread clinux_held_lock clinux_held_locks[CLINUX_LOCKDEP_DEPTH];
 static __thread int clinux_held_count;

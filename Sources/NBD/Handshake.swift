@@ -6,6 +6,9 @@ public struct NBDSession: Sendable, Equatable {
     public var structuredReplies = false
     /// base:allocation was selected by NBD_OPT_SET_META_CONTEXT.
     public var allocationContext = false
+    /// The client asked for NBD_INFO_BLOCK_SIZE in NBD_OPT_GO, and so agreed
+    /// to the export's block sizes; otherwise the minimum block size is 1.
+    public var blockSizesAgreed = false
 
     public init() {}
 }
@@ -132,6 +135,8 @@ public struct NBDHandshake: Sendable {
         }
         var requested: Set<UInt16> = []
         for _ in 0..<count { requested.insert(data.readInteger(as: UInt16.self)!) }
+        // Only GO binds the client to the sizes; INFO lets it look first.
+        let agreesToBlockSizes = option == .go && requested.contains(NBDInfo.blockSize.rawValue)
 
         var info = ByteBuffer()
         info.writeInteger(NBDInfo.export.rawValue)
@@ -150,8 +155,8 @@ public struct NBDHandshake: Sendable {
             info.writeString(export.description)
             Self.reply(code, .info, payload: info, into: &output)
         }
-        // Block sizes always: the 512-byte minimum is a constraint a client
-        // that did not ask must still learn of.
+        // Block sizes always: a client that did not ask may still use them
+        // as hints, though only one that asked is held to them.
         info.clear()
         info.writeInteger(NBDInfo.blockSize.rawValue)
         info.writeInteger(UInt32(export.minimumBlockSize))
@@ -159,7 +164,9 @@ public struct NBDHandshake: Sendable {
         info.writeInteger(UInt32(export.maximumPayload))
         Self.reply(code, .info, payload: info, into: &output)
         Self.reply(code, .ack, into: &output)
-        return option == .go ? .transmission(session) : .proceed
+        guard option == .go else { return .proceed }
+        session.blockSizesAgreed = agreesToBlockSizes
+        return .transmission(session)
     }
 
     private mutating func metaContext(_ option: NBDOption, data: inout ByteBuffer, into output: inout ByteBuffer) {

@@ -22,15 +22,21 @@
 //                           the write workers; drain and shutdown
 //   ConnectionHandler.swift one connection: parsing, dispatch, back-pressure,
 //                           replies, close
+//   InFlightBudget.swift    the bytes all connections may hold at once
 //   ServerStats.swift       per-command counters (sharded per CPU)
 //
 // THREADS
 //   Event loops (one per core): every connection lives on one loop, which
-//   parses, negotiates, runs reads, trims, zeroes, flushes and block status
-//   on the device, and writes every reply.
-//   Write workers (an NIOThreadPool, one per core): run writes on the
-//   device, where a compressing device spends its time; the reply goes back
-//   to the connection's loop.
+//   parses, negotiates, runs small reads, trims, zeroings, flushes and block
+//   status on the device, and writes every reply.
+//   Workers (an NIOThreadPool, one per core): run writes (where a
+//   compressing device spends its time) and any request over the inline
+//   limit; the reply goes back to the connection's loop.
+//
+// MEMORY
+//   A request counts against its connection's budget and the server's from
+//   parsing until its reply has been handed to the socket, so a client that
+//   stops reading stops being read from; ConnectionHandler.swift says how.
 //   The device's own locks are taken inside device calls, on whichever of
 //   these threads runs them (docs/ARCHITECTURE.md has the table). The
 //   server's own state is per connection, touched only on its loop; the

@@ -1,14 +1,39 @@
 import BlockDevice
 public import NIOCore
 
+/// The bytes that answer one request: `head` (a simple reply, or structured
+/// reply chunks), then for a large read its data in a buffer of its own.
+/// NIO rounds a buffer's capacity up to a power of two, so a 32 MiB read
+/// with its header in one buffer would reserve 64 MiB; apart, the data
+/// buffer is exactly 32 MiB and nothing is copied.
+public struct NBDReply: Sendable {
+    public var head: ByteBuffer
+    public var data: ByteBuffer?
+
+    public init(head: ByteBuffer, data: ByteBuffer? = nil) {
+        self.head = head
+        self.data = data
+    }
+
+    /// Bytes on the wire.
+    public var byteCount: Int { head.readableBytes + (data?.readableBytes ?? 0) }
+}
+
 /// Checks one transmission request against the export and the session, runs
 /// it on the device, and encodes its reply. Pure apart from the device:
 /// safe to call from any thread, and testable without sockets.
+///
+/// Alignment: a client that asked for NBD_INFO_BLOCK_SIZE in NBD_OPT_GO has
+/// agreed to the export's minimum block size (512), and misaligned requests
+/// get EINVAL; any other client (NBD_OPT_EXPORT_NAME, or GO without that
+/// request) gets the specification's default, a minimum block size of 1.
 public struct NBDRequestProcessor: Sendable {
     public let export: NBDExport
     public let session: NBDSession
     /// The most block-status descriptors one reply carries.
     public static let maximumExtents = 8_192
+    /// Reads from this size up send their data in a buffer of its own.
+    static let separateDataThreshold = 64 << 10
 
     public init(export: NBDExport, session: NBDSession) {
         self.export = export
@@ -23,15 +48,30 @@ public struct NBDRequestProcessor: Sendable {
         public var bytes: Int
     }
 
-    /// Runs `request` and returns the reply bytes to send.
-    public func process(_ request: NBDRequest, allocator: ByteBufferAllocator) -> (reply: ByteBuffer, outcome: Outcome) {
+    /// The most bytes the reply to `request` can take, for back-pressure:
+    /// a read's data, a write's payload (held until the write is done),
+    /// block status at its most descriptors, a header for the rest.
+    public static func replyBudget(for request: NBDRequest) -> Int {
+        let header = 32
+        switch NBDCommand(rawValue: request.type) {
+        case .read, .write: return header + Int(request.length)
+        case .blockStatus: return header + 8 * min(maximumExtents, Int(request.length) / 512 + 1)
+        default: return header
+        }
+    }
+
+    /// Runs `request` and returns the reply to send.
+    public func process(_ request: NBDRequest, allocator: ByteBufferAllocator) -> (reply: NBDReply, outcome: Outcome) {
         let command = NBDCommand(rawValue: request.type)
         var outcome = Outcome(command: command, error: nil, bytes: 0)
         if let error = validate(request, command: command) {
             outcome.error = error
-            return (errorReply(request, error, command: command, allocator: allocator), outcome)
+            return (NBDReply(head: errorReply(request, error, command: command, allocator: allocator)), outcome)
         }
-        let offset = Int(request.offset)
+        // Clamped: FLUSH and DISC are not range-checked, and their offset
+        // (reserved, meant to be zero) may be any 64-bit value. Every command
+        // that uses it passed the range check, so it fits.
+        let offset = Int(clamping: request.offset)
         let length = Int(request.length)
         let device = export.device
         do throws(BlockDeviceError) {
@@ -60,7 +100,7 @@ public struct NBDRequestProcessor: Sendable {
                 // Everything is in RAM already.
                 break
             case .blockStatus:
-                return (try blockStatusReply(request, allocator: allocator), outcome)
+                return (NBDReply(head: try blockStatusReply(request, allocator: allocator)), outcome)
             case .disconnect:
                 break
             }
@@ -68,12 +108,14 @@ public struct NBDRequestProcessor: Sendable {
             let code = Self.errno(for: error, command: command!)
             outcome.error = code
             outcome.bytes = 0
-            return (errorReply(request, code, command: command, allocator: allocator), outcome)
+            return (NBDReply(head: errorReply(request, code, command: command, allocator: allocator)), outcome)
         }
-        return (simpleReply(request.cookie, error: nil, allocator: allocator), outcome)
+        return (NBDReply(head: simpleReply(request.cookie, error: nil, allocator: allocator)), outcome)
     }
 
-    /// The protocol's checks, before the device sees anything.
+    /// The protocol's checks, before the device sees anything. A refusal for
+    /// the request's range, size or alignment is counted by the device as
+    /// invalid I/O.
     func validate(_ request: NBDRequest, command: NBDCommand?) -> NBDError? {
         guard let command else { return .einval }
         guard request.flags & ~NBDCommandFlag.known == 0 else { return .einval }
@@ -86,7 +128,10 @@ public struct NBDRequestProcessor: Sendable {
         default: allowed = 0
         }
         guard request.flags & ~(allowed | NBDCommandFlag.fua) == 0 else { return .einval }
-        if request.payloadDropped { return .einval }
+        if request.payloadDropped {
+            export.device.recordInvalidRequest()
+            return .einval
+        }
         switch command {
         case .flush, .disconnect:
             return nil
@@ -95,15 +140,26 @@ public struct NBDRequestProcessor: Sendable {
         case .read, .cache, .blockStatus:
             break
         }
+        if command == .blockStatus, !(session.structuredReplies && session.allocationContext) { return .einval }
+        if let refusal = rangeRefusal(request, command: command) {
+            export.device.recordInvalidRequest()
+            return refusal
+        }
+        // Zero-length block status has no descriptor to answer with (each
+        // must be nonzero): refused, the connection goes on.
+        if command == .blockStatus, request.length == 0 { return .einval }
+        return nil
+    }
+
+    /// Past the end, over the payload limit, or misaligned for a client that
+    /// agreed to block sizes.
+    func rangeRefusal(_ request: NBDRequest, command: NBDCommand) -> NBDError? {
         let size = UInt64(export.device.byteCount)
         let (end, overflow) = request.offset.addingReportingOverflow(UInt64(request.length))
         if overflow || end > size { return Self.pastTheEnd(command) }
-        let sector = UInt64(export.minimumBlockSize)
-        guard request.offset % sector == 0, UInt64(request.length) % sector == 0 else { return .einval }
         if command == .read, Int(request.length) > export.maximumPayload { return .einval }
-        if command == .blockStatus {
-            guard session.structuredReplies, session.allocationContext, request.length > 0 else { return .einval }
-        }
+        let alignment = UInt64(session.blockSizesAgreed ? export.minimumBlockSize : 1)
+        guard request.offset % alignment == 0, UInt64(request.length) % alignment == 0 else { return .einval }
         return nil
     }
 
@@ -116,7 +172,6 @@ public struct NBDRequestProcessor: Sendable {
     static func errno(for error: BlockDeviceError, command: NBDCommand) -> NBDError {
         switch error {
         case .outOfRange: pastTheEnd(command)
-        case .misaligned: .einval
         case .noSpace: .enospc
         case .ioError: .eio
         }
@@ -151,31 +206,48 @@ public struct NBDRequestProcessor: Sendable {
         reply.writeMultipleIntegers(NBDMagic.structuredReply, NBDChunk.flagDone, type, cookie, UInt32(length))
     }
 
-    private func readReply(_ request: NBDRequest, allocator: ByteBufferAllocator) throws(BlockDeviceError) -> ByteBuffer {
-        let offset = Int(request.offset)
+    private func readReply(_ request: NBDRequest, allocator: ByteBufferAllocator) throws(BlockDeviceError) -> NBDReply {
+        let offset = Int(clamping: request.offset)
         let length = Int(request.length)
-        var reply: ByteBuffer
+        let separate = length >= Self.separateDataThreshold
+        var head: ByteBuffer
         if session.structuredReplies {
-            // A range that holds no data goes back as one hole: no bytes.
-            if length > 0 {
-                let extents = try export.device.allocationExtents(offset: offset, length: length, maximumExtents: 1)
-                if extents.count == 1, extents[0].length == length, extents[0].status != .data {
-                    reply = allocator.buffer(capacity: 32)
-                    writeChunkHeader(&reply, request.cookie, type: NBDChunk.offsetHole, length: 12)
-                    reply.writeMultipleIntegers(request.offset, request.length)
-                    return reply
-                }
+            // Nothing to read: no content chunk (each must carry at least one
+            // byte), only the final NONE chunk.
+            guard length > 0 else {
+                head = allocator.buffer(capacity: 20)
+                writeChunkHeader(&head, request.cookie, type: NBDChunk.none, length: 0)
+                return NBDReply(head: head)
             }
-            reply = allocator.buffer(capacity: 28 + length)
-            writeChunkHeader(&reply, request.cookie, type: NBDChunk.offsetData, length: 8 + length)
-            reply.writeInteger(request.offset)
+            // A range that holds no data goes back as one hole: no bytes.
+            let extents = try export.device.allocationExtents(offset: offset, length: length, maximumExtents: 1)
+            if extents.count == 1, extents[0].length == length, extents[0].status != .data {
+                head = allocator.buffer(capacity: 32)
+                writeChunkHeader(&head, request.cookie, type: NBDChunk.offsetHole, length: 12)
+                head.writeMultipleIntegers(request.offset, request.length)
+                return NBDReply(head: head)
+            }
+            head = allocator.buffer(capacity: 28 + (separate ? 0 : length))
+            writeChunkHeader(&head, request.cookie, type: NBDChunk.offsetData, length: 8 + length)
+            head.writeInteger(request.offset)
         } else {
-            reply = allocator.buffer(capacity: 16 + length)
-            reply.writeMultipleIntegers(NBDMagic.simpleReply, UInt32(0), request.cookie)
+            head = allocator.buffer(capacity: 16 + (separate ? 0 : length))
+            head.writeMultipleIntegers(NBDMagic.simpleReply, UInt32(0), request.cookie)
         }
-        guard length > 0 else { return reply }
+        guard length > 0 else { return NBDReply(head: head) }
+        if separate {
+            var data = allocator.buffer(capacity: length)
+            try read(into: &data, length: length, at: offset)
+            return NBDReply(head: head, data: data)
+        }
+        try read(into: &head, length: length, at: offset)
+        return NBDReply(head: head)
+    }
+
+    /// Appends `length` bytes of the device from `offset` to `buffer`.
+    private func read(into buffer: inout ByteBuffer, length: Int, at offset: Int) throws(BlockDeviceError) {
         var failure: BlockDeviceError?
-        reply.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
             do throws(BlockDeviceError) {
                 try export.device.read(into: UnsafeMutableRawBufferPointer(rebasing: space[..<length]), at: offset)
             } catch {
@@ -184,7 +256,6 @@ public struct NBDRequestProcessor: Sendable {
             return length
         }
         if let failure { throw failure }
-        return reply
     }
 
     private func blockStatusReply(_ request: NBDRequest, allocator: ByteBufferAllocator) throws(BlockDeviceError)
@@ -192,7 +263,8 @@ public struct NBDRequestProcessor: Sendable {
     {
         let one = request.flags & NBDCommandFlag.requestOne != 0
         let extents = try export.device.allocationExtents(
-            offset: Int(request.offset), length: Int(request.length), maximumExtents: one ? 1 : Self.maximumExtents)
+            offset: Int(clamping: request.offset), length: Int(request.length),
+            maximumExtents: one ? 1 : Self.maximumExtents)
         var reply = allocator.buffer(capacity: 24 + 4 + 8 * extents.count)
         writeChunkHeader(&reply, request.cookie, type: NBDChunk.blockStatus, length: 4 + 8 * extents.count)
         reply.writeInteger(NBDHandshake.allocationContextID)

@@ -17,13 +17,22 @@ public final class NBDServer: Sendable {
         /// spends its time); 0 runs them on the event loop, as every other
         /// command runs (right for a device whose writes cost a memcpy).
         public var workerThreads: Int
+        /// Per connection: requests in progress, from parse until the reply
+        /// has been handed to the socket.
         public var maximumInFlightRequests: Int
+        /// Per connection: the bytes those requests may hold (write payloads,
+        /// read data), so a client that never reads costs at most this.
         public var maximumInFlightBytes: Int
+        /// All connections together (InFlightBudget).
+        public var maximumInFlightBytesTotal: Int
+        /// Requests larger than this run on the workers, whatever they are.
+        public var inlineLimit: Int
 
         public init(
             unixSocketPath: String? = nil, tcpHost: String? = nil, tcpPort: Int = 10809,
             eventLoopThreads: Int = System.coreCount, workerThreads: Int = System.coreCount,
-            maximumInFlightRequests: Int = 128, maximumInFlightBytes: Int = 64 << 20
+            maximumInFlightRequests: Int = 128, maximumInFlightBytes: Int = 64 << 20,
+            maximumInFlightBytesTotal: Int = 512 << 20, inlineLimit: Int = 256 << 10
         ) {
             self.unixSocketPath = unixSocketPath
             self.tcpHost = tcpHost
@@ -32,6 +41,8 @@ public final class NBDServer: Sendable {
             self.workerThreads = workerThreads
             self.maximumInFlightRequests = maximumInFlightRequests
             self.maximumInFlightBytes = maximumInFlightBytes
+            self.maximumInFlightBytesTotal = maximumInFlightBytesTotal
+            self.inlineLimit = inlineLimit
         }
     }
 
@@ -44,12 +55,14 @@ public final class NBDServer: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let workers: NIOThreadPool?
     private let counters = ServerCounters()
+    private let budget: InFlightBudget
     private let channels = NIOLockedValueBox<(listeners: [any Channel], connections: [ObjectIdentifier: any Channel])>(([], [:]))
 
     public init(export: NBDExport, configuration: Configuration) {
         self.export = export
         self.configuration = configuration
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
+        budget = InFlightBudget(limit: configuration.maximumInFlightBytesTotal)
         if configuration.workerThreads > 0 {
             let pool = NIOThreadPool(numberOfThreads: configuration.workerThreads)
             pool.start()
@@ -106,9 +119,12 @@ public final class NBDServer: Sendable {
         let export = self.export
         let limits = NBDConnectionHandler.Limits(
             maximumInFlightRequests: configuration.maximumInFlightRequests,
-            maximumInFlightBytes: configuration.maximumInFlightBytes)
+            maximumInFlightBytes: configuration.maximumInFlightBytes,
+            inlineLimit: self.workers == nil ? Int.max : configuration.inlineLimit,
+            inlineWorkPerPass: max(configuration.inlineLimit, 1 << 20))
         let workers = self.workers
         let counters = self.counters
+        let budget = self.budget
         let channels = self.channels
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
@@ -122,7 +138,8 @@ public final class NBDServer: Sendable {
                 channel.closeFuture.whenComplete { _ in _ = channels.withLockedValue { $0.connections.removeValue(forKey: id) } }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        NBDConnectionHandler(export: export, limits: limits, workers: workers, counters: counters))
+                        NBDConnectionHandler(
+                            export: export, limits: limits, workers: workers, counters: counters, budget: budget))
                 }
             }
         if tcp {
@@ -150,5 +167,9 @@ public final class NBDServer: Sendable {
     }
 
     /// The server's figures now.
-    public func stats() -> NBDServerStats { counters.snapshot() }
+    public func stats() -> NBDServerStats {
+        var stats = counters.snapshot()
+        stats.bytesInFlight = budget.bytesInUse
+        return stats
+    }
 }

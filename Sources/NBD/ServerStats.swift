@@ -19,12 +19,19 @@ public struct NBDServerStats: Sendable, Equatable {
 
     public var connectionsOpen, connectionsTotal, protocolErrors: Int
     public var commands: [String: CommandStats]
+    /// Bytes all connections hold for requests in progress (payloads not yet
+    /// stored, replies not yet handed to the socket).
+    public var bytesInFlight: Int
 
-    public init(connectionsOpen: Int, connectionsTotal: Int, protocolErrors: Int, commands: [String: CommandStats]) {
+    public init(
+        connectionsOpen: Int, connectionsTotal: Int, protocolErrors: Int, commands: [String: CommandStats],
+        bytesInFlight: Int = 0
+    ) {
         self.connectionsOpen = connectionsOpen
         self.connectionsTotal = connectionsTotal
         self.protocolErrors = protocolErrors
         self.commands = commands
+        self.bytesInFlight = bytesInFlight
     }
 }
 

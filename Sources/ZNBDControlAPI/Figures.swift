@@ -251,12 +251,19 @@ public struct NBDFigures: Sendable, Codable, Equatable {
     public var protocolErrors: Int
     /// By command name (read, write, …, and "unknown" for unknown types).
     public var commands: [String: CommandFigures]
+    /// Bytes all connections hold now for requests in progress: write
+    /// payloads not yet stored, reply data not yet handed to the socket.
+    public var bytesInFlight: Int
 
-    public init(connectionsOpen: Int, connectionsTotal: Int, protocolErrors: Int, commands: [String: CommandFigures]) {
+    public init(
+        connectionsOpen: Int, connectionsTotal: Int, protocolErrors: Int, commands: [String: CommandFigures],
+        bytesInFlight: Int
+    ) {
         self.connectionsOpen = connectionsOpen
         self.connectionsTotal = connectionsTotal
         self.protocolErrors = protocolErrors
         self.commands = commands
+        self.bytesInFlight = bytesInFlight
     }
 
     enum CodingKeys: String, CodingKey {
@@ -264,6 +271,7 @@ public struct NBDFigures: Sendable, Codable, Equatable {
         case connectionsTotal = "connections_total"
         case protocolErrors = "protocol_errors"
         case commands
+        case bytesInFlight = "bytes_in_flight"
     }
 }
 

@@ -67,7 +67,7 @@ extension NBDFigures {
             protocolErrors: stats.protocolErrors,
             commands: stats.commands.mapValues {
                 CommandFigures(requests: $0.requests, bytes: $0.bytes, errors: $0.errors)
-            })
+            }, bytesInFlight: stats.bytesInFlight)
     }
 }
 

@@ -133,6 +133,9 @@ extension PrometheusExposition {
         out.family("znbd_nbd_connections_total", .counter, help: "NBD connections accepted.", value: nbd.connectionsTotal)
         out.family("znbd_nbd_protocol_errors_total", .counter, help: "NBD connections closed for a protocol violation.",
                    value: nbd.protocolErrors)
+        out.family("znbd_nbd_bytes_in_flight", .gauge,
+                   help: "Bytes held for NBD requests in progress: payloads not yet stored, replies not yet sent.",
+                   value: nbd.bytesInFlight)
         let commands = nbd.commands.sorted { $0.key < $1.key }
         out.family("znbd_nbd_requests_total", .counter, help: "NBD requests by command.",
                    samples: commands.map { ([("command", $0.key)], $0.value.requests) })

@@ -1,11 +1,13 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+internal import CLinux
 
-/// The process's resident set in bytes (/proc/self/statm's second field,
-/// in pages), or 0 where /proc cannot be read.
-public func residentMemoryBytes() -> Int {
-    let descriptor = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
+/// The resident set in bytes of this process, or of process `pid`
+/// (/proc/PID/statm's second field, in pages); 0 where /proc cannot be read.
+public func residentMemoryBytes(pid: Int32? = nil) -> Int {
+    let path = pid.map { "/proc/\($0)/statm" } ?? "/proc/self/statm"
+    let descriptor = open(path, O_RDONLY | O_CLOEXEC)
     guard descriptor >= 0 else { return 0 }
     defer { close(descriptor) }
     var bytes = [UInt8](repeating: 0, count: 128)
@@ -14,4 +16,26 @@ public func residentMemoryBytes() -> Int {
     let fields = String(decoding: bytes[..<count], as: UTF8.self).split(separator: " ")
     guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
     return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+}
+
+/// How the process's C heap (glibc malloc, under Swift's and NIO's
+/// allocations) hands memory back. A process-wide choice, made once by the
+/// daemon at start.
+public enum HeapPolicy {
+    /// Gives every allocation of `bytes` or more a mapping of its own, which
+    /// is unmapped as soon as it is freed. Without this glibc raises its
+    /// threshold after the first large free (up to 32 MiB), and later reply
+    /// buffers of a few MiB come from the heap and stay resident after they
+    /// are freed.
+    @discardableResult
+    public static func mapLargeAllocations(atLeast bytes: Int) -> Bool {
+        clinux_malloc_map_at_least(bytes) == 1
+    }
+
+    /// Gives free heap memory back to the kernel (malloc_trim); true when
+    /// some was released.
+    @discardableResult
+    public static func trim() -> Bool {
+        clinux_malloc_trim() == 1
+    }
 }

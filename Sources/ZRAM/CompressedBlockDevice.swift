@@ -13,10 +13,12 @@
 // compressed and stored in a new pool object *before* the slot lock is taken;
 // under the lock the slot is switched to the new content; the old object is
 // freed after. So a failed write (pool full, mem_limit) leaves the old page
-// intact, and the lock is held only for the switch. A partial write must read
-// the page it patches, so it holds the slot lock from that read to the switch.
-// Two whole-page writes of one page race only to the switch: the last one
-// switched wins whole, which is a valid order.
+// intact, and the lock is held only for the switch. A partial write reads the
+// page under its lock (one decompression, as a reader holds it), patches and
+// compresses it with no lock held, then switches only if the slot still holds
+// what it read; if another write came between, it starts again from that
+// write's page. Two whole-page writes of one page race only to the switch:
+// the last one switched wins whole, which is a valid order.
 
 public import BlockDevice
 import PageCodec
@@ -189,6 +191,10 @@ public final class CompressedBlockDevice: BlockDevice {
         // Every write is complete in memory when it returns.
     }
 
+    public func recordInvalidRequest() {
+        counters.add(.invalidIO)
+    }
+
     public func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError)
         -> [AllocationExtent]
     {
@@ -351,20 +357,39 @@ public final class CompressedBlockDevice: BlockDevice {
         }
     }
 
-    /// Read-modify-write of part of a page, holding its slot lock throughout
-    /// so that no other change to the page is lost.
+    /// Read-modify-write of part of a page. The slot lock is held to read
+    /// the page and again to switch it, never across compression or
+    /// allocation: the switch happens only if the slot still holds what was
+    /// read, else the patch is made again on the newer page, so no other
+    /// write to the page is lost.
+    ///
+    /// "Still holds" compares the slot's content: an object's handle carries
+    /// a generation that changes whenever its id is reused, and a same-filled
+    /// or unallocated page that came back to the same content has the same
+    /// bytes, so the patch made on it is still right.
     private func patchPage(_ page: Int, at offset: Int, with bytes: UnsafeRawBufferPointer) throws(BlockDeviceError) {
-        let (old, new) = try withPageBuffer { (buffer) throws(BlockDeviceError) -> (SlotContent, SlotContent) in
-            try slots.withLock(page) { () throws(BlockDeviceError) -> (SlotContent, SlotContent) in
-                try loadPage(page, into: buffer)
+        try withPageBuffer { (buffer) throws(BlockDeviceError) in
+            while true {
+                let read = try slots.withLock(page) { () throws(BlockDeviceError) -> SlotContent in
+                    try loadPage(page, into: buffer)
+                    return slots.content(page)
+                }
                 UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<offset + bytes.count]).copyMemory(from: bytes)
                 let new = try storePage(UnsafeRawBufferPointer(buffer))
-                let old = slots.content(page)
-                slots.setContent(page, new)
-                return (old, new)
+                let switched = slots.withLock(page) { () -> Bool in
+                    guard slots.content(page) == read else { return false }
+                    slots.setContent(page, new)
+                    return true
+                }
+                if switched {
+                    release(read, new: new)
+                    return
+                }
+                // Another write came first: drop this attempt's object.
+                if case .object(let handle, _, _) = new { pool.free(ZSHandle(rawValue: handle)) }
+                counters.add(.patchRetries)
             }
         }
-        release(old, new: new)
     }
 }
 

@@ -8,6 +8,9 @@ final class DeviceCounters: Sendable {
         case pagesStored, compressedBytes, samePages, hugePages, hugePagesSince
         case failedReads, failedWrites, invalidIO, notifyFree
         case reads, writes, discards, zeroes, bytesRead, bytesWritten
+        /// Partial-page writes started again because another write switched
+        /// the page between their read and their switch.
+        case patchRetries
     }
 
     private let counters = ShardedCounters(count: Counter.allCases.count)

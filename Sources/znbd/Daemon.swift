@@ -73,6 +73,10 @@ final class Daemon: Service {
 
     private func start() async throws(StartupError) -> Running {
         let configuration = self.configuration
+        // Request and reply buffers of 128 KiB and more (large reads and
+        // writes) go back to the kernel when freed, so the RSS falls once a
+        // burst of large requests or a client that stopped reading is gone.
+        HeapPolicy.mapLargeAllocations(atLeast: 128 << 10)
         try await SocketFile.prepare(configuration.socketPath, role: "NBD socket (--socket)")
         try await SocketFile.prepare(configuration.controlPath, role: "control socket (--control)")
 

@@ -156,6 +156,46 @@ struct BackPressureTests {
         await stopping.value
     }
 
+    @Test("requests parsed after the limit frees up are answered at once, not at the client's next packet")
+    func repliesAfterTheLimitLeaveAtOnce() async throws {
+        let device = try GatedDevice(byteCount: 16 << 20)
+        try await withServedDevice(device: device, workerThreads: 2) { served in
+            defer { device.openGate() }
+            let client = try RawClient(socketPath: served.socketPath)
+            try client.handshake()
+            // 130 writes (past the 128 in progress, so the rest wait), then
+            // five reads, which run on the loop once room frees up: their
+            // replies must be flushed then, though nothing more arrives.
+            var batch: [UInt8] = []
+            for index in 0..<130 {
+                batch += RawClient.request(type: NBDCommand.write.rawValue, cookie: UInt64(index),
+                                           offset: UInt64(index) * 4096, length: 4096,
+                                           payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 4096))
+            }
+            for index in 0..<5 {
+                batch += RawClient.request(type: NBDCommand.read.rawValue, cookie: UInt64(1000 + index),
+                                           offset: UInt64(index) * 4096, length: 4096)
+            }
+            try client.send(batch)
+            try await Task.sleep(for: .milliseconds(100))
+            device.openGate()
+            var reads = 0
+            for _ in 0..<135 {
+                // 16-byte header; a read's data follows (the writes all
+                // finish before the reads are parsed, so the data is theirs).
+                let header = try client.receive(16)
+                #expect(header.be32(4) == 0)
+                let cookie = header.be64(8)
+                if cookie >= 1000 {
+                    let data = try client.receive(4096)
+                    #expect(data == [UInt8](repeating: UInt8(cookie - 1000), count: 4096))
+                    reads += 1
+                }
+            }
+            #expect(reads == 5)
+        }
+    }
+
     /// `count` replies, one per cookie 0..<count, each without error; then
     /// the server closes the connection.
     static func expectEveryReplyThenClose(

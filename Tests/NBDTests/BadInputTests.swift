@@ -33,6 +33,10 @@ struct BadInputTests {
                 ("zero-length write", C.write.rawValue, 0, 4096, 0, [], nil),
                 ("zero-length trim", C.trim.rawValue, 0, 4096, 0, [], nil),
                 ("flush", C.flush.rawValue, 0, 0, 0, [], nil),
+                // Found by the fuzzer: offset and length of FLUSH are reserved,
+                // unchecked, and once trapped when converted to Int.
+                ("flush with a reserved offset past Int.max", C.flush.rawValue, 0, UInt64.max, 77, [], nil),
+                ("disc-like offset on cache past the end", C.cache.rawValue, 0, UInt64.max, 0, [], .einval),
             ]
             for (index, (name, type, flags, offset, length, payload, expected)) in cases.enumerated() {
                 try client.sendRequest(
@@ -182,34 +186,56 @@ struct BadInputTests {
         }
     }
 
-    @Test("1,000 connect/abort cycles leak no file descriptors and no memory")
-    func connectAbortCycles() async throws {
-        try await withServedDevice(mebibytes: 8) { served in
-            func cycle(_ index: Int) throws {
-                let client = try RawClient(socketPath: served.socketPath)
-                _ = try client.receive(18)
-                if index % 2 == 0 {
-                    try client.send(UInt32(NBDClientFlag.fixedNewstyle).bigEndianBytes)
-                    try client.sendOption(NBDOption.abort.rawValue, data: [])
-                    _ = try client.receiveOptionReply()
-                }
+    /// Where a client can vanish: before and in every part of the
+    /// handshake, between and inside requests, with replies unread.
+    static let abortStages: [(String, @Sendable (RawClient) throws -> Void)] = [
+        ("before the greeting", { _ in }),
+        ("after the greeting", { client in _ = try client.receive(18) }),
+        ("inside the client flags", { client in
+            _ = try client.receive(18)
+            try client.send([0, 0])
+        }),
+        ("inside an option header", { client in
+            _ = try client.receive(18)
+            try client.send(UInt32(NBDClientFlag.fixedNewstyle).bigEndianBytes + NBDMagic.option.bigEndianBytes)
+        }),
+        ("inside an option's data", { client in
+            _ = try client.receive(18)
+            try client.send(UInt32(NBDClientFlag.fixedNewstyle).bigEndianBytes)
+            try client.send(NBDMagic.option.bigEndianBytes + NBDOption.go.rawValue.bigEndianBytes
+                            + UInt32(100).bigEndianBytes + [UInt8](repeating: 0, count: 50))
+        }),
+        ("after NBD_OPT_ABORT", { client in
+            _ = try client.receive(18)
+            try client.send(UInt32(NBDClientFlag.fixedNewstyle).bigEndianBytes)
+            try client.sendOption(NBDOption.abort.rawValue, data: [])
+            _ = try client.receiveOptionReply()
+        }),
+        ("after GO", { client in try client.handshake() }),
+        ("inside a request header", { client in
+            try client.handshake()
+            try client.send(Array(RawClient.request(type: NBDCommand.read.rawValue, cookie: 1, offset: 0, length: 4096).prefix(14)))
+        }),
+        ("inside a write's payload", { client in
+            try client.handshake()
+            try client.sendRequest(type: NBDCommand.write.rawValue, cookie: 1, offset: 0, length: 65536,
+                                   payload: [UInt8](repeating: 5, count: 30000))
+        }),
+        ("with a 1 MiB read unread", { client in
+            try client.handshake()
+            try client.sendRequest(type: NBDCommand.read.rawValue, cookie: 1, offset: 0, length: 1 << 20)
+        }),
+        ("with structured 4 MiB reads unread", { client in
+            try client.handshake(structuredReplies: true)
+            for cookie in 0..<4 {
+                try client.sendRequest(type: NBDCommand.read.rawValue, cookie: UInt64(cookie), offset: 0, length: 4 << 20)
             }
-            for index in 0..<100 { try cycle(index) }  // warm up pools and caches
-            try await Self.waitForConnections(served.server, open: 0)
-            let descriptors = openFileDescriptorCount()
-            let resident = residentBytes()
-            for index in 0..<1_000 { try cycle(index) }
-            try await Self.waitForConnections(served.server, open: 0)
-            #expect(openFileDescriptorCount() == descriptors)
-            let growth = residentBytes() - resident
-            // Under AddressSanitizer freed memory sits in its quarantine, so
-            // RSS says nothing there; LeakSanitizer checks leaks instead.
-            if ProcessInfo.processInfo.environment["ZNBD_SANITIZER"] != "address" {
-                #expect(growth < 8 << 20, "RSS grew by \(growth) bytes over 1,000 cycles")
-            }
-            #expect(served.server.stats().connectionsTotal >= 1_100)
-        }
-    }
+        }),
+        ("after NBD_CMD_DISC", { client in
+            try client.handshake()
+            try client.sendRequest(type: NBDCommand.disconnect.rawValue, cookie: 1, offset: 0, length: 0)
+        }),
+    ]
 
     static func waitForConnections(_ server: NBDServer, open: Int) async throws {
         for _ in 0..<500 where server.stats().connectionsOpen != open {

@@ -52,6 +52,7 @@ struct ProtocolTests {
         var session = NBDSession()
         session.structuredReplies = true
         session.allocationContext = true
+        session.blockSizesAgreed = true
         #expect(outcome == .transmission(session))
         #expect(Self.replyTypes(output) == [1, 4, 1, 3, 3, 3, 3, 1])
     }

@@ -11,8 +11,8 @@ struct ServedDevice {
     var socketPath: String { directory.appendingPathComponent("nbd.sock").path }
     var uri: String { "nbd+unix:///?socket=\(socketPath)" }
 
-    func client(strict: Bool = true, structuredReplies: Bool = true) throws -> LibNBDClient {
-        try LibNBDClient(uri: uri, strict: strict, structuredReplies: structuredReplies)
+    func client(strict: Bool = true, structuredReplies: Bool = true, blockSizes: Bool = true) throws -> LibNBDClient {
+        try LibNBDClient(uri: uri, strict: strict, structuredReplies: structuredReplies, blockSizes: blockSizes)
     }
 }
 
@@ -20,7 +20,7 @@ struct ServedDevice {
 /// removes its directory afterwards, even when `body` throws.
 func withServedDevice<Result>(
     mebibytes: Int = 64, readOnly: Bool = false, device: (any BlockDevice)? = nil, workerThreads: Int = 2,
-    maximumPayload: Int = NBDExport.defaultMaximumPayload,
+    eventLoopThreads: Int = 2, maximumPayload: Int = NBDExport.defaultMaximumPayload,
     _ body: (ServedDevice) async throws -> Result
 ) async throws -> Result {
     let directory = try makeTemporaryDirectory("znbd-nbd-test")
@@ -31,7 +31,7 @@ func withServedDevice<Result>(
             name: "test", description: "a test device", device: device, readOnly: readOnly,
             maximumPayload: maximumPayload),
         configuration: .init(
-            unixSocketPath: directory.appendingPathComponent("nbd.sock").path, eventLoopThreads: 2,
+            unixSocketPath: directory.appendingPathComponent("nbd.sock").path, eventLoopThreads: eventLoopThreads,
             workerThreads: workerThreads))
     do {
         _ = try await server.start()

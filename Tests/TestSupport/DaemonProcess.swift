@@ -53,6 +53,8 @@ public final class DaemonProcess: @unchecked Sendable {
     }
 
     public var processIdentifier: Int32 { process.processIdentifier }
+    /// The daemon's resident set now, in bytes.
+    public var residentBytes: Int { TestSupport.residentBytes(of: process.processIdentifier) }
     public var uri: String { "nbd+unix:///?socket=\(socketPath)" }
     /// What the daemon logged (stdout and stderr).
     public var log: String { readTextFile(standardErrorURL.path) }

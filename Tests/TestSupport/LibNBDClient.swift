@@ -3,7 +3,9 @@ import Foundation
 
 /// A connection through libnbd: an NBD client written by others, so that
 /// tests check the server against a real implementation of the protocol.
-public final class LibNBDClient {
+public final class LibNBDClient: @unchecked Sendable {
+    // @unchecked: libnbd takes its handle's own lock in every call, so a
+    // handle may be used from any thread.
     public struct Failure: Error, CustomStringConvertible {
         public let errno: Int32
         public let message: String
@@ -13,12 +15,14 @@ public final class LibNBDClient {
     private let handle: OpaquePointer
 
     /// Connects to `uri` (e.g. nbd+unix:///?socket=PATH), asking for
-    /// base:allocation. `strict` false lets malformed requests through.
-    public init(uri: String, strict: Bool = true, structuredReplies: Bool = true) throws {
+    /// base:allocation. `strict` false lets malformed requests through;
+    /// `blockSizes` false leaves NBD_INFO_BLOCK_SIZE out of NBD_OPT_GO.
+    public init(uri: String, strict: Bool = true, structuredReplies: Bool = true, blockSizes: Bool = true) throws {
         guard let handle = nbd_create() else { throw Self.lastFailure() }
         self.handle = handle
         if !strict { nbd_set_strict_mode(handle, 0) }
         if !structuredReplies { nbd_set_request_structured_replies(handle, false) }
+        if !blockSizes { nbd_set_request_block_size(handle, false) }
         nbd_add_meta_context(handle, "base:allocation")
         guard nbd_connect_uri(handle, uri) == 0 else {
             let failure = Self.lastFailure()
@@ -87,6 +91,33 @@ public final class LibNBDClient {
         return box.extents
     }
 
+    /// Sends a read of `count` bytes at each offset at once, then waits for
+    /// every reply (the data is dropped): reads pipelined on one connection.
+    public func readConcurrently(count: Int, at offsets: [Int]) throws {
+        let buffers = offsets.map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, count), alignment: 16) }
+        defer { buffers.forEach { $0.deallocate() } }
+        var cookies: [Int64] = []
+        for (offset, buffer) in zip(offsets, buffers) {
+            let cookie = nbd_aio_pread(
+                handle, buffer.baseAddress, count, UInt64(offset),
+                nbd_completion_callback(callback: nil, user_data: nil, free: nil), 0)
+            if cookie == -1 { throw Self.lastFailure() }
+            cookies.append(cookie)
+        }
+        try wait(for: cookies)
+    }
+
+    private func wait(for cookies: [Int64]) throws {
+        for cookie in cookies {
+            while true {
+                let done = nbd_aio_command_completed(handle, UInt64(cookie))
+                if done == 1 { break }
+                if done == -1 { throw Self.lastFailure() }
+                try check(nbd_poll(handle, -1))
+            }
+        }
+    }
+
     /// Sends every write at once (up to libnbd's queue), then waits for all
     /// replies: many requests in flight on one connection.
     public func writeConcurrently(_ writes: [(bytes: [UInt8], offset: Int)]) throws {
@@ -106,13 +137,6 @@ public final class LibNBDClient {
             if cookie == -1 { throw Self.lastFailure() }
             cookies.append(cookie)
         }
-        for cookie in cookies {
-            while true {
-                let done = nbd_aio_command_completed(handle, UInt64(cookie))
-                if done == 1 { break }
-                if done == -1 { throw Self.lastFailure() }
-                try check(nbd_poll(handle, -1))
-            }
-        }
+        try wait(for: cookies)
     }
 }

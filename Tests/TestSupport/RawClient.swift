@@ -90,8 +90,11 @@ public final class RawClient: @unchecked Sendable {
 
     // MARK: Protocol steps
 
-    /// Greeting, client flags (NO_ZEROES), NBD_OPT_GO for `name`: ready for requests.
-    public func handshake(name: String = "", structuredReplies: Bool = false) throws {
+    /// Greeting, client flags (NO_ZEROES), NBD_OPT_GO for `name`: ready for
+    /// requests. `blockSizes`: GO asks for NBD_INFO_BLOCK_SIZE, so the
+    /// client has agreed to the export's 512-byte minimum; without it the
+    /// server's minimum block size is 1.
+    public func handshake(name: String = "", structuredReplies: Bool = false, blockSizes: Bool = true) throws {
         let greeting = try receive(18)
         guard greeting.be64(0) == NBDMagic.nbd, greeting.be64(8) == NBDMagic.option else {
             throw Failure(description: "bad greeting")
@@ -102,12 +105,25 @@ public final class RawClient: @unchecked Sendable {
             _ = try receiveOptionReplies()
         }
         var data = UInt32(name.utf8.count).bigEndianBytes + Array(name.utf8)
-        data += UInt16(0).bigEndianBytes
+        data += blockSizes ? UInt16(1).bigEndianBytes + NBDInfo.blockSize.rawValue.bigEndianBytes : UInt16(0).bigEndianBytes
         try sendOption(NBDOption.go.rawValue, data: data)
         let replies = try receiveOptionReplies()
         guard replies.last?.type == NBDOptionReply.ack.rawValue else {
             throw Failure(description: "GO refused: \(replies.map(\.type))")
         }
+    }
+
+    /// Greeting, client flags (NO_ZEROES), then NBD_OPT_EXPORT_NAME, the old
+    /// way into transmission, which negotiates no block sizes: ready for
+    /// requests, with simple replies.
+    public func handshakeExportName(_ name: String = "") throws {
+        let greeting = try receive(18)
+        guard greeting.be64(0) == NBDMagic.nbd, greeting.be64(8) == NBDMagic.option else {
+            throw Failure(description: "bad greeting")
+        }
+        try send(UInt32(NBDClientFlag.fixedNewstyle | NBDClientFlag.noZeroes).bigEndianBytes)
+        try sendOption(NBDOption.exportName.rawValue, data: Array(name.utf8))
+        _ = try receive(8 + 2)  // size and transmission flags; no zero padding
     }
 
     public func sendOption(_ code: UInt32, data: [UInt8]) throws {

@@ -55,3 +55,19 @@ func getenvString(_ name: String) -> String? {
     guard let value = getenv(name) else { return nil }
     return String(cString: value)
 }
+
+/// Where two byte sequences first differ (an index into either, or the
+/// shorter one's length), or nil when they are equal: for expectations that
+/// should say where data went wrong rather than print megabytes of it.
+public func firstDifference<A: Collection<UInt8>, B: Collection<UInt8>>(_ a: A, _ b: B) -> Int? {
+    var index = 0
+    var left = a.makeIterator()
+    var right = b.makeIterator()
+    while true {
+        switch (left.next(), right.next()) {
+        case (nil, nil): return nil
+        case (let x?, let y?) where x == y: index += 1
+        default: return index
+        }
+    }
+}

@@ -7,8 +7,19 @@
 
 #include <stdint.h>
 
+#include <stddef.h>
+
 /// The CPU the calling thread runs on now (sched_getcpu), or -1.
 int clinux_current_cpu(void);
+
+/// mallopt(M_MMAP_THRESHOLD, bytes): every allocation of at least `bytes`
+/// gets a mapping of its own, unmapped when freed; fixing the threshold also
+/// stops glibc raising it after large frees. Returns 1 on success.
+int clinux_malloc_map_at_least(size_t bytes);
+
+/// malloc_trim(0): gives free heap memory back to the kernel. Returns 1 when
+/// some was released.
+int clinux_malloc_trim(void);
 
 // MARK: Lock-order checking (ZNBDSystem's LockOrder, in checked builds)
 //
