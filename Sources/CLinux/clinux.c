@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include <malloc.h>
+#include <pthread.h>
 #include <sched.h>
 #include <string.h>
 #include "CLinux.h"
@@ -33,4 +34,11 @@ int clinux_lockdep_remove(uintptr_t identity) {
         return 0;
     }
     return -1;
+}
+
+void clinux_name_this_thread(const char *name) {
+    char truncated[16];
+    strncpy(truncated, name, sizeof truncated - 1);
+    truncated[sizeof truncated - 1] = 0;
+    pthread_setname_np(pthread_self(), truncated);
 }

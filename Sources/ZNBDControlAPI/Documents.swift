@@ -25,9 +25,11 @@ public struct StatsDocument: Sendable, Codable, Equatable {
     public var export: ExportSummary
     public var pool: PoolSummary
     public var nbd: NBDFigures
+    public var maintenance: MaintenanceFigures
 
     public init(
-        device: DeviceFigures, rssBytes: Int, export: ExportSummary, pool: PoolSummary, nbd: NBDFigures
+        device: DeviceFigures, rssBytes: Int, export: ExportSummary, pool: PoolSummary, nbd: NBDFigures,
+        maintenance: MaintenanceFigures
     ) {
         self.device = device
         mmStat = device.mmStat
@@ -36,13 +38,14 @@ public struct StatsDocument: Sendable, Codable, Equatable {
         self.export = export
         self.pool = pool
         self.nbd = nbd
+        self.maintenance = maintenance
     }
 
     enum CodingKeys: String, CodingKey {
         case mmStat = "mm_stat"
         case ioStat = "io_stat"
         case rssBytes = "rss_bytes"
-        case export, pool, nbd
+        case export, pool, nbd, maintenance
     }
 
     public init(from decoder: any Decoder) throws {
@@ -54,6 +57,7 @@ public struct StatsDocument: Sendable, Codable, Equatable {
         export = try container.decode(ExportSummary.self, forKey: .export)
         pool = try container.decode(PoolSummary.self, forKey: .pool)
         nbd = try container.decode(NBDFigures.self, forKey: .nbd)
+        maintenance = try container.decode(MaintenanceFigures.self, forKey: .maintenance)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -65,6 +69,7 @@ public struct StatsDocument: Sendable, Codable, Equatable {
         try container.encode(export, forKey: .export)
         try container.encode(pool, forKey: .pool)
         try container.encode(nbd, forKey: .nbd)
+        try container.encode(maintenance, forKey: .maintenance)
     }
 }
 
@@ -143,38 +148,28 @@ public struct FramesDocument: Sendable, Codable, Equatable {
     }
 }
 
-/// POST /v1/compact: what one compaction and defragmentation pass freed.
+/// POST /v1/compact: one maintenance pass, run now (trigger "manual"), and
+/// what it gave back.
 public struct CompactDocument: Sendable, Codable, Equatable {
-    public var compaction: CompactionFigures
-    public var defragmentation: DefragmentationFigures
+    public var pass: MaintenancePassFigures
     /// The pool's frame and block sizes, to turn the counts into bytes.
     public var frameSize: Int
     public var blockSize: Int
-    public var memUsedTotalBefore: Int
-    public var memUsedTotalAfter: Int
     public var rssBytesBefore: Int
     public var rssBytesAfter: Int
 
-    public init(
-        compaction: CompactionFigures, defragmentation: DefragmentationFigures, frameSize: Int, blockSize: Int,
-        memUsedTotalBefore: Int, memUsedTotalAfter: Int, rssBytesBefore: Int, rssBytesAfter: Int
-    ) {
-        self.compaction = compaction
-        self.defragmentation = defragmentation
+    public init(pass: MaintenancePassFigures, frameSize: Int, blockSize: Int, rssBytesBefore: Int, rssBytesAfter: Int) {
+        self.pass = pass
         self.frameSize = frameSize
         self.blockSize = blockSize
-        self.memUsedTotalBefore = memUsedTotalBefore
-        self.memUsedTotalAfter = memUsedTotalAfter
         self.rssBytesBefore = rssBytesBefore
         self.rssBytesAfter = rssBytesAfter
     }
 
     enum CodingKeys: String, CodingKey {
-        case compaction, defragmentation
+        case pass
         case frameSize = "frame_size"
         case blockSize = "block_size"
-        case memUsedTotalBefore = "mem_used_total_before"
-        case memUsedTotalAfter = "mem_used_total_after"
         case rssBytesBefore = "rss_bytes_before"
         case rssBytesAfter = "rss_bytes_after"
     }

@@ -319,3 +319,100 @@ public struct DefragmentationFigures: Sendable, Codable, Equatable {
         case blocksReleased = "blocks_released"
     }
 }
+
+/// One maintenance pass: compaction, then frame migration, then a trim of
+/// the C heap. What `znbdctl compact` runs, and the maintenance thread's
+/// last pass.
+public struct MaintenancePassFigures: Sendable, Codable, Equatable {
+    /// waste, discard, pressure or manual.
+    public var trigger: String
+    public var compaction: CompactionFigures
+    public var defragmentation: DefragmentationFigures
+    /// malloc_trim gave heap memory back.
+    public var heapTrimmed: Bool
+    public var seconds: Double
+    public var memUsedTotalBefore: Int
+    public var memUsedTotalAfter: Int
+
+    public init(
+        trigger: String, compaction: CompactionFigures, defragmentation: DefragmentationFigures, heapTrimmed: Bool,
+        seconds: Double, memUsedTotalBefore: Int, memUsedTotalAfter: Int
+    ) {
+        self.trigger = trigger
+        self.compaction = compaction
+        self.defragmentation = defragmentation
+        self.heapTrimmed = heapTrimmed
+        self.seconds = seconds
+        self.memUsedTotalBefore = memUsedTotalBefore
+        self.memUsedTotalAfter = memUsedTotalAfter
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case trigger, compaction, defragmentation, seconds
+        case heapTrimmed = "heap_trimmed"
+        case memUsedTotalBefore = "mem_used_total_before"
+        case memUsedTotalAfter = "mem_used_total_after"
+    }
+}
+
+/// The maintenance thread's running totals (every pass, manual ones too).
+public struct MaintenanceFigures: Sendable, Codable, Equatable {
+    /// auto (the thread runs) or off (`znbdctl compact` only).
+    public var compaction: String
+    /// auto or off: frame migration after compaction.
+    public var migration: String
+    /// The PSI file the memory-pressure trigger listens on; absent without one.
+    public var pressureSource: String?
+    /// Passes by trigger: waste, discard, pressure, manual.
+    public var passes: [String: Int]
+    /// Frames freed by compaction (zram's pages_compacted counts these too).
+    public var pagesCompacted: Int
+    public var objectsMoved: Int
+    public var bytesMoved: Int
+    /// Objects left in place because I/O held them.
+    public var objectsSkipped: Int
+    public var framesMigrated: Int
+    /// Frames left in place because I/O held their zspage.
+    public var framesSkipped: Int
+    /// Blocks that migration emptied and gave back to the kernel.
+    public var blocksReleased: Int
+    public var heapTrims: Int
+    public var secondsSpent: Double
+    public var lastPass: MaintenancePassFigures?
+
+    public init(
+        compaction: String, migration: String, pressureSource: String?, passes: [String: Int], pagesCompacted: Int,
+        objectsMoved: Int, bytesMoved: Int, objectsSkipped: Int, framesMigrated: Int, framesSkipped: Int,
+        blocksReleased: Int, heapTrims: Int, secondsSpent: Double, lastPass: MaintenancePassFigures?
+    ) {
+        self.compaction = compaction
+        self.migration = migration
+        self.pressureSource = pressureSource
+        self.passes = passes
+        self.pagesCompacted = pagesCompacted
+        self.objectsMoved = objectsMoved
+        self.bytesMoved = bytesMoved
+        self.objectsSkipped = objectsSkipped
+        self.framesMigrated = framesMigrated
+        self.framesSkipped = framesSkipped
+        self.blocksReleased = blocksReleased
+        self.heapTrims = heapTrims
+        self.secondsSpent = secondsSpent
+        self.lastPass = lastPass
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case compaction, migration, passes
+        case pressureSource = "pressure_source"
+        case pagesCompacted = "pages_compacted"
+        case objectsMoved = "objects_moved"
+        case bytesMoved = "bytes_moved"
+        case objectsSkipped = "objects_skipped"
+        case framesMigrated = "frames_migrated"
+        case framesSkipped = "frames_skipped"
+        case blocksReleased = "blocks_released"
+        case heapTrims = "heap_trims"
+        case secondsSpent = "seconds_spent"
+        case lastPass = "last_pass"
+    }
+}

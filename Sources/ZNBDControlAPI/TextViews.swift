@@ -63,8 +63,8 @@ public enum TextViews {
     }
 
     public static func compactSummary(_ result: CompactDocument) -> String {
-        let compaction = result.compaction
-        let defragmentation = result.defragmentation
+        let compaction = result.pass.compaction
+        let defragmentation = result.pass.defragmentation
         var text = "compaction: \(compaction.framesFreed) frames freed"
         text += " (\(ByteSize.format(compaction.framesFreed * result.frameSize))),"
         text += " \(compaction.objectsMoved) objects moved (\(ByteSize.format(compaction.bytesMoved)))"
@@ -73,8 +73,10 @@ public enum TextViews {
         text += " \(defragmentation.blocksReleased) blocks released"
         text += " (\(ByteSize.format(defragmentation.blocksReleased * result.blockSize)))"
         if defragmentation.framesSkipped > 0 { text += ", \(defragmentation.framesSkipped) busy frames left" }
-        text += "\nmem_used_total \(ByteSize.format(result.memUsedTotalBefore)) -> \(ByteSize.format(result.memUsedTotalAfter)),"
-        text += " RSS \(ByteSize.format(result.rssBytesBefore)) -> \(ByteSize.format(result.rssBytesAfter))\n"
+        text += "\nmem_used_total \(ByteSize.format(result.pass.memUsedTotalBefore)) -> "
+        text += "\(ByteSize.format(result.pass.memUsedTotalAfter)),"
+        text += " RSS \(ByteSize.format(result.rssBytesBefore)) -> \(ByteSize.format(result.rssBytesAfter))"
+        text += " in \(formatSeconds(result.pass.seconds))\n"
         return text
     }
 
@@ -82,7 +84,24 @@ public enum TextViews {
         "mem_limit " + (limit.memLimit == 0 ? "none" : "\(ByteSize.format(limit.memLimit)) (\(limit.memLimit) bytes)") + "\n"
     }
 
+    /// The maintenance thread's totals, a few lines.
+    public static func maintenanceView(_ maintenance: MaintenanceFigures) -> String {
+        var text = "maintenance: compaction \(maintenance.compaction), migration \(maintenance.migration),"
+        text += " memory pressure " + (maintenance.pressureSource.map { "from \($0)" } ?? "not watched") + "\n"
+        let passes = maintenance.passes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+        text += "passes: " + passes.joined(separator: ", ") + "; \(formatSeconds(maintenance.secondsSpent)) spent\n"
+        text += "compaction: \(maintenance.pagesCompacted) frames freed, \(maintenance.objectsMoved) objects moved"
+        text += " (\(ByteSize.format(maintenance.bytesMoved))), \(maintenance.objectsSkipped) busy\n"
+        text += "migration: \(maintenance.framesMigrated) frames moved, \(maintenance.blocksReleased) blocks released,"
+        text += " \(maintenance.framesSkipped) busy; heap trimmed \(maintenance.heapTrims) times\n"
+        return text
+    }
+
     // MARK: Layout
+
+    static func formatSeconds(_ seconds: Double) -> String {
+        seconds < 1 ? "\(Int((seconds * 1000).rounded())) ms" : "\(Double(Int(seconds * 100)) / 100) s"
+    }
 
     static func formatRatio(_ ratio: Double) -> String {
         let hundredths = Int((ratio * 100).rounded())

@@ -36,28 +36,33 @@ public struct ControlResponse: Sendable, Equatable {
     static let prometheusText = "text/plain; version=0.0.4; charset=utf-8"
 }
 
-/// The control endpoint's routes, as plain code over the device and the
-/// server's counters, testable without a socket. It reads counters and
-/// takes the pool's class locks one at a time, as an I/O request would;
-/// only POST /v1/compact does more (compaction, one zspage per lock hold).
+/// The control endpoint's routes, as plain code over the device, its
+/// maintenance and the server's counters, testable without a socket. It
+/// reads counters and takes the pool's class locks one at a time, as an I/O
+/// request would; only POST /v1/compact does more (a maintenance pass: one
+/// zspage per class-lock hold).
 ///
 ///   GET  /v1/stats       StatsDocument: mm_stat, io_stat, pool totals, NBD counters, RSS
 ///   GET  /v1/classes     ClassesDocument: zsmalloc's per-class table
 ///   GET  /v1/frames      FramesDocument: buddyinfo-style free runs, block occupancy
-///   POST /v1/compact     CompactDocument: compaction and defragmentation, now
+///   POST /v1/compact     CompactDocument: one maintenance pass (compaction, migration), now
 ///   GET  /v1/mem-limit   MemLimitDocument
 ///   PUT  /v1/mem-limit   body {"mem_limit": BYTES}, {"mem_limit": "512M"} or 512M; 0 lifts it
 ///   GET  /metrics        Prometheus text exposition
 public final class ControlEndpoint: Sendable {
-    public let device: CompressedBlockDevice
+    public let maintenance: DeviceMaintenance
     public let export: ExportSummary
     private let nbdStats: @Sendable () -> NBDServerStats
+
+    public var device: CompressedBlockDevice { maintenance.device }
 
     /// A body larger than this is refused (413) before it is read whole.
     public static let maximumBodyBytes = 64 << 10
 
-    public init(device: CompressedBlockDevice, export: ExportSummary, nbdStats: @escaping @Sendable () -> NBDServerStats) {
-        self.device = device
+    public init(
+        maintenance: DeviceMaintenance, export: ExportSummary, nbdStats: @escaping @Sendable () -> NBDServerStats
+    ) {
+        self.maintenance = maintenance
         self.export = export
         self.nbdStats = nbdStats
     }
@@ -103,17 +108,15 @@ public final class ControlEndpoint: Sendable {
     public func stats(pool: ZSPoolStats) -> StatsDocument {
         StatsDocument(
             device: DeviceFigures(device.stats()), rssBytes: residentMemoryBytes(), export: export,
-            pool: PoolSummary(pool), nbd: NBDFigures(nbdStats()))
+            pool: PoolSummary(pool), nbd: NBDFigures(nbdStats()), maintenance: MaintenanceFigures(maintenance.stats()))
     }
 
+    /// A maintenance pass now, as the thread runs them but without rests.
     private func compact() -> CompactDocument {
-        let usedBefore = device.stats().memUsedTotal
         let rssBefore = residentMemoryBytes()
-        let result = device.compact()
+        let pass = maintenance.runPass(.manual)
         return CompactDocument(
-            compaction: CompactionFigures(result.compaction),
-            defragmentation: DefragmentationFigures(result.defragmentation), frameSize: ZSPool.frameSize,
-            blockSize: ZSPool.blockSize, memUsedTotalBefore: usedBefore, memUsedTotalAfter: device.stats().memUsedTotal,
+            pass: MaintenancePassFigures(pass), frameSize: ZSPool.frameSize, blockSize: ZSPool.blockSize,
             rssBytesBefore: rssBefore, rssBytesAfter: residentMemoryBytes())
     }
 

@@ -86,3 +86,34 @@ extension DefragmentationFigures {
             blocksReleased: result.blocksReleased)
     }
 }
+
+extension MaintenancePassFigures {
+    public init(_ pass: MaintenancePass) {
+        self.init(
+            trigger: pass.trigger.rawValue, compaction: CompactionFigures(pass.compaction),
+            defragmentation: DefragmentationFigures(pass.defragmentation), heapTrimmed: pass.heapTrimmed,
+            seconds: pass.duration.seconds, memUsedTotalBefore: pass.poolBytesBefore,
+            memUsedTotalAfter: pass.poolBytesAfter)
+    }
+}
+
+extension MaintenanceFigures {
+    public init(_ stats: MaintenanceStats) {
+        self.init(
+            compaction: stats.automatic ? "auto" : "off", migration: stats.migration ? "auto" : "off",
+            pressureSource: stats.pressureSource,
+            passes: Dictionary(uniqueKeysWithValues: stats.passes.map { ($0.key.rawValue, $0.value) }),
+            pagesCompacted: stats.compaction.framesFreed, objectsMoved: stats.compaction.objectsMoved,
+            bytesMoved: stats.compaction.bytesMoved, objectsSkipped: stats.compaction.objectsSkipped,
+            framesMigrated: stats.defragmentation.framesMigrated, framesSkipped: stats.defragmentation.framesSkipped,
+            blocksReleased: stats.defragmentation.blocksReleased, heapTrims: stats.heapTrims,
+            secondsSpent: stats.timeSpent.seconds, lastPass: stats.lastPass.map(MaintenancePassFigures.init))
+    }
+}
+
+extension Duration {
+    /// The duration in seconds, as the documents carry it.
+    var seconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}

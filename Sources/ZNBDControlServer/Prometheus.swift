@@ -89,6 +89,7 @@ extension PrometheusExposition {
                    value: stats.rssBytes)
         renderPool(stats.pool, classes: classes, frames: frames, into: &out)
         renderNBD(stats, into: &out)
+        renderMaintenance(stats.maintenance, into: &out)
         return out.text
     }
 
@@ -125,6 +126,25 @@ extension PrometheusExposition {
         out.family("znbd_pool_blocks_by_occupancy", .gauge,
                    help: "Resident blocks by used frames, in eighths (0 = empty, 8 = more than 7/8).",
                    samples: frames.blockOccupancy.enumerated().map { ([("eighths", "\($0.offset)")], $0.element) })
+    }
+
+    private static func renderMaintenance(_ maintenance: MaintenanceFigures, into out: inout PrometheusExposition) {
+        out.family("znbd_maintenance_passes_total", .counter, help: "Maintenance passes, by what started them.",
+                   samples: maintenance.passes.sorted { $0.key < $1.key }.map { ([("trigger", $0.key)], $0.value) })
+        out.family("znbd_maintenance_pages_compacted_total", .counter, help: "Frames freed by maintenance compaction.",
+                   value: maintenance.pagesCompacted)
+        out.family("znbd_maintenance_objects_moved_total", .counter, help: "Objects moved by maintenance compaction.",
+                   value: maintenance.objectsMoved)
+        out.family("znbd_maintenance_frames_migrated_total", .counter, help: "Frames moved out of sparse blocks.",
+                   value: maintenance.framesMigrated)
+        out.family("znbd_maintenance_blocks_released_total", .counter,
+                   help: "Blocks emptied by migration and given back to the operating system.",
+                   value: maintenance.blocksReleased)
+        out.family("znbd_maintenance_busy_skipped_total", .counter,
+                   help: "Objects and frames left in place because I/O held them.",
+                   samples: [([("what", "object")], maintenance.objectsSkipped), ([("what", "frame")], maintenance.framesSkipped)])
+        out.family("znbd_maintenance_milliseconds_total", .counter, help: "Time spent in maintenance passes.",
+                   value: Int((maintenance.secondsSpent * 1000).rounded()))
     }
 
     private static func renderNBD(_ stats: StatsDocument, into out: inout PrometheusExposition) {

@@ -5,23 +5,26 @@ internal import CLinux
 /// (a try never waits, so it cannot close a cycle). docs/ARCHITECTURE.md has
 /// the table of which thread takes which.
 ///
-///   1 slot         ZRAM's per-page slot lock (bit spin lock)
-///   2 pin          ZSPool's per-object handle pin (bit spin lock)
-///   3 zspage       ZSPool's per-zspage reader/writer lock (spin; the writer only tries)
-///   4 sizeClass    ZSPool's per-class lock (pthread mutex)
-///   5 arena        ZSPool's frame arena lock (pthread mutex)
-///   6 idAllocator  the handle and zspage id allocators (pthread mutex, leaf)
+///   1 maintenance  ZRAM's maintenance pass lock: one compaction and
+///                  migration pass at a time (pthread mutex)
+///   2 slot         ZRAM's per-page slot lock (bit spin lock)
+///   3 pin          ZSPool's per-object handle pin (bit spin lock)
+///   4 zspage       ZSPool's per-zspage reader/writer lock (spin; the writer only tries)
+///   5 sizeClass    ZSPool's per-class lock (pthread mutex)
+///   6 arena        ZSPool's frame arena lock (pthread mutex)
+///   7 idAllocator  the handle and zspage id allocators (pthread mutex, leaf)
 ///
 /// `unchecked` locks take no part: they are never held while a checked lock
 /// is taken (control-plane state, test bookkeeping).
 public enum LockLevel: UInt8, Sendable, Comparable {
     case unchecked = 0
-    case slot = 1
-    case pin = 2
-    case zspage = 3
-    case sizeClass = 4
-    case arena = 5
-    case idAllocator = 6
+    case maintenance = 1
+    case slot = 2
+    case pin = 3
+    case zspage = 4
+    case sizeClass = 5
+    case arena = 6
+    case idAllocator = 7
 
     public static func < (lhs: LockLevel, rhs: LockLevel) -> Bool { lhs.rawValue < rhs.rawValue }
 }

@@ -7,14 +7,9 @@ internal import CLinux
 /// (/proc/PID/statm's second field, in pages); 0 where /proc cannot be read.
 public func residentMemoryBytes(pid: Int32? = nil) -> Int {
     let path = pid.map { "/proc/\($0)/statm" } ?? "/proc/self/statm"
-    let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-    guard descriptor >= 0 else { return 0 }
-    defer { close(descriptor) }
-    var bytes = [UInt8](repeating: 0, count: 128)
-    let count = bytes.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-    guard count > 0 else { return 0 }
-    let fields = String(decoding: bytes[..<count], as: UTF8.self).split(separator: " ")
-    guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+    guard let fields = readSmallFile(path)?.split(separator: " "), fields.count > 1, let pages = Int(fields[1]) else {
+        return 0
+    }
     return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
 }
 

@@ -236,20 +236,8 @@ public final class CompressedBlockDevice: BlockDevice {
     /// (a walk; `stats()` is the cheap poll).
     public func poolStats() -> ZSPoolStats { pool.stats() }
 
-    /// What one compaction and defragmentation pass did.
-    public struct MaintenanceResult: Sendable, Equatable {
-        public var compaction: CompactionResult
-        public var defragmentation: DefragmentationResult
-    }
-
-    /// Compacts the pool, then moves frames out of sparse blocks so that they
-    /// return to the operating system (zram's `compact` attribute, plus
-    /// migration). Safe while I/O runs.
-    public func compact() -> MaintenanceResult {
-        let compaction = pool.compact()
-        let defragmentation = pool.defragment()
-        return MaintenanceResult(compaction: compaction, defragmentation: defragmentation)
-    }
+    /// Pool objects freed by discard and write-zeroes since the start.
+    var objectsDiscarded: Int { counters.load(.objectsDiscarded) }
 
     // MARK: Pages
 
@@ -354,6 +342,7 @@ public final class CompressedBlockDevice: BlockDevice {
         counters.account(new, sign: 1)
         if case .object(let handle, _, _) = old {
             pool.free(ZSHandle(rawValue: handle))
+            if case .object = new {} else { counters.add(.objectsDiscarded) }
         }
     }
 

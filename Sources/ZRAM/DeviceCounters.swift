@@ -11,6 +11,9 @@ final class DeviceCounters: Sendable {
         /// Partial-page writes started again because another write switched
         /// the page between their read and their switch.
         case patchRetries
+        /// Pool objects freed with nothing stored in their place (discard,
+        /// write-zeroes): what the maintenance thread watches for bursts.
+        case objectsDiscarded
     }
 
     private let counters = ShardedCounters(count: Counter.allCases.count)

@@ -6,25 +6,48 @@ public struct CompactionResult: Sendable, Equatable {
     /// Objects left in place because someone held their pin.
     public var objectsSkipped = 0
     public var bytesMoved = 0
+    /// False when the pass stopped at its byte budget with work left.
+    public var finished = true
 
     public init() {}
 
-    mutating func add(_ other: CompactionResult) {
+    public mutating func add(_ other: CompactionResult) {
         framesFreed += other.framesFreed
         objectsMoved += other.objectsMoved
         objectsSkipped += other.objectsSkipped
         bytesMoved += other.bytesMoved
+        finished = finished && other.finished
     }
+}
+
+/// Memory the pool holds beyond what its objects need, by what would free it.
+public struct Reclaimable: Sendable, Equatable {
+    /// Frames of zspages that compaction could empty, in bytes.
+    public var compactableBytes: Int
+    /// Free frames inside resident blocks, in bytes: memory the process
+    /// holds that only frame migration (emptying whole blocks) gives back.
+    public var strandedBytes: Int
+
+    public var totalBytes: Int { compactableBytes + strandedBytes }
 }
 
 extension ZSPool {
     /// zs_compact: in every class, moves objects out of the least-used
     /// zspages into the most-used ones and frees the zspages it empties.
+    ///
+    /// `movingAtMost` bounds the bytes copied by this call: it stops after
+    /// the zspage that crosses the budget (with `finished` false), and the
+    /// next call goes on from the classes that still have work. So a caller
+    /// can spread a large compaction over time.
     @discardableResult
-    public func compact() -> CompactionResult {
+    public func compact(movingAtMost budget: Int = .max) -> CompactionResult {
         var total = CompactionResult()
         for state in classStates where !state.spec.isHuge {
-            total.add(compact(state))
+            guard total.bytesMoved < budget else {
+                total.finished = false
+                break
+            }
+            total.add(compact(state, movingAtMost: budget - total.bytesMoved))
         }
         counters.pagesCompacted.add(total.framesFreed, ordering: .relaxed)
         counters.objectsCompacted.add(total.objectsMoved, ordering: .relaxed)
@@ -35,11 +58,15 @@ extension ZSPool {
     /// One class: a step per source zspage, each under the class lock, so that
     /// allocations and frees in the class wait for one zspage's worth of
     /// copying at most.
-    private func compact(_ state: SizeClassState) -> CompactionResult {
+    private func compact(_ state: SizeClassState, movingAtMost budget: Int) -> CompactionResult {
         var result = CompactionResult()
         // Sources that kept a pinned object: not chosen again in this pass.
         var keptSources: Set<UInt32> = []
         while true {
+            guard result.bytesMoved < budget else {
+                result.finished = !state.lists.withLock { Self.canFreeAZspage($0, spec: state.spec) }
+                return result
+            }
             let progressed = state.lists.withLock { lists -> Bool in
                 guard Self.canFreeAZspage(lists, spec: state.spec) else { return false }
                 guard let source = emptiestZspage(lists, excluding: keptSources) else { return false }
@@ -58,8 +85,28 @@ extension ZSPool {
 
     /// zs_can_compact: whether the class's free slots add up to a whole zspage.
     private static func canFreeAZspage(_ lists: ClassLists, spec: SizeClassSpec) -> Bool {
-        let allocated = lists.zspageCount * spec.objectsPerZspage
-        return allocated - lists.objectsUsed >= spec.objectsPerZspage
+        freeableZspages(lists, spec: spec) > 0
+    }
+
+    /// How many whole zspages the class's free slots add up to: what
+    /// compaction could free at best (zsmalloc's zs_can_compact).
+    static func freeableZspages(_ lists: ClassLists, spec: SizeClassSpec) -> Int {
+        (lists.zspageCount * spec.objectsPerZspage - lists.objectsUsed) / spec.objectsPerZspage
+    }
+
+    /// What compaction and migration could give back now: frames in zspages
+    /// that compaction could empty, and free frames in resident blocks that
+    /// migration could let go. Takes each class lock in turn, then the
+    /// arena's; cheap enough to poll every second.
+    public func reclaimable() -> Reclaimable {
+        var compactable = 0
+        for state in classStates where !state.spec.isHuge {
+            compactable += state.lists.withLock { Self.freeableZspages($0, spec: state.spec) } * state.spec.framesPerZspage
+        }
+        let (residentFrames, usedFrames) = arena.residency()
+        return Reclaimable(
+            compactableBytes: compactable * FrameArena.frameSize,
+            strandedBytes: max(0, residentFrames - usedFrames) * FrameArena.frameSize)
     }
 
     private func emptiestZspage(_ lists: ClassLists, excluding kept: Set<UInt32>) -> UInt32? {

@@ -62,6 +62,8 @@ final class FrameArena: @unchecked Sendable {
         var usedBits: [UInt64]
         var usedInBlock: [UInt16]
         var resident: [Bool]
+        /// How many entries of `resident` are true.
+        var residentBlocks = 0
         /// Owner of each used frame (`zspage == noFrame` when free).
         var owners: [FrameOwner]
         /// The block new frames come from while it has room.
@@ -177,6 +179,13 @@ final class FrameArena: @unchecked Sendable {
         }
     }
 
+    /// Frames of resident blocks, and frames in use, read together.
+    func residency() -> (residentFrames: Int, usedFrames: Int) {
+        state.withLock { state in
+            (state.residentBlocks * Self.framesPerBlock, usedFrameCount.load(ordering: .relaxed))
+        }
+    }
+
     /// The owner recorded for `frame`, or nil when it is free.
     func owner(of frame: UInt32) -> FrameOwner? {
         state.withLock { state in
@@ -188,6 +197,9 @@ final class FrameArena: @unchecked Sendable {
     /// The most frames ever in use at once.
     var maximumUsedFrames: Int { state.withLock { $0.maximumUsedFrames } }
 
+    /// Blocks given back to the kernel since the arena was made.
+    var releasedBlockCount: Int { state.withLock { $0.blocksReleased } }
+
     private func noteUsage(_ state: inout State) {
         let used = usedFrameCount.load(ordering: .relaxed)
         if used > state.maximumUsedFrames { state.maximumUsedFrames = used }
@@ -197,6 +209,7 @@ final class FrameArena: @unchecked Sendable {
         guard state.resident[block] else { return }
         mapping.discard(offset: block * Self.blockSize, count: Self.blockSize)
         state.resident[block] = false
+        state.residentBlocks -= 1
         state.blocksReleased += 1
     }
 
@@ -217,6 +230,7 @@ final class FrameArena: @unchecked Sendable {
         }
         if !state.resident[block] {
             state.resident[block] = true
+            state.residentBlocks += 1
             state.blocksFaultedIn += 1
         }
         for wordIndex in 0..<Self.wordsPerBlock {
@@ -374,6 +388,10 @@ final class FrameArena: @unchecked Sendable {
             }
             guard totalUsed == usedFrameCount.load(ordering: .relaxed) else {
                 throw PoolCorruption("arena: \(totalUsed) frames in bitmaps, counter says \(usedFrameCount.load(ordering: .relaxed))")
+            }
+            let resident = state.resident.count { $0 }
+            guard resident == state.residentBlocks else {
+                throw PoolCorruption("arena: \(resident) blocks resident, counter says \(state.residentBlocks)")
             }
             for frame in 0..<frameCount {
                 let isUsed = state.usedBits[frame / 64] & (UInt64(1) << UInt64(frame % 64)) != 0

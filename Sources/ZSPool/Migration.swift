@@ -17,8 +17,17 @@ public struct DefragmentationResult: Sendable, Equatable {
     public var framesSkipped = 0
     /// Blocks emptied and given back to the kernel.
     public var blocksReleased = 0
+    /// False when the pass stopped at its frame budget with work left.
+    public var finished = true
 
     public init() {}
+
+    public mutating func add(_ other: DefragmentationResult) {
+        framesMigrated += other.framesMigrated
+        framesSkipped += other.framesSkipped
+        blocksReleased += other.blocksReleased
+        finished = finished && other.finished
+    }
 }
 
 extension ZSPool {
@@ -50,14 +59,22 @@ extension ZSPool {
     /// Drains the sparsest resident blocks into the densest ones, frame by
     /// frame, so that emptied blocks go back to the kernel. Stops when the
     /// frames of the next-sparsest block no longer fit in denser blocks.
+    ///
+    /// `migratingAtMost` bounds the frames moved by this call; past it the
+    /// call returns with `finished` false, and the next call picks the
+    /// sparsest block again. Either way empty blocks are released.
     @discardableResult
-    public func defragment() -> DefragmentationResult {
+    public func defragment(migratingAtMost budget: Int = .max) -> DefragmentationResult {
         var result = DefragmentationResult()
-        let releasedBefore = arena.snapshot().blocksReleased
+        let releasedBefore = arena.releasedBlockCount
         var keptBlocks: Set<Int> = []
         // Each round empties or keeps one block; the bound only guards against
         // concurrent allocations refilling blocks faster than they drain.
         for _ in 0..<(2 * arena.blockCount) {
+            guard result.framesMigrated < budget else {
+                result.finished = false
+                break
+            }
             let (usage, current) = arena.residentBlockUsage()
             let partial = usage.filter { $0.usedFrames > 0 && $0.usedFrames < FrameArena.framesPerBlock }
                 .sorted { ($0.usedFrames, $0.block) < ($1.usedFrames, $1.block) }
@@ -87,7 +104,7 @@ extension ZSPool {
             if !emptied { keptBlocks.insert(source.block) }
         }
         arena.releaseEmptyBlocks()
-        result.blocksReleased = arena.snapshot().blocksReleased - releasedBefore
+        result.blocksReleased = arena.releasedBlockCount - releasedBefore
         counters.framesMigrated.add(result.framesMigrated, ordering: .relaxed)
         counters.migrationSkips.add(result.framesSkipped, ordering: .relaxed)
         return result

@@ -34,17 +34,19 @@
 // LOCKS, outermost first (ZNBDSystem's LockLevel; a thread holding one may
 // only *wait* for those below it, and checked builds trap otherwise):
 //
-//   1. slot lock        not the pool's: ZRAM's per-page lock, held around
+//   1. maintenance      not the pool's: ZRAM's one-pass-at-a-time lock,
+//                       held around compact() and defragment().
+//   2. slot lock        not the pool's: ZRAM's per-page lock, held around
 //                       pool calls for that page (CompressedBlockDevice).
-//   2. handle pin       per object, a bit spin lock in its handle entry;
+//   3. handle pin       per object, a bit spin lock in its handle entry;
 //                       held by read/write/free for the access.
-//   3. zspage rwlock    per zspage, a spin lock; accessors hold it for
+//   4. zspage rwlock    per zspage, a spin lock; accessors hold it for
 //                       reading while they touch frame bytes; migration
 //                       only tries it for writing.
-//   4. class lock       per size class (a Locked, pthread); free lists, slot
+//   5. class lock       per size class (a Locked, pthread); free lists, slot
 //                       tables, fullness lists, zspage creation and destruction.
-//   5. arena lock       frame bitmaps, block residency, frame owners.
-//   6. id allocators    of HandleTable and ZSPageTable (leaf).
+//   6. arena lock       frame bitmaps, block residency, frame owners.
+//   7. id allocators    of HandleTable and ZSPageTable (leaf).
 //
 // Compaction and migration hold a class lock and only *try* the pins and
 // zspage locks above it, skipping and counting what they cannot take (the

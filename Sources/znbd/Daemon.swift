@@ -62,11 +62,13 @@ final class Daemon: Service {
     private struct Running {
         let server: NBDServer
         let control: ControlServer
+        let maintenance: DeviceMaintenance
         let socketPaths: [String]
 
         func stop() async {
             await server.shutdown(drainTimeout: .milliseconds(1500))
             await control.shutdown()
+            maintenance.stop()
             socketPaths.forEach(SocketFile.remove)
         }
     }
@@ -106,11 +108,20 @@ final class Daemon: Service {
         if configuration.tcp != nil, let address = addresses.last, let port = address.port {
             tcpAddress = TCPAddress.description(host: address.ipAddress ?? "?", port: port)
         }
+        let maintenance: DeviceMaintenance
+        do {
+            maintenance = try DeviceMaintenance(device: device, policy: configuration.maintenance)
+        } catch {
+            await server.shutdown(drainTimeout: .zero)
+            SocketFile.remove(configuration.socketPath)
+            throw StartupError(description: "cannot set up maintenance: \(error)")
+        }
         let summary = ExportSummary(
             name: configuration.name, sizeBytes: configuration.sizeBytes, readOnly: configuration.readOnly,
-            nbdSocket: configuration.socketPath, tcpAddress: tcpAddress, compaction: "off")
+            nbdSocket: configuration.socketPath, tcpAddress: tcpAddress,
+            compaction: configuration.maintenance.automatic ? "auto" : "off")
         let control = ControlServer(
-            endpoint: ControlEndpoint(device: device, export: summary, nbdStats: { server.stats() }),
+            endpoint: ControlEndpoint(maintenance: maintenance, export: summary, nbdStats: { server.stats() }),
             socketPath: configuration.controlPath)
         do {
             try await control.start()
@@ -120,8 +131,15 @@ final class Daemon: Service {
             SocketFile.remove(configuration.socketPath)
             throw StartupError(description: "cannot listen on \(configuration.controlPath): \(SocketFile.describe(error))")
         }
+        maintenance.start()
+        if configuration.maintenance.automatic {
+            let source = maintenance.stats().pressureSource
+            logger.info("maintenance: compaction auto, migration \(configuration.maintenance.migration ? "auto" : "off"), memory pressure \(source.map { "from \($0)" } ?? "not watched (no PSI here)")")
+        }
         logger.info("\(Self.attachLine(configuration, tcpAddress: tcpAddress))")
-        return Running(server: server, control: control, socketPaths: [configuration.socketPath, configuration.controlPath])
+        return Running(
+            server: server, control: control, maintenance: maintenance,
+            socketPaths: [configuration.socketPath, configuration.controlPath])
     }
 
     /// The start line: what is served, and how each kind of client attaches.

@@ -70,9 +70,20 @@ struct Serve: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Most frames per zspage, 1-\(SizeClassTable.maxChainLimit).", valueName: "n"))
     var maxChain = SizeClassTable.defaultMaxChain
 
-    @Option(help: ArgumentHelp("Background compaction: off (compact with znbdctl compact); auto is not built yet.",
-                               valueName: "auto|off"))
-    var compaction = "off"
+    @Option(help: ArgumentHelp(
+        "auto: a maintenance thread compacts the pool and gives memory back by itself, after discards, when waste grows, and under memory pressure; off: only znbdctl compact does.",
+        valueName: "auto|off"))
+    var compaction = "auto"
+
+    @Option(help: ArgumentHelp(
+        "auto: maintenance also moves frames out of sparse 2 MiB blocks so that emptied blocks return to the OS; off: compaction only.",
+        valueName: "auto|off"))
+    var migration = "auto"
+
+    @Option(help: ArgumentHelp(
+        "Reclaimable memory that starts a maintenance pass (default: 10% of pool memory, at least 16M).",
+        valueName: "size"))
+    var wasteThreshold: String?
 
     @Option(help: ArgumentHelp("Control socket for znbdctl (default: next to the NBD socket, NAME-control.sock).",
                                valueName: "path"))
@@ -112,13 +123,14 @@ struct Serve: AsyncParsableCommand {
         guard (1...SizeClassTable.maxChainLimit).contains(maxChain) else {
             throw ValidationError("--max-chain \(maxChain): must be 1 to \(SizeClassTable.maxChainLimit)")
         }
-        switch compaction {
-        case "off": break
-        case "auto":
-            throw ValidationError(
-                "--compaction auto: the background compaction thread is not built yet; use off and run znbdctl compact")
-        default:
-            throw ValidationError("--compaction \(compaction): must be auto or off")
+        var maintenance = MaintenancePolicy()
+        for (option, value) in [("--compaction", compaction), ("--migration", migration)] {
+            guard value == "auto" || value == "off" else { throw ValidationError("\(option) \(value): must be auto or off") }
+        }
+        maintenance.automatic = compaction == "auto"
+        maintenance.migration = migration == "auto"
+        if let wasteThreshold {
+            maintenance.wasteThreshold = try parseSize(wasteThreshold, option: "--waste-threshold")
         }
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level \(logLevel): must be trace, debug, info, notice, warning, error or critical")
@@ -147,7 +159,7 @@ struct Serve: AsyncParsableCommand {
         return DaemonConfiguration(
             sizeBytes: sizeBytes, name: name, socketPath: socketPath, tcp: tcp, readOnly: readOnly,
             memLimitBytes: memLimitBytes, maxChain: maxChain, controlPath: controlPath, logLevel: level,
-            workers: workers)
+            workers: workers, maintenance: maintenance)
     }
 
     func run() async throws {
@@ -204,4 +216,5 @@ struct DaemonConfiguration: Sendable {
     var controlPath: String
     var logLevel: Logger.Level
     var workers: Int
+    var maintenance: MaintenancePolicy
 }

@@ -38,9 +38,9 @@ struct ControlEndpointTests {
         let device = try CompressedBlockDevice(.init(byteCount: 8 << 20))
         let export = ExportSummary(name: "t", sizeBytes: 8 << 20, readOnly: false, nbdSocket: nil, tcpAddress: nil,
                                    compaction: "off")
-        return ControlEndpoint(device: device, export: export, nbdStats: {
-            NBDServerStatsFixture.sample
-        })
+        return ControlEndpoint(
+            maintenance: try DeviceMaintenance(device: device, policy: .manualOnly), export: export,
+            nbdStats: { NBDServerStatsFixture.sample })
     }
 
     @Test("routes: each document, 404 with the list, 405 with Allow, mem-limit in every accepted form")
@@ -59,7 +59,12 @@ struct ControlEndpointTests {
         #expect(endpoint.respond(to: ControlRequest(method: "GET", target: "/v1/classes")).status == 200)
         let frames = endpoint.respond(to: ControlRequest(method: "GET", target: "/v1/frames"))
         #expect(try JSONDecoder().decode(FramesDocument.self, from: Data(frames.body)).freeRunsByOrder.count == 10)
-        #expect(endpoint.respond(to: ControlRequest(method: "POST", target: "/v1/compact")).status == 200)
+        let compact = endpoint.respond(to: ControlRequest(method: "POST", target: "/v1/compact"))
+        #expect(compact.status == 200)
+        #expect(try JSONDecoder().decode(CompactDocument.self, from: Data(compact.body)).pass.trigger == "manual")
+        let after = try JSONDecoder().decode(
+            StatsDocument.self, from: Data(endpoint.respond(to: ControlRequest(method: "GET", target: "/v1/stats")).body))
+        #expect(after.maintenance.passes["manual"] == 1 && after.maintenance.compaction == "off")
 
         let missing = endpoint.respond(to: ControlRequest(method: "GET", target: "/v2/stats"))
         #expect(missing.status == 404 && String(decoding: missing.body, as: UTF8.self).contains("/v1/stats"))

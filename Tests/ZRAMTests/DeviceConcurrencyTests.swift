@@ -38,10 +38,11 @@ struct DeviceConcurrencyTests {
         let (_, baseSeed) = SeededRandom.fromEnvironment(11)
         print("modelWithMaintenance seed \(baseSeed)")
 
+        let manual = try DeviceMaintenance(device: device, policy: .manualOnly)
         runOnThreads(5) { role in
             if role == 4 {
                 while workersLeft.load(ordering: .acquiring) > 0 {
-                    let result = device.compact()
+                    let result = manual.runPass(.manual)
                     maintenance.withLock {
                         $0.passes += 1
                         $0.framesFreed += result.compaction.framesFreed

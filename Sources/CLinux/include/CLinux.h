@@ -21,6 +21,9 @@ int clinux_malloc_map_at_least(size_t bytes);
 /// some was released.
 int clinux_malloc_trim(void);
 
+/// Names the calling thread (pthread_setname_np; at most 15 bytes shown).
+void clinux_name_this_thread(const char *name);
+
 // MARK: Lock-order checking (ZNBDSystem's LockOrder, in checked builds)
 //
 // Each thread keeps a stack of the checked locks it holds: level, rank and
