@@ -227,7 +227,13 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
             }
         }
         if buffer.readableBytes == 0 {
-            buffer.clear()
+            // An emptied large buffer (a burst of big writes grows it to a
+            // few MiB) goes; an idle connection keeps no more than 64 KiB.
+            if buffer.capacity > Self.idleBufferCapacity {
+                buffer = ByteBuffer()
+            } else {
+                buffer.clear()
+            }
         } else if buffer.readerIndex >= 1 << 20 {
             buffer.discardReadBytes()
         }
@@ -376,6 +382,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         guard closeWhenIdle, !closed, isIdle else { return }
         close(context: context)
     }
+
+    /// The most receive buffer a connection keeps while it has nothing to
+    /// parse.
+    static let idleBufferCapacity = 64 << 10
 
     /// How long a draining connection must stay quiet before it closes:
     /// far longer than the event loop takes to read what already waits in

@@ -163,7 +163,11 @@ public final class CompressedBlockDevice: BlockDevice {
         let endPage = (offset + length) / pageSize
         guard firstPage < endPage else { return }
         for page in firstPage..<endPage {
-            install(.unallocated, at: page)
+            // A page never written (or already discarded) is left alone:
+            // looking reads the zero page, taking the lock would write the
+            // slot and make it resident. mkfs discards the whole device, and
+            // the table is 16 bytes per page.
+            if !slots.isUnallocated(page) { install(.unallocated, at: page) }
             counters.add(.notifyFree)
         }
     }

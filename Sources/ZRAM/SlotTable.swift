@@ -112,6 +112,13 @@ final class SlotTable: @unchecked Sendable {
         (metas + index).pointee.store(word, ordering: .relaxed)
     }
 
+    /// Whether the slot is unallocated and unlocked, read without the lock
+    /// (and without writing the slot): a hint, stale once returned.
+    @inline(__always)
+    func isUnallocated(_ index: Int) -> Bool {
+        (metas + index).pointee.load(ordering: .relaxed) == 0
+    }
+
     // MARK: Allocation status
 
     /// What the page holds for `base:allocation`. Reads the flags without the

@@ -7,7 +7,7 @@ import ZNBDSystem
 ///
 /// Used under its owner's lock; `allocate` calls `makeChunk` for the chunk
 /// an id opens before that id is returned, so nobody can hold an id whose
-/// chunk does not exist yet.
+/// chunk does not exist yet (and hands out nothing when it fails).
 struct ChunkedIdAllocator {
     let chunkShift: Int
     let chunkCount: Int
@@ -21,7 +21,7 @@ struct ChunkedIdAllocator {
     }
 
     /// A free id, or nil when every chunk is used up.
-    mutating func allocate(makeChunk: (Int) -> Void) -> UInt32? {
+    mutating func allocate(makeChunk: (Int) -> Bool) -> UInt32? {
         if let id = freeIds.popLast() {
             live += 1
             return id
@@ -29,7 +29,7 @@ struct ChunkedIdAllocator {
         let id = nextUnusedId
         let chunk = Int(id) >> chunkShift
         guard chunk < chunkCount else { return nil }
-        if Int(id) & ((1 << chunkShift) - 1) == 0 { makeChunk(chunk) }
+        if Int(id) & ((1 << chunkShift) - 1) == 0, !makeChunk(chunk) { return nil }
         nextUnusedId += 1
         live += 1
         return id
@@ -45,8 +45,14 @@ struct ChunkedIdAllocator {
 }
 
 /// The storage both id-indexed tables of the pool (handles, zspage records)
-/// share: a fixed directory of chunk pointers, chunks made on first use by
-/// the owner's `makeChunk`, and the ids that index them.
+/// share: a fixed directory of chunk pointers, chunks made on first use, and
+/// the ids that index them.
+///
+/// Each chunk is an anonymous mapping of `chunkBytes`, owned here: its pages
+/// cost memory only once an entry in them is touched, so a table whose
+/// empty entry is all-zero bytes (the handle table) costs what its live ids
+/// have used, not whole chunks. `prepareChunk`, when given, fills a new
+/// chunk's non-zero defaults before any id in it is handed out.
 ///
 /// The directory never moves and a chunk, once published, never moves or
 /// goes away before the table: an entry reached through an id stays valid.
@@ -55,25 +61,41 @@ struct ChunkedIdAllocator {
 /// ordering, so a thread that reaches a chunk through the directory also
 /// sees the chunk's initialised contents, whichever thread made it (ids from
 /// untrusted handles reach `existingChunk` with no other synchronisation).
-/// The owner frees its chunks (`forEachChunk`) in its own deinit, since
-/// only it knows what they hold.
+/// An owner whose entries point elsewhere frees that in its own deinit
+/// (`forEachChunk`); the chunks themselves are unmapped here.
 final class ChunkedTable: @unchecked Sendable {
     // @unchecked: `directory` entries are atomics, written once (under
-    // `ids`) and only read after that.
+    // `ids`) and only read after that; the mappings live in `ids`.
 
     let chunkShift: Int
+    let chunkBytes: Int
     let directorySize: Int
     /// Chunk addresses, 0 for a chunk not made yet.
     private let directory: UnsafeMutablePointer<Atomic<UInt>>
-    private let ids: Locked<ChunkedIdAllocator>
+    private let prepareChunk: ((UnsafeMutableRawPointer) -> Void)?
+    private let ids: Locked<Ids>
 
-    /// Room for `capacity` entries in chunks of `1 << chunkShift`.
-    init(capacity: Int, chunkShift: Int) {
+    private struct Ids {
+        var allocator: ChunkedIdAllocator
+        var chunks: [ChunkMapping] = []
+    }
+
+    /// Keeps a chunk's mapping alive until the table goes.
+    private final class ChunkMapping {
+        let mapping: AnonymousMapping
+        init(_ mapping: consuming AnonymousMapping) { self.mapping = mapping }
+    }
+
+    /// Room for `capacity` entries in chunks of `1 << chunkShift` entries,
+    /// `chunkBytes` each.
+    init(capacity: Int, chunkShift: Int, chunkBytes: Int, prepareChunk: ((UnsafeMutableRawPointer) -> Void)? = nil) {
         self.chunkShift = chunkShift
+        self.chunkBytes = chunkBytes
+        self.prepareChunk = prepareChunk
         directorySize = max(1, (capacity + (1 << chunkShift) - 1) >> chunkShift)
         directory = .allocate(capacity: directorySize)
         for index in 0..<directorySize { (directory + index).initialize(to: Atomic(0)) }
-        ids = Locked(ChunkedIdAllocator(chunkShift: chunkShift, chunkCount: directorySize), level: .idAllocator)
+        ids = Locked(Ids(allocator: ChunkedIdAllocator(chunkShift: chunkShift, chunkCount: directorySize)), level: .idAllocator)
     }
 
     deinit {
@@ -101,22 +123,33 @@ final class ChunkedTable: @unchecked Sendable {
         return index < directorySize ? loadChunk(index) : nil
     }
 
-    /// A free id, making its chunk first when it opens one. Nil when full.
-    func allocateId(makeChunk: () -> UnsafeMutableRawPointer) -> UInt32? {
+    /// A free id, making its chunk first when it opens one. Nil when the
+    /// table is full, or when the kernel refuses the chunk's mapping.
+    func allocateId() -> UInt32? {
         ids.withLock { ids in
-            ids.allocate { chunk in
-                directory[chunk].store(UInt(bitPattern: makeChunk()), ordering: .releasing)
+            var made: ChunkMapping?
+            let id = ids.allocator.allocate { chunk in
+                guard let mapping = try? AnonymousMapping(byteCount: chunkBytes) else { return false }
+                prepareChunk?(mapping.base)
+                directory[chunk].store(UInt(bitPattern: mapping.base), ordering: .releasing)
+                made = ChunkMapping(mapping)
+                return true
             }
+            if let made { ids.chunks.append(made) }
+            return id
         }
     }
 
     func releaseId(_ id: UInt32) {
-        ids.withLock { $0.release(id) }
+        ids.withLock { $0.allocator.release(id) }
     }
 
-    /// Live ids, and the bytes of the directory plus `chunkBytes` per chunk made.
-    func usage(chunkBytes: Int) -> (live: Int, tableBytes: Int) {
-        ids.withLock { ($0.live, $0.chunksMade * chunkBytes + directorySize * MemoryLayout<UnsafeMutableRawPointer>.stride) }
+    /// Live ids, and the bytes of the directory plus the chunks made.
+    func usage() -> (live: Int, tableBytes: Int) {
+        ids.withLock {
+            ($0.allocator.live,
+             $0.allocator.chunksMade * chunkBytes + directorySize * MemoryLayout<UnsafeMutableRawPointer>.stride)
+        }
     }
 
     /// Calls `body` with every chunk made, for the owner's deinit.

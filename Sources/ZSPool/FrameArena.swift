@@ -36,6 +36,8 @@ final class FrameArena: @unchecked Sendable {
     static let orderCount = 10
 
     private let mapping: AnonymousMapping
+    /// Backs State.owners.
+    private let ownerMapping: AnonymousMapping
     /// The mapping's first frame, on a 2 MiB boundary.
     let base: UnsafeMutableRawPointer
     let frameCount: Int
@@ -57,6 +59,49 @@ final class FrameArena: @unchecked Sendable {
         static let free = FrameOwner(zspage: FrameArena.noFrame, classIndex: 0, index: 0, firstObjectOffset: 0)
     }
 
+    /// One owner per frame, in an anonymous mapping where all-zero bytes are
+    /// a free frame: frames never used cost no memory (an array of every
+    /// frame's owner was resident in full, 12 bytes per frame of capacity).
+    struct OwnerTable {
+        fileprivate struct Entry {
+            /// The owner's zspage id plus one; 0 for a free frame.
+            var zspagePlusOne: UInt32
+            var classIndex: UInt16
+            var index: UInt8
+            var firstObjectOffset: UInt16
+        }
+
+        fileprivate let entries: UnsafeMutablePointer<Entry>
+        let count: Int
+
+        static func byteCount(frames: Int) -> Int { frames * MemoryLayout<Entry>.stride }
+
+        init(_ mapping: borrowing AnonymousMapping, count: Int) {
+            // Zero bytes are a valid Entry (a free frame): binding the fresh
+            // mapping is its initialisation.
+            entries = mapping.base.bindMemory(to: Entry.self, capacity: count)
+            self.count = count
+        }
+
+        subscript(frame: Int) -> FrameOwner {
+            get {
+                assert(frame >= 0 && frame < count, "frame \(frame) outside the arena")
+                let entry = entries[frame]
+                guard entry.zspagePlusOne != 0 else { return .free }
+                return FrameOwner(
+                    zspage: entry.zspagePlusOne - 1, classIndex: entry.classIndex, index: entry.index,
+                    firstObjectOffset: entry.firstObjectOffset)
+            }
+            nonmutating set {
+                assert(frame >= 0 && frame < count, "frame \(frame) outside the arena")
+                entries[frame] = newValue == .free
+                    ? Entry(zspagePlusOne: 0, classIndex: 0, index: 0, firstObjectOffset: 0)
+                    : Entry(zspagePlusOne: newValue.zspage + 1, classIndex: newValue.classIndex, index: newValue.index,
+                            firstObjectOffset: newValue.firstObjectOffset)
+            }
+        }
+    }
+
     private struct State: ~Copyable {
         /// Bit set = frame in use; `wordsPerBlock` words per block.
         var usedBits: [UInt64]
@@ -64,8 +109,8 @@ final class FrameArena: @unchecked Sendable {
         var resident: [Bool]
         /// How many entries of `resident` are true.
         var residentBlocks = 0
-        /// Owner of each used frame (`zspage == noFrame` when free).
-        var owners: [FrameOwner]
+        /// Owner of each used frame (`.free` when free).
+        let owners: OwnerTable
         /// The block new frames come from while it has room.
         var currentBlock: Int?
         var maximumUsedFrames = 0
@@ -83,6 +128,7 @@ final class FrameArena: @unchecked Sendable {
         blockCount = blocks
         frameCount = blocks * Self.framesPerBlock
         mapping = try AnonymousMapping(byteCount: blocks * Self.blockSize, alignment: Self.blockSize)
+        ownerMapping = try AnonymousMapping(byteCount: OwnerTable.byteCount(frames: blocks * Self.framesPerBlock))
         base = mapping.base
         transparentHugePages = mapping.adviseHugePages()
         state = Locked(
@@ -90,7 +136,7 @@ final class FrameArena: @unchecked Sendable {
                 usedBits: [UInt64](repeating: 0, count: blocks * Self.wordsPerBlock),
                 usedInBlock: [UInt16](repeating: 0, count: blocks),
                 resident: [Bool](repeating: false, count: blocks),
-                owners: [FrameOwner](repeating: .free, count: frameCount)),
+                owners: OwnerTable(ownerMapping, count: blocks * Self.framesPerBlock)),
             level: .arena)
     }
 

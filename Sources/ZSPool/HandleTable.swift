@@ -31,8 +31,13 @@ struct ObjectLocation: Equatable {
 ///
 /// Entry word (an `Atomic<UInt64>` per handle id):
 ///
-///     63     62         61...40      39...16     15...0
-///     PIN    ALLOCATED  generation   zspage id   object index
+///     63     62         61...40          39...16     15...0
+///     PIN    ALLOCATED  generation - 1   zspage id   object index
+///
+/// Generations run 1...2^22 and wrap to 1, so no handle's raw value is 0;
+/// stored less one, an all-zero entry is a free id whose next handle has
+/// generation 1, and a fresh chunk needs no initialisation (its pages cost
+/// memory only once an id in them is used).
 ///
 /// PIN is a bit spin lock on the object, as zsmalloc's HANDLE_PIN_BIT: held
 /// by whoever reads, writes, frees or moves the object, so compaction, which
@@ -42,9 +47,9 @@ struct ObjectLocation: Equatable {
 /// Frame migration never touches entries: they name the zspage, and a frame
 /// is found through the zspage under its lock.
 ///
-/// Storage grows in chunks on demand (ids are reused lowest-first, so the
-/// touched part tracks the peak number of live objects); the directory of
-/// chunks is fixed at start-up, so a published chunk never moves.
+/// Storage grows in chunks on demand (ids are reused last-freed first, so
+/// the touched part tracks the peak number of live objects); the directory
+/// of chunks is fixed at start-up, so a published chunk never moves.
 final class HandleTable: @unchecked Sendable {
     // @unchecked: chunks are published by ChunkedTable before any id in them
     // is handed out; the entries themselves are Atomics.
@@ -64,23 +69,20 @@ final class HandleTable: @unchecked Sendable {
 
     /// Room for `capacity` live handles.
     init(capacity: Int) {
-        table = ChunkedTable(capacity: capacity, chunkShift: Self.chunkShift)
+        table = ChunkedTable(
+            capacity: capacity, chunkShift: Self.chunkShift,
+            chunkBytes: Self.chunkSize * MemoryLayout<Atomic<UInt64>>.stride)
     }
 
-    deinit {
-        table.forEachChunk { chunk in
-            chunk.assumingMemoryBound(to: Atomic<UInt64>.self).deinitialize(count: Self.chunkSize)
-            chunk.deallocate()
-        }
-    }
-
+    /// The entry of `id`. Zero bits are a valid Atomic<UInt64>(0), so the
+    /// chunk's fresh mapping is bound as it is.
     @inline(__always)
     private func entry(_ id: UInt32) -> UnsafeMutablePointer<Atomic<UInt64>> {
         table.chunk(containing: id).assumingMemoryBound(to: Atomic<UInt64>.self) + (Int(id) & (Self.chunkSize - 1))
     }
 
     private static func pack(_ location: ObjectLocation, generation: UInt64) -> UInt64 {
-        allocatedBit | (generation & generationMask) << generationShift
+        allocatedBit | ((generation - 1) & generationMask) << generationShift
             | UInt64(location.zspage) << zspageShift | UInt64(location.index)
     }
 
@@ -89,19 +91,11 @@ final class HandleTable: @unchecked Sendable {
             zspage: UInt32((word >> zspageShift) & zspageMask), index: Int(word & indexMask))
     }
 
-    private static func generation(of word: UInt64) -> UInt64 { (word >> generationShift) & generationMask }
+    private static func generation(of word: UInt64) -> UInt64 { ((word >> generationShift) & generationMask) + 1 }
 
     /// A new handle for an object at `location`. Nil when the table is full.
     func allocate(at location: ObjectLocation) -> ZSHandle? {
-        let id = table.allocateId {
-            let storage = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: Self.chunkSize)
-            for index in 0..<Self.chunkSize {
-                // Generation 1 first, so that no live handle's raw value is 0.
-                (storage + index).initialize(to: Atomic(1 << Self.generationShift))
-            }
-            return UnsafeMutableRawPointer(storage)
-        }
-        guard let id else { return nil }
+        guard let id = table.allocateId() else { return nil }
         let slot = entry(id)
         let generation = Self.generation(of: slot.pointee.load(ordering: .relaxed))
         slot.pointee.store(Self.pack(location, generation: generation), ordering: .releasing)
@@ -149,9 +143,9 @@ final class HandleTable: @unchecked Sendable {
     func release(id: UInt32) {
         let word = entry(id).pointee.load(ordering: .relaxed)
         precondition(word & Self.pinBit != 0, "releasing an unpinned handle")
-        var next = (Self.generation(of: word) + 1) & Self.generationMask
-        if next == 0 { next = 1 }
-        pinLock(id).unlock(storing: next << Self.generationShift)
+        // The next generation, stored less one: 1...2^22, then 1 again.
+        let next = Self.generation(of: word) % (Self.generationMask + 1) + 1
+        pinLock(id).unlock(storing: (next - 1) << Self.generationShift)
         table.releaseId(id)
     }
 
@@ -170,7 +164,7 @@ final class HandleTable: @unchecked Sendable {
     }
 
     func usage() -> Usage {
-        let usage = table.usage(chunkBytes: Self.chunkSize * MemoryLayout<Atomic<UInt64>>.stride)
+        let usage = table.usage()
         return Usage(liveHandles: usage.live, tableBytes: usage.tableBytes)
     }
 }

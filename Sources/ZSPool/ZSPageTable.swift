@@ -136,17 +136,17 @@ final class ZSPageTable: @unchecked Sendable {
     private let table: ChunkedTable
 
     init(capacity: Int) {
-        table = ChunkedTable(capacity: capacity, chunkShift: Self.chunkShift)
+        table = ChunkedTable(
+            capacity: capacity, chunkShift: Self.chunkShift, chunkBytes: ZSPageRecord.Layout.chunkBytes,
+            prepareChunk: Self.prepareChunk)
     }
 
     deinit {
+        // The chunks go with the table; the slot tables they point to are ours.
         table.forEachChunk { chunk in
             for slot in 0..<Self.chunkSize {
                 ZSPageRecord(chunk: chunk, slot: slot).slots?.deallocate()
             }
-            (chunk + ZSPageRecord.Layout.lock).assumingMemoryBound(to: Atomic<Int32>.self)
-                .deinitialize(count: Self.chunkSize)
-            chunk.deallocate()
         }
     }
 
@@ -157,22 +157,20 @@ final class ZSPageTable: @unchecked Sendable {
 
     /// A fresh zspage id whose record is reset and unlisted. Nil when full.
     func allocateId() -> UInt32? {
-        table.allocateId(makeChunk: Self.makeChunk)
+        table.allocateId()
     }
 
-    private static func makeChunk() -> UnsafeMutableRawPointer {
-        let storage = UnsafeMutableRawPointer.allocate(byteCount: ZSPageRecord.Layout.chunkBytes, alignment: 64)
-        storage.initializeMemory(as: UInt8.self, repeating: 0, count: ZSPageRecord.Layout.chunkBytes)
-        let locks = (storage + ZSPageRecord.Layout.lock).bindMemory(to: Atomic<Int32>.self, capacity: chunkSize)
+    /// Fills a new chunk's records with their empty values (the lock
+    /// words and counts are zero bits, valid as they are).
+    private static func prepareChunk(_ storage: UnsafeMutableRawPointer) {
+        _ = (storage + ZSPageRecord.Layout.lock).bindMemory(to: Atomic<Int32>.self, capacity: chunkSize)
         for slot in 0..<chunkSize {
-            (locks + slot).initialize(to: Atomic(0))
             let record = ZSPageRecord(chunk: storage, slot: slot)
             record.freeHead = endOfFreeList
             record.previous = none
             record.next = none
             for index in 0..<ZSPageRecord.FrameList.capacity { record.frames[index] = FrameArena.noFrame }
         }
-        return storage
     }
 
     func releaseId(_ id: UInt32) {
@@ -180,9 +178,9 @@ final class ZSPageTable: @unchecked Sendable {
     }
 
     /// Bytes of record chunks allocated so far.
-    var tableBytes: Int { table.usage(chunkBytes: ZSPageRecord.Layout.chunkBytes).tableBytes }
+    var tableBytes: Int { table.usage().tableBytes }
 
-    var liveCount: Int { table.usage(chunkBytes: 0).live }
+    var liveCount: Int { table.usage().live }
 
     // MARK: The zspage reader/writer lock
 
