@@ -35,7 +35,10 @@ public struct SizeClassTable: Sendable {
     public static let classDelta = 16
     public static let maximumObjectSize = FrameArena.frameSize
     public static let sizeIndexCount = (maximumObjectSize - minimumObjectSize) / classDelta + 1
-    public static let defaultMaxChain = 4
+    /// 8, as the kernel's CONFIG_ZSMALLOC_CHAIN_SIZE: on the seeds' steps the pool holds
+    /// 1.022x the compressed bytes at 8 against 1.039x at 4, writes and reads
+    /// alike within noise (docs/BENCHMARKS.md).
+    public static let defaultMaxChain = 8
     public static let maxChainLimit = 16
 
     /// Distinct classes in ascending size.

@@ -48,8 +48,18 @@ struct MaintenanceTests {
               + "left: \(reclaimable)")
         #expect(pass?.compaction.finished == true && pass?.defragmentation.finished == true)
         #expect(reclaimable.compactableBytes == 0, "compaction left \(reclaimable.compactableBytes) bytes it could free")
-        #expect(Double(after.memUsedTotal) <= 1.06 * Double(after.comprDataSize),
-                "mem_used_total \(after.memUsedTotal) for \(after.comprDataSize) compressed")
+        // Compaction finished: every class holds the fewest zspages its
+        // objects fit in (what zs_compact can reach at best), so the pool
+        // is exactly that many frames.
+        let classes = device.poolStats().classes
+        for entry in classes where entry.objectsUsed > 0 && !entry.isHuge {
+            let fewest = (entry.objectsUsed + entry.objectsPerZspage - 1) / entry.objectsPerZspage
+            #expect(entry.zspages == fewest, "class \(entry.size): \(entry.zspages) zspages for \(entry.objectsUsed) objects")
+        }
+        let packed = classes.reduce(0) { total, entry in
+            total + (entry.objectsUsed + entry.objectsPerZspage - 1) / entry.objectsPerZspage * entry.framesPerZspage
+        }
+        #expect(after.memUsedTotal == packed * ZSPool.frameSize)
         #expect((pass?.defragmentation.blocksReleased ?? 0) > 0, "migration released no block")
         #expect(reclaimable.strandedBytes <= 2 * ZSPool.blockSize, "\(reclaimable.strandedBytes) bytes stranded in blocks")
         try device.validate()

@@ -2,13 +2,14 @@
 //
 //   znbd-bench codec CORPUS_FILE [PASSES]
 //   znbd-bench pool [OPERATIONS_PER_THREAD]
-//   znbd-bench device CORPUS_FILE [ROUNDS]
+//   znbd-bench device CORPUS_FILE [ROUNDS] [--max-chain N]
 //   znbd-bench serve memory|zram SOCKET MIB [WORKERS]
 //
 // Each prints machine-readable lines; the tools/bench-* scripts run them
 // beside their peers in the same run and compute the ratios.
 
 import ArgumentParser
+import ZSPool
 
 @main
 struct ZNBDBench: ParsableCommand {
@@ -60,11 +61,17 @@ extension ZNBDBench {
         @Argument(help: "Rounds; the best is reported.")
         var rounds = 3
 
+        @Option(help: "Most frames per zspage in the device's pool.")
+        var maxChain = SizeClassTable.defaultMaxChain
+
         func validate() throws {
             guard rounds > 0 else { throw ValidationError("ROUNDS must be positive") }
+            guard (1...SizeClassTable.maxChainLimit).contains(maxChain) else {
+                throw ValidationError("--max-chain must be 1 to \(SizeClassTable.maxChainLimit)")
+            }
         }
 
-        func run() { runDeviceBenchmark(corpusPath: corpus, rounds: rounds) }
+        func run() { runDeviceBenchmark(corpusPath: corpus, rounds: rounds, maxChain: maxChain) }
     }
 
     struct Serve: ParsableCommand {

@@ -21,7 +21,7 @@ private struct SharedPages: @unchecked Sendable {
 /// CompressedBlockDevice beside the codec alone doing the same pages, on one
 /// and two threads, rounds alternating; the best round of each. Prints MB/s
 /// of page data and the device/codec ratio.
-func runDeviceBenchmark(corpusPath: String, rounds: Int) {
+func runDeviceBenchmark(corpusPath: String, rounds: Int, maxChain: Int) {
     let corpus = SharedPages(bytes: readPages(corpusPath, pageSize: pageSize))
     defer { corpus.bytes.deallocate() }
     let codec: LZO1X1Codec
@@ -38,13 +38,15 @@ func runDeviceBenchmark(corpusPath: String, rounds: Int) {
     }
     let lengths = lengthsStorage
 
-    print("# device: \(corpus.count) pages of \(corpusPath), 4 KiB requests; MB/s of page data (best of \(rounds))")
+    print("# device: \(corpus.count) pages of \(corpusPath), 4 KiB requests, max chain \(maxChain); MB/s of page data (best of \(rounds))")
     print("threads op codec_MBps device_MBps device/codec")
     for threads in [1, 2] {
         var best = (compress: 0.0, write: 0.0, overwrite: 0.0, decompress: 0.0, read: 0.0)
         for _ in 0..<rounds {
             let device: CompressedBlockDevice
-            do { device = try CompressedBlockDevice(.init(byteCount: corpus.bytes.count)) } catch { fail("\(error)") }
+            do { device = try CompressedBlockDevice(.init(byteCount: corpus.bytes.count, maxChain: maxChain)) } catch {
+                fail("\(error)")
+            }
             let megabytes = Double(corpus.bytes.count) / 1e6
             let compress = timeThreads(threads) { worker in
                 withUnsafeTemporaryAllocation(byteCount: bound, alignment: 16) { scratch in
@@ -87,6 +89,11 @@ func runDeviceBenchmark(corpusPath: String, rounds: Int) {
                         fail("page \(index) read back wrong")
                     }
                 }
+            }
+            if threads == 1, best.write == 0 {
+                let stats = device.stats()
+                print("# pool after the writes: mem_used_total \(stats.memUsedTotal) for compr_data_size \(stats.comprDataSize) "
+                      + "(\(format(Double(stats.memUsedTotal) / Double(stats.comprDataSize), 3))x)")
             }
             best.compress = max(best.compress, megabytes / compress)
             best.write = max(best.write, megabytes / write)
