@@ -128,13 +128,12 @@ public struct PoolSummary: Sendable, Codable, Equatable {
     public var framesMigrated: Int
     public var migrationSkips: Int
     public var invalidFrees: Int
-    public var transparentHugePages: Bool
 
     public init(
         capacityBytes: Int, bytesUsed: Int, maximumBytesUsed: Int, framesUsed: Int, framesResident: Int,
         blocksResident: Int, blocksReleased: Int, blocksFaultedIn: Int, liveObjects: Int, zspages: Int,
         metadataBytes: Int, objectsCompacted: Int, compactionSkips: Int, framesMigrated: Int, migrationSkips: Int,
-        invalidFrees: Int, transparentHugePages: Bool
+        invalidFrees: Int
     ) {
         self.capacityBytes = capacityBytes
         self.bytesUsed = bytesUsed
@@ -152,7 +151,6 @@ public struct PoolSummary: Sendable, Codable, Equatable {
         self.framesMigrated = framesMigrated
         self.migrationSkips = migrationSkips
         self.invalidFrees = invalidFrees
-        self.transparentHugePages = transparentHugePages
     }
 
     enum CodingKeys: String, CodingKey {
@@ -172,7 +170,6 @@ public struct PoolSummary: Sendable, Codable, Equatable {
         case framesMigrated = "frames_migrated"
         case migrationSkips = "migration_skips"
         case invalidFrees = "invalid_frees"
-        case transparentHugePages = "transparent_huge_pages"
     }
 }
 

@@ -29,8 +29,7 @@ extension PoolSummary {
             liveObjects: stats.liveObjects, zspages: stats.classes.reduce(0) { $0 + $1.zspages },
             metadataBytes: stats.metadataBytes, objectsCompacted: stats.objectsCompacted,
             compactionSkips: stats.compactionSkips, framesMigrated: stats.framesMigrated,
-            migrationSkips: stats.migrationSkips, invalidFrees: stats.invalidFrees,
-            transparentHugePages: stats.transparentHugePages)
+            migrationSkips: stats.migrationSkips, invalidFrees: stats.invalidFrees)
     }
 }
 

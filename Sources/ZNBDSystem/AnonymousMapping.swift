@@ -41,12 +41,6 @@ public struct AnonymousMapping: ~Copyable {
         munmap(mappingStart, mappingLength)
     }
 
-    /// Asks for transparent huge pages over the whole mapping
-    /// (`madvise(MADV_HUGEPAGE)`); false when the kernel refuses.
-    public func adviseHugePages() -> Bool {
-        madvise(base, byteCount, MADV_HUGEPAGE) == 0
-    }
-
     /// Gives the pages of `offset..<offset + count` back to the kernel
     /// (`madvise(MADV_DONTNEED)`): the process's RSS falls at once, and the
     /// range reads as zeroes if it is touched again. Page-aligned only.

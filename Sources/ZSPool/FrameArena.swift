@@ -42,8 +42,6 @@ final class FrameArena: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
     let frameCount: Int
     let blockCount: Int
-    /// True when the kernel accepted MADV_HUGEPAGE for the mapping.
-    let transparentHugePages: Bool
 
     /// Frames in use, readable without the lock for statistics.
     let usedFrameCount = Atomic<Int>(0)
@@ -121,8 +119,15 @@ final class FrameArena: @unchecked Sendable {
     private let state: Locked<State>
 
     /// Reserves `capacityBytes` (rounded up to whole blocks) of address
-    /// space, starting on a 2 MiB boundary, where a block is exactly one
-    /// transparent huge page.
+    /// space, starting on a 2 MiB boundary.
+    ///
+    /// Not backed by transparent huge pages (no MADV_HUGEPAGE): a released
+    /// block that is used again would be faulted in and zeroed 2 MiB at a
+    /// time, and with the maintenance thread releasing blocks that a steady
+    /// write load refills, that cost random 4 KiB reads a 2.5x higher p99
+    /// (tools/bench-maintenance), for no gain in the device's throughput
+    /// (tools/bench-device, THP on and off alike). With 4 KiB pages a block
+    /// also costs RSS only for the frames ever touched.
     init(capacityBytes: Int) throws(Errno) {
         let blocks = max(1, (capacityBytes + Self.blockSize - 1) / Self.blockSize)
         blockCount = blocks
@@ -130,7 +135,6 @@ final class FrameArena: @unchecked Sendable {
         mapping = try AnonymousMapping(byteCount: blocks * Self.blockSize, alignment: Self.blockSize)
         ownerMapping = try AnonymousMapping(byteCount: OwnerTable.byteCount(frames: blocks * Self.framesPerBlock))
         base = mapping.base
-        transparentHugePages = mapping.adviseHugePages()
         state = Locked(
             State(
                 usedBits: [UInt64](repeating: 0, count: blocks * Self.wordsPerBlock),

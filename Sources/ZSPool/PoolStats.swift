@@ -35,7 +35,6 @@ public struct ZSPoolStats: Sendable, Equatable {
     public var framesMigrated: Int
     public var migrationSkips: Int
     public var invalidFrees: Int
-    public var transparentHugePages: Bool
     /// frameinfo: free runs of resident frames by buddy order 0...9.
     public var freeRunsByOrder: [Int]
     /// Resident blocks by used frames: [0] empty, [k] (k-1)/8 < used ≤ k/8.
@@ -93,7 +92,6 @@ extension ZSPool {
             framesMigrated: counters.framesMigrated.load(ordering: .relaxed),
             migrationSkips: counters.migrationSkips.load(ordering: .relaxed),
             invalidFrees: counters.invalidFrees.load(ordering: .relaxed),
-            transparentHugePages: arena.transparentHugePages,
             freeRunsByOrder: arenaSnapshot.freeRunsByOrder, blockOccupancy: arenaSnapshot.blockOccupancy)
     }
 }
