@@ -3,7 +3,21 @@
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include "CLinux.h"
+
+// Newer than some headers this may be built against.
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#endif
+#ifndef MLOCK_ONFAULT
+#define MLOCK_ONFAULT 0x01
+#endif
+#ifndef MCL_ONFAULT
+#define MCL_ONFAULT 4
+#endif
 
 int clinux_current_cpu(void) { return sched_getcpu(); }
 
@@ -41,4 +55,17 @@ void clinux_name_this_thread(const char *name) {
     strncpy(truncated, name, sizeof truncated - 1);
     truncated[sizeof truncated - 1] = 0;
     pthread_setname_np(pthread_self(), truncated);
+}
+
+int clinux_set_io_flusher(void) { return prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0); }
+
+int clinux_lock_all_on_fault(void) { return mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT); }
+
+int clinux_lock_on_fault(void *address, size_t length) { return mlock2(address, length, MLOCK_ONFAULT); }
+
+int clinux_memlock_limit(uint64_t *limit) {
+    struct rlimit current;
+    if (getrlimit(RLIMIT_MEMLOCK, &current) != 0) return -1;
+    *limit = current.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)current.rlim_cur;
+    return 0;
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+internal import CLinux
 public import SystemPackage
 
 /// Memory straight from the kernel: one private anonymous mapping, owned by
@@ -47,6 +48,13 @@ public struct AnonymousMapping: ~Copyable {
     public func discard(offset: Int, count: Int) {
         assert(offset >= 0 && count >= 0 && offset + count <= byteCount, "discard outside the mapping")
         assert(offset & (pageSize - 1) == 0 && count & (pageSize - 1) == 0, "discard of a partial page")
-        _ = madvise(base + offset, count, MADV_DONTNEED)
+        let start = base + offset
+        if madvise(start, count, MADV_DONTNEED) != 0 && errno == EINVAL {
+            // Locked pages (ProcessProtection's mlockall) refuse MADV_DONTNEED:
+            // unlock the range, drop it, and lock it again as it is touched.
+            _ = munlock(start, count)
+            _ = madvise(start, count, MADV_DONTNEED)
+            _ = clinux_lock_on_fault(start, count)
+        }
     }
 }

@@ -15,7 +15,13 @@
 //   LockLevel,          the one order of the data-path locks, and a small
 //   LockOrder           lockdep that traps on a wrong order in checked builds.
 //   ShardedCounters     per-CPU statistics counters.
-//   residentMemoryBytes the process's RSS (/proc/self/statm).
+//   MemoryPressureTrigger  the kernel's memory-pressure signal (PSI), and
+//   Sleeper, BackgroundThread  the wait and the named thread of the
+//                       maintenance loop.
+//   residentMemoryBytes the process's RSS (/proc/self/statm); HeapPolicy,
+//                       how malloc gives memory back.
+//   ProcessProtection   what keeps the daemon serving as its machine's swap:
+//                       I/O flusher, memory lock, OOM score.
 //
 // Everything that touches raw memory or a libc call outside the pool's own
 // frame bookkeeping lives here, with its invariants beside it.

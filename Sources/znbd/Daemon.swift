@@ -23,11 +23,14 @@ import Glibc
 /// stop, never a kill.
 final class Daemon: Service {
     let configuration: DaemonConfiguration
+    /// What ProcessProtection did before the daemon's threads existed.
+    let protection: ProcessProtection.Outcome
     private let logger = Logger(label: "znbd")
     private let startupFailure = NIOLockedValueBox<StartupError?>(nil)
 
-    init(configuration: DaemonConfiguration) {
+    init(configuration: DaemonConfiguration, protection: ProcessProtection.Outcome) {
         self.configuration = configuration
+        self.protection = protection
     }
 
     /// Runs until SIGTERM or SIGINT; throws what kept the daemon from starting.
@@ -132,6 +135,13 @@ final class Daemon: Service {
             throw StartupError(description: "cannot listen on \(configuration.controlPath): \(SocketFile.describe(error))")
         }
         maintenance.start()
+        for line in protection.lines {
+            if line.isWarning { logger.warning("\(line.text)") } else { logger.info("\(line.text)") }
+        }
+        if configuration.protection.ioFlusher != .off {
+            let threads = ProcessProtection.ioFlusherThreads()
+            logger.info("I/O flusher threads: \(threads.flushers) of \(threads.threads)")
+        }
         if configuration.maintenance.automatic {
             let source = maintenance.stats().pressureSource
             logger.info("maintenance: compaction auto, migration \(configuration.maintenance.migration ? "auto" : "off"), memory pressure \(source.map { "from \($0)" } ?? "not watched (no PSI here)")")

@@ -40,7 +40,9 @@ struct ZNBDCommand: AsyncParsableCommand {
 /// address taken, a size the machine cannot reserve.
 struct StartupError: CommandLineFailure, Sendable {
     let description: String
-    var exitCode: Int32 { 64 }
+    /// 64 (EX_USAGE), or 77 (EX_NOPERM) for a protection asked for with
+    /// `on` that the process may not have.
+    var exitCode: Int32 = 64
 }
 
 struct Serve: AsyncParsableCommand {
@@ -84,6 +86,21 @@ struct Serve: AsyncParsableCommand {
         "Reclaimable memory that starts a maintenance pass (default: 10% of pool memory, at least 16M).",
         valueName: "size"))
     var wasteThreshold: String?
+
+    @Option(help: ArgumentHelp(
+        "auto: every daemon thread is an I/O flusher where permitted (CAP_SYS_RESOURCE), so that as this machine's swap it never waits on its own device; on: exit if not permitted; off: do not.",
+        valueName: "auto|on|off"))
+    var ioFlusher = "auto"
+
+    @Option(help: ArgumentHelp(
+        "auto: lock the daemon's memory as it is touched (mlockall) where permitted (CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK), so none of it is swapped out; on: exit if not permitted; off: do not.",
+        valueName: "auto|on|off"))
+    var lockMemory = "auto"
+
+    @Option(parsing: .unconditional, help: ArgumentHelp(
+        "The daemon's oom_score_adj, -1000 to 1000, or keep (default: -1000 where permitted, so the OOM killer spares the process that holds the disk; a value given here must be set or znbd exits).",
+        valueName: "n|keep"))
+    var oomScoreAdj: String?
 
     @Option(help: ArgumentHelp("Control socket for znbdctl (default: next to the NBD socket, NAME-control.sock).",
                                valueName: "path"))
@@ -132,6 +149,24 @@ struct Serve: AsyncParsableCommand {
         if let wasteThreshold {
             maintenance.wasteThreshold = try parseSize(wasteThreshold, option: "--waste-threshold")
         }
+        var protection = ProcessProtection.Request()
+        for (option, value) in [("--io-flusher", ioFlusher), ("--lock-memory", lockMemory)] {
+            guard ProcessProtection.Choice(rawValue: value) != nil else {
+                throw ValidationError("\(option) \(value): must be auto, on or off")
+            }
+        }
+        protection.ioFlusher = ProcessProtection.Choice(rawValue: ioFlusher)!
+        protection.lockMemory = ProcessProtection.Choice(rawValue: lockMemory)!
+        if let oomScoreAdj {
+            if oomScoreAdj == "keep" {
+                protection.oomScoreAdjustment = nil
+            } else if let value = Int(oomScoreAdj), (-1000...1000).contains(value) {
+                protection.oomScoreAdjustment = value
+                protection.oomScoreRequired = true
+            } else {
+                throw ValidationError("--oom-score-adj \(oomScoreAdj): must be -1000 to 1000, or keep")
+            }
+        }
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level \(logLevel): must be trace, debug, info, notice, warning, error or critical")
         }
@@ -159,18 +194,24 @@ struct Serve: AsyncParsableCommand {
         return DaemonConfiguration(
             sizeBytes: sizeBytes, name: name, socketPath: socketPath, tcp: tcp, readOnly: readOnly,
             memLimitBytes: memLimitBytes, maxChain: maxChain, controlPath: controlPath, logLevel: level,
-            workers: workers, maintenance: maintenance)
+            workers: workers, maintenance: maintenance, protection: protection)
     }
 
     func run() async throws {
         let configuration = try configuration()
+        // Before anything starts a thread: only threads created after the
+        // I/O flusher flag is set inherit it (ProcessProtection).
+        let protection = ProcessProtection.apply(configuration.protection)
+        if !protection.failures.isEmpty {
+            throw StartupError(description: protection.failures.joined(separator: "; "), exitCode: 77)
+        }
         let level = configuration.logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
         }
-        try await Daemon(configuration: configuration).serve()
+        try await Daemon(configuration: configuration, protection: protection).serve()
     }
 }
 
@@ -217,4 +258,5 @@ struct DaemonConfiguration: Sendable {
     var logLevel: Logger.Level
     var workers: Int
     var maintenance: MaintenancePolicy
+    var protection: ProcessProtection.Request
 }

@@ -34,16 +34,20 @@ public final class DaemonProcess: @unchecked Sendable {
         return path
     }
 
-    /// Starts `znbd serve --socket DIR/nbd.sock --control DIR/nbd-control.sock ARGUMENTS`.
-    public init(_ arguments: [String], directory: URL? = nil) throws {
+    /// Starts `znbd serve --socket DIR/nbd.sock --control DIR/nbd-control.sock ARGUMENTS`,
+    /// through `launcher` when given (a command that execs the rest, such
+    /// as setpriv or prlimit: the process is still znbd's).
+    public init(_ arguments: [String], directory: URL? = nil, launcher: [String] = []) throws {
         ownsDirectory = directory == nil
         self.directory = try directory ?? makeTemporaryDirectory("znbd-daemon")
         socketPath = self.directory.appendingPathComponent("nbd.sock").path
         controlPath = self.directory.appendingPathComponent("nbd-control.sock").path
         standardErrorURL = self.directory.appendingPathComponent("znbd.log")
         _ = FileManager.default.createFile(atPath: standardErrorURL.path, contents: nil)
-        process.executableURL = URL(fileURLWithPath: try Self.executable("znbd"))
-        process.arguments = ["serve", "--socket", socketPath, "--control", controlPath] + arguments
+        let command = launcher + [try Self.executable("znbd"), "serve", "--socket", socketPath, "--control", controlPath]
+            + arguments
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = command
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = try FileHandle(forWritingTo: standardErrorURL)
         process.standardError = try FileHandle(forWritingTo: standardErrorURL)

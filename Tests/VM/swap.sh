@@ -16,8 +16,10 @@
 #   ZNBD_SWAP_NBD_ARGS    extra nbd-client arguments, e.g. -swap
 #   ZNBD_SWAP_OOM_ADJ     written to znbd's /proc/PID/oom_score_adj, e.g. -1000
 #   ZNBD_SWAP_MIN_FREE_KB vm.min_free_kbytes for the guest
-#   ZNBD_SWAP_ZNBD_ENV    environment for znbd, e.g. "ZNBD_MLOCK=0"
-#   ZNBD_SWAP_SERVE_ARGS  extra znbd serve arguments, e.g. --workers 0
+#   ZNBD_SWAP_ZNBD_ENV    environment for znbd, e.g. "MALLOC_ARENA_MAX=1"
+#   ZNBD_SWAP_SERVE_ARGS  extra znbd serve arguments, e.g. --workers 0, or
+#                         "--lock-memory off --io-flusher off --oom-score-adj keep"
+#                         for a daemon without its swap protections
 #   ZNBD_SWAP_SWAPON_ARGS swapon arguments (default --discard=pages)
 #   ZNBD_SWAP_CGROUP_HIGH the pattern runs in a cgroup with this memory.high
 #                         (default 64M): its pages are swapped before the whole

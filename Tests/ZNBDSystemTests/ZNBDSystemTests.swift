@@ -3,6 +3,10 @@ import Testing
 import TestSupport
 import ZNBDSystem
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 @Suite("ZNBDSystem: mappings, spin locks and the lock order")
 struct ZNBDSystemTests {
     @Test("an anonymous mapping is aligned, reads zero, and reads zero again after discard")
@@ -17,6 +21,30 @@ struct ZNBDSystemTests {
         #expect(bytes[..<pageSize].allSatisfy { $0 == 0xA5 })
         #expect(bytes[pageSize..<(3 * pageSize)].allSatisfy { $0 == 0 })
         #expect(bytes[(3 * pageSize)...].allSatisfy { $0 == 0xA5 })
+    }
+
+    @Test("discard gives locked pages back too (the daemon runs under mlockall)")
+    func discardOfLockedPages() throws {
+        let pages = 16
+        let mapping = try AnonymousMapping(byteCount: pages * pageSize)
+        guard mlock(mapping.base, mapping.byteCount) == 0 else {
+            print("skipped: mlock of \(pages) pages failed (errno \(errno)); RLIMIT_MEMLOCK too small here")
+            return
+        }
+        defer { munlock(mapping.base, mapping.byteCount) }
+        let bytes = UnsafeMutableRawBufferPointer(start: mapping.base, count: mapping.byteCount)
+        bytes.initializeMemory(as: UInt8.self, repeating: 0x5A)
+        // What makes this case: the kernel refuses MADV_DONTNEED on locked pages.
+        #expect(madvise(mapping.base, pageSize, MADV_DONTNEED) == -1 && errno == EINVAL)
+
+        mapping.discard(offset: 4 * pageSize, count: 8 * pageSize)
+        var resident = [UInt8](repeating: 0, count: pages)
+        #expect(mincore(mapping.base, mapping.byteCount, &resident) == 0)
+        let residentPages = resident.map { $0 & 1 }
+        #expect(residentPages == [1, 1, 1, 1] + Array(repeating: 0, count: 8) + [1, 1, 1, 1])
+        #expect(bytes[..<(4 * pageSize)].allSatisfy { $0 == 0x5A })
+        #expect(bytes[(4 * pageSize)..<(12 * pageSize)].allSatisfy { $0 == 0 })
+        #expect(bytes[(12 * pageSize)...].allSatisfy { $0 == 0x5A })
     }
 
     @Test("a bit spin lock keeps the word's other bits, refuses what `admit` refuses, and excludes")

@@ -24,6 +24,26 @@ int clinux_malloc_trim(void);
 /// Names the calling thread (pthread_setname_np; at most 15 bytes shown).
 void clinux_name_this_thread(const char *name);
 
+// MARK: Staying resident as a swap device (ZNBDSystem's ProcessProtection)
+
+/// prctl(PR_SET_IO_FLUSHER, 1) (Linux 5.6+, needs CAP_SYS_RESOURCE): the
+/// calling thread, and threads it creates afterwards, allocate without
+/// starting I/O (PF_MEMALLOC_NOIO) and are not throttled on other devices'
+/// writeback (PF_LOCAL_THROTTLE). 0, or -1 with errno.
+int clinux_set_io_flusher(void);
+
+/// mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT): every page of the
+/// process, in present and later mappings, is locked once it is faulted in;
+/// the call itself faults nothing in. 0, or -1 with errno.
+int clinux_lock_all_on_fault(void);
+
+/// mlock2(address, length, MLOCK_ONFAULT). 0, or -1 with errno.
+int clinux_lock_on_fault(void *address, size_t length);
+
+/// RLIMIT_MEMLOCK's soft limit in bytes, UINT64_MAX when unlimited. 0, or -1
+/// with errno.
+int clinux_memlock_limit(uint64_t *limit);
+
 // MARK: Lock-order checking (ZNBDSystem's LockOrder, in checked builds)
 //
 // Each thread keeps a stack of the checked locks it holds: level, rank and
