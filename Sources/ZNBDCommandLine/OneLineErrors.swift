@@ -16,25 +16,48 @@ extension ParsableCommand {
     /// CommandLineFailure's own, 64 for bad usage (ArgumentParser's), 1 for
     /// anything else. --help prints help and exits 0. No stack trace, ever.
     public static func mainWithOneLineErrors(helpHint: String) async {
-        let name = configuration.commandName ?? "\(Self.self)"
+        await runWithOneLineErrors(parseWithOneLineErrors(helpHint: helpHint), helpHint: helpHint)
+    }
+
+    /// The first half of `mainWithOneLineErrors`: parses the command line,
+    /// or exits as it describes. Synchronous, so a caller on the main thread
+    /// stays there (znbd applies per-thread settings before any thread).
+    public static func parseWithOneLineErrors(helpHint: String) -> any ParsableCommand {
         do {
-            var command = try parseAsRoot()
+            return try parseAsRoot()
+        } catch {
+            exitWithOneLineError(error, helpHint: helpHint)
+        }
+    }
+
+    /// The second half: runs a parsed command, exiting as described above
+    /// when it throws.
+    public static func runWithOneLineErrors(_ command: any ParsableCommand, helpHint: String) async {
+        var command = command
+        do {
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {
                 try command.run()
             }
-        } catch let failure as any CommandLineFailure {
+        } catch {
+            exitWithOneLineError(error, helpHint: helpHint)
+        }
+    }
+
+    /// Prints `error` as one line (or the help it asks for) and exits.
+    public static func exitWithOneLineError(_ error: any Error, helpHint: String) -> Never {
+        let name = configuration.commandName ?? "\(Self.self)"
+        if let failure = error as? any CommandLineFailure {
             printErrorLine("\(name): \(failure.description)")
             Glibc.exit(failure.exitCode)
-        } catch {
-            if let exitCode = error as? ExitCode { Glibc.exit(exitCode.rawValue) }
-            let code = exitCode(for: error)
-            if code == .success { exit(withError: error) }  // --help
-            let message = message(for: error).split(whereSeparator: \.isNewline).joined(separator: "; ")
-            printErrorLine("\(name): \(message) (see \(helpHint))")
-            Glibc.exit(code.rawValue)
         }
+        if let exitCode = error as? ExitCode { Glibc.exit(exitCode.rawValue) }
+        let code = exitCode(for: error)
+        if code == .success { exit(withError: error) }  // --help
+        let message = message(for: error).split(whereSeparator: \.isNewline).joined(separator: "; ")
+        printErrorLine("\(name): \(message) (see \(helpHint))")
+        Glibc.exit(code.rawValue)
     }
 }
 

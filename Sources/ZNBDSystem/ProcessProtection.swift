@@ -67,6 +67,9 @@ public enum ProcessProtection {
         /// Measures required (`on`, an explicit OOM score) that could not be
         /// applied; empty when all that was required holds.
         public var failures: [String] = []
+
+        /// Nothing applied, nothing to say.
+        public init() {}
     }
 
     /// Applies the measures to the whole process. Call before anything

@@ -6,6 +6,7 @@ import Foundation
 #endif
 import Logging
 import NIOCore
+import Synchronization
 import ZNBDCommandLine
 import ZNBDControlAPI
 import ZNBDSystem
@@ -32,7 +33,21 @@ struct ZNBDCommand: AsyncParsableCommand {
     /// Bad arguments, and sockets or addresses that cannot be had, exit 64
     /// (EX_USAGE) with one line on stderr.
     static func main() async {
-        await mainWithOneLineErrors(helpHint: "znbd serve --help")
+        let helpHint = "znbd serve --help"
+        // Parsed and protected here, on the main thread and before the first
+        // suspension: no other thread exists yet, so every thread made later
+        // descends from this one and inherits the I/O flusher flag. (Calling
+        // an async function hops to the runtime's thread pool, whose first
+        // thread would be made before the flag.)
+        let command = parseWithOneLineErrors(helpHint: helpHint)
+        if let serve = command as? Serve {
+            do throws(StartupError) {
+                try serve.protectProcess()
+            } catch {
+                exitWithOneLineError(error, helpHint: helpHint)
+            }
+        }
+        await runWithOneLineErrors(command, helpHint: helpHint)
     }
 }
 
@@ -197,14 +212,22 @@ struct Serve: AsyncParsableCommand {
             workers: workers, maintenance: maintenance, protection: protection)
     }
 
+    /// Applies the swap-device protections the options ask for, once per
+    /// process, before any thread exists (ZNBDCommand.main calls it): only
+    /// threads created after the I/O flusher flag is set inherit it.
+    func protectProcess() throws(StartupError) {
+        // Bad options are reported by run(), as every other usage error.
+        guard let request = try? configuration().protection else { return }
+        let outcome = ProcessProtection.apply(request)
+        appliedProtection.withLock { $0 = outcome }
+        if !outcome.failures.isEmpty {
+            throw StartupError(description: outcome.failures.joined(separator: "; "), exitCode: 77)
+        }
+    }
+
     func run() async throws {
         let configuration = try configuration()
-        // Before anything starts a thread: only threads created after the
-        // I/O flusher flag is set inherit it (ProcessProtection).
-        let protection = ProcessProtection.apply(configuration.protection)
-        if !protection.failures.isEmpty {
-            throw StartupError(description: protection.failures.joined(separator: "; "), exitCode: 77)
-        }
+        let protection = appliedProtection.withLock { $0 } ?? ProcessProtection.Outcome()
         let level = configuration.logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -214,6 +237,10 @@ struct Serve: AsyncParsableCommand {
         try await Daemon(configuration: configuration, protection: protection).serve()
     }
 }
+
+/// What `Serve.protectProcess` did, for the daemon to log once the logger
+/// exists; nil when it did not run (then nothing was applied).
+private let appliedProtection = Mutex<ProcessProtection.Outcome?>(nil)
 
 /// HOST:PORT, [IPv6]:PORT, or :PORT for every address.
 struct TCPAddress: Sendable, Equatable, CustomStringConvertible {

@@ -17,6 +17,14 @@ size=$((512 << 20))
 
 make_workdir
 start_znbd --size 512M
+# 0. Root in the guest has every capability: the daemon's swap protections
+# must all hold, the I/O flusher flag on every thread (ProcessProtection).
+flushers=$(sed -n 's/.*I\/O flusher threads: \([0-9]*\) of \([0-9]*\).*/\1 \2/p' "$work/znbd.log")
+read -r flagged threads <<<"$flushers"
+[[ -n "$flagged" && "$flagged" == "$threads" ]] || { cat "$work/znbd.log"; fail "I/O flusher threads: '$flushers', expected N of N"; }
+grep -q "memory lock: on" "$work/znbd.log" || fail "znbd did not lock its memory as root"
+[[ $(cat /proc/$znbd_pid/oom_score_adj) == -1000 ]] || fail "oom_score_adj $(cat /proc/$znbd_pid/oom_score_adj), expected -1000"
+say "znbd protects itself: $flagged of $threads threads I/O flushers, memory locked ($(awk '/VmLck/ {print $2, $3}' /proc/$znbd_pid/status)), oom_score_adj -1000"
 t 30 modprobe nbd
 say "modprobe nbd: $(modinfo -F filename nbd)"
 
