@@ -228,7 +228,7 @@ struct ServerLimitsTests {
         return device
     }
 
-    @Test("while one connection reads 32 MiB blocks or trims 4 GiB, another's 4 KiB reads on the same loop stay quick")
+    @Test("while one connection reads 32 MiB blocks or trims 2 GiB, another's 4 KiB reads on the same loop stay quick")
     func noStalledLoop() async throws {
         let filling = ContinuousClock.now
         let device = try Self.filledDevice(gibibytes: 4)
@@ -269,28 +269,40 @@ struct ServerLimitsTests {
                 return (slowest, workTime.withLock { $0 })
             }
 
-            let (readSlowest, readTime) = try probeWhile {
-                // Four at a time, as a client that pipelines would send them.
-                for batch in 0..<3 {
-                    try heavy.readConcurrently(count: 32 << 20, at: (0..<4).map { (batch * 4 + $0) << 25 })
-                }
+            // Each kind of heavy work is measured twice, on different ranges,
+            // and the quicker of the two is held to the bound: a loop stalled
+            // by the work itself stalls in both (a 2 GiB trim run on the loop
+            // would hold it about half the 400 ms of a 4 GiB one, each time),
+            // while a probe that lost its core to something else on a shared
+            // machine seldom loses it twice.
+            var readRuns: [(slowest: Duration, time: Duration)] = []
+            for half in 0..<2 {
+                readRuns.append(try probeWhile {
+                    // Four at a time, as a client that pipelines would send them.
+                    for batch in (half * 3)..<(half * 3 + 3) {
+                        try heavy.readConcurrently(count: 32 << 20, at: (0..<4).map { (batch * 4 + $0) << 25 })
+                    }
+                })
             }
-            let (trimSlowest, trimTime) = try probeWhile {
-                try heavy.trim(count: 2 << 30, at: 0)
-                try heavy.trim(count: (2 << 30) - (1 << 20), at: 2 << 30)
-            }
-            print("noStalledLoop: 12 reads of 32 MiB took \(readTime), slowest probe read \(readSlowest); "
-                  + "trimming 4 GiB took \(trimTime), slowest probe read \(trimSlowest)")
+            var trimRuns: [(slowest: Duration, time: Duration)] = []
+            trimRuns.append(try probeWhile { try heavy.trim(count: 2 << 30, at: 0) })
+            trimRuns.append(try probeWhile { try heavy.trim(count: (2 << 30) - (1 << 20), at: 2 << 30) })
+            let readSlowest = min(readRuns[0].slowest, readRuns[1].slowest)
+            let trimSlowest = min(trimRuns[0].slowest, trimRuns[1].slowest)
+            print("noStalledLoop: 2 × 12 reads of 32 MiB took \(readRuns.map(\.time)), slowest probe reads "
+                  + "\(readRuns.map(\.slowest)); 2 trims of 2 GiB took \(trimRuns.map(\.time)), slowest probe reads "
+                  + "\(trimRuns.map(\.slowest))")
             #expect(device.stats().origDataSize == 1 << 20)
             // Measured here, on 2 cores shared with a build: the slowest probe
             // read took 5-6 ms beside the trim and 20-45 ms beside the reads
             // (five busy threads on two cores: the loop writing 32 MiB
             // replies, two workers, two clients). Run on the loop, the trim
             // alone held it about 400 ms, and four pipelined 32 MiB reads
-            // several hundred.
+            // several hundred. With a VM busy on both cores beside the suite,
+            // single probes waited up to 2 s: hence the better of two runs.
             let bound = Duration.milliseconds(Self.underSanitizer ? 500 : 100)
             #expect(readSlowest < bound, "a 4 KiB read waited \(readSlowest) beside 32 MiB reads")
-            #expect(trimSlowest < bound, "a 4 KiB read waited \(trimSlowest) beside a 4 GiB trim")
+            #expect(trimSlowest < bound, "a 4 KiB read waited \(trimSlowest) beside a 2 GiB trim")
         }
     }
 }
