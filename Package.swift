@@ -4,8 +4,8 @@
 //   CLinux           C shim: glibc calls needing _GNU_SOURCE, lockdep's per-thread stack
 //   ZNBDSystem       the low-level module: page size, anonymous mappings, spin
 //                    locks and their one order (lockdep), Locked, per-CPU counters
-//   CLZO             C shim over liblzo2 (macros → functions, per-thread work memory)
-//   PageCodec        compress / decompress one 4 KiB page (LZO1X-1)
+//   CLZO, CLZ4, CZSTD  C shims over liblzo2, liblz4, libzstd (per-thread work memory)
+//   PageCodec        compress / decompress one 4 KiB page (LZO1X-1, LZ4, zstd)
 //   ZSPool           the movable zsmalloc-style pool of objects in an mmap'd frame arena
 //   BlockDevice      the device contract the NBD server serves (and a plain RAM device)
 //   ZRAM             the compressed block device: slot table, pages, discard, figures
@@ -53,8 +53,16 @@ let package = Package(
             linkerSettings: [.linkedLibrary("lzo2")]
         ),
         .target(
+            name: "CLZ4",
+            linkerSettings: [.linkedLibrary("lz4")]
+        ),
+        .target(
+            name: "CZSTD",
+            linkerSettings: [.linkedLibrary("zstd")]
+        ),
+        .target(
             name: "PageCodec",
-            dependencies: ["CLZO", "ZNBDSystem"],
+            dependencies: ["CLZO", "CLZ4", "CZSTD", "ZNBDSystem"],
             swiftSettings: strictSwift
         ),
         .target(

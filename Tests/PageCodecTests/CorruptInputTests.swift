@@ -8,7 +8,7 @@ import TestSupport
 /// Decompresses `stream` from a buffer of exactly its size (so AddressSanitizer
 /// sees any read past it) into a page followed by a guard zone (so a write past
 /// the page is caught even without the sanitizer).
-private func decompressGuarded(_ stream: [UInt8], codec: LZO1X1Codec) -> Result<[UInt8], PageCodecError> {
+private func decompressGuarded(_ stream: [UInt8], codec: some PageCodec) -> Result<[UInt8], PageCodecError> {
     let guardSize = 256
     let canary: UInt8 = 0xC3
     let source = UnsafeMutableRawBufferPointer.allocate(byteCount: max(stream.count, 1), alignment: 1)
@@ -31,16 +31,18 @@ private func decompressGuarded(_ stream: [UInt8], codec: LZO1X1Codec) -> Result<
     return result
 }
 
-@Suite("LZO1X-1 on corrupt input")
-struct CorruptInputTests {
-    let codec = try! LZO1X1Codec()
+/// Every codec the device can use, with parameters at both ends of their ranges.
+let everyCodec = ["lzo", "lz4", "lz4:64", "zstd", "zstd:-5", "zstd:19"]
 
-    @Test("10,000 corrupted streams give an error or a full page, never a crash or overrun")
-    func corruptedStreams() throws {
+@Suite("Each codec on corrupt input")
+struct CorruptInputTests {
+    @Test("10,000 corrupted streams give an error or a full page, never a crash or overrun", arguments: everyCodec)
+    func corruptedStreams(_ choice: String) throws {
+        let codec = try CodecChoice.parse(choice).makeCodec()
         let pages = try Corpus.pages(512)
         let streams = try (0..<pages.count).map { try compressed(pages[$0], with: codec) }
         var (random, seed) = SeededRandom.fromEnvironment(1)
-        print("corruptedStreams seed \(seed)")
+        print("corruptedStreams \(choice) seed \(seed)")
         var errors = 0
         var fullPages = 0
         for trial in 0..<10_000 {
@@ -80,12 +82,12 @@ struct CorruptInputTests {
         }
         #expect(errors + fullPages == 10_000)
         #expect(errors > 5_000, "most corruptions must be detected; got \(errors) errors")
-        print("corruptedStreams: \(errors) errors, \(fullPages) full pages")
+        print("corruptedStreams \(choice): \(errors) errors, \(fullPages) full pages")
     }
 
-    @Test("two threads compressing and decompressing at once match one thread")
-    func twoThreadsMatchOne() throws {
-        let codec = self.codec
+    @Test("two threads compressing and decompressing at once match one thread", arguments: everyCodec)
+    func twoThreadsMatchOne(_ choice: String) throws {
+        let codec = try CodecChoice.parse(choice).makeCodec()
         let pages = try Corpus.pages(2_000)
         let reference = try (0..<pages.count).map { try compressed(pages[$0], with: codec) }
         let mismatches = Locked(0)
