@@ -100,7 +100,7 @@ let package = Package(
         .target(
             name: "ZNBDControlServer",
             dependencies: [
-                "ZNBDControlAPI", "ZRAM", "ZSPool", "NBD", "ZNBDSystem",
+                "ZNBDControlAPI", "ZRAM", "ZSPool", "NBD", "PageCodec", "ZNBDSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -116,7 +116,7 @@ let package = Package(
         .executableTarget(
             name: "znbd",
             dependencies: [
-                "ZRAM", "NBD", "ZNBDControlAPI", "ZNBDControlServer", "ZNBDCommandLine", "ZNBDSystem",
+                "ZRAM", "NBD", "PageCodec", "ZNBDControlAPI", "ZNBDControlServer", "ZNBDCommandLine", "ZNBDSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

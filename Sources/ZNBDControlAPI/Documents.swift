@@ -26,10 +26,11 @@ public struct StatsDocument: Sendable, Codable, Equatable {
     public var pool: PoolSummary
     public var nbd: NBDFigures
     public var maintenance: MaintenanceFigures
+    public var compression: CompressionFigures
 
     public init(
         device: DeviceFigures, rssBytes: Int, export: ExportSummary, pool: PoolSummary, nbd: NBDFigures,
-        maintenance: MaintenanceFigures
+        maintenance: MaintenanceFigures, compression: CompressionFigures
     ) {
         self.device = device
         mmStat = device.mmStat
@@ -39,13 +40,14 @@ public struct StatsDocument: Sendable, Codable, Equatable {
         self.pool = pool
         self.nbd = nbd
         self.maintenance = maintenance
+        self.compression = compression
     }
 
     enum CodingKeys: String, CodingKey {
         case mmStat = "mm_stat"
         case ioStat = "io_stat"
         case rssBytes = "rss_bytes"
-        case export, pool, nbd, maintenance
+        case export, pool, nbd, maintenance, compression
     }
 
     public init(from decoder: any Decoder) throws {
@@ -58,6 +60,7 @@ public struct StatsDocument: Sendable, Codable, Equatable {
         pool = try container.decode(PoolSummary.self, forKey: .pool)
         nbd = try container.decode(NBDFigures.self, forKey: .nbd)
         maintenance = try container.decode(MaintenanceFigures.self, forKey: .maintenance)
+        compression = try container.decode(CompressionFigures.self, forKey: .compression)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -70,6 +73,7 @@ public struct StatsDocument: Sendable, Codable, Equatable {
         try container.encode(pool, forKey: .pool)
         try container.encode(nbd, forKey: .nbd)
         try container.encode(maintenance, forKey: .maintenance)
+        try container.encode(compression, forKey: .compression)
     }
 }
 
@@ -172,6 +176,61 @@ public struct CompactDocument: Sendable, Codable, Equatable {
         case blockSize = "block_size"
         case rssBytesBefore = "rss_bytes_before"
         case rssBytesAfter = "rss_bytes_after"
+    }
+}
+
+/// POST /v1/idle: marks stored pages idle, all of them or those not read or
+/// written for `older_than_seconds` (zram's `idle` attribute).
+public struct IdleDocument: Sendable, Codable, Equatable {
+    /// Pages marked by this request.
+    public var pagesMarked: Int
+    /// Pages idle now.
+    public var idlePages: Int
+
+    public init(pagesMarked: Int, idlePages: Int) {
+        self.pagesMarked = pagesMarked
+        self.idlePages = idlePages
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case pagesMarked = "pages_marked"
+        case idlePages = "idle_pages"
+    }
+}
+
+/// POST /v1/recompress: one recompression run over the device, now (zram's
+/// `recompress` attribute), and what it did.
+public struct RecompressDocument: Sendable, Codable, Equatable {
+    /// idle, huge or huge_idle.
+    public var type: String
+    public var threshold: Int?
+    public var maxPages: Int?
+    /// The recompression codec, e.g. "zstd:9".
+    public var algorithm: String
+    public var result: RecompressionFigures
+    public var seconds: Double
+    public var memUsedTotalBefore: Int
+    public var memUsedTotalAfter: Int
+
+    public init(
+        type: String, threshold: Int?, maxPages: Int?, algorithm: String, result: RecompressionFigures,
+        seconds: Double, memUsedTotalBefore: Int, memUsedTotalAfter: Int
+    ) {
+        self.type = type
+        self.threshold = threshold
+        self.maxPages = maxPages
+        self.algorithm = algorithm
+        self.result = result
+        self.seconds = seconds
+        self.memUsedTotalBefore = memUsedTotalBefore
+        self.memUsedTotalAfter = memUsedTotalAfter
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case type, threshold, algorithm, result, seconds
+        case maxPages = "max_pages"
+        case memUsedTotalBefore = "mem_used_total_before"
+        case memUsedTotalAfter = "mem_used_total_after"
     }
 }
 

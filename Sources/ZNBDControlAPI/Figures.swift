@@ -376,11 +376,17 @@ public struct MaintenanceFigures: Sendable, Codable, Equatable {
     public var heapTrims: Int
     public var secondsSpent: Double
     public var lastPass: MaintenancePassFigures?
+    /// Pages idle this long are recompressed by the thread; absent: it does not.
+    public var recompressIdleAgeSeconds: Double?
+    /// What the thread's recompression did, and its sweeps of the device.
+    public var recompression: RecompressionFigures
+    public var recompressionSweeps: Int
 
     public init(
         compaction: String, migration: String, pressureSource: String?, passes: [String: Int], pagesCompacted: Int,
         objectsMoved: Int, bytesMoved: Int, objectsSkipped: Int, framesMigrated: Int, framesSkipped: Int,
-        blocksReleased: Int, heapTrims: Int, secondsSpent: Double, lastPass: MaintenancePassFigures?
+        blocksReleased: Int, heapTrims: Int, secondsSpent: Double, lastPass: MaintenancePassFigures?,
+        recompressIdleAgeSeconds: Double?, recompression: RecompressionFigures, recompressionSweeps: Int
     ) {
         self.compaction = compaction
         self.migration = migration
@@ -396,6 +402,9 @@ public struct MaintenanceFigures: Sendable, Codable, Equatable {
         self.heapTrims = heapTrims
         self.secondsSpent = secondsSpent
         self.lastPass = lastPass
+        self.recompressIdleAgeSeconds = recompressIdleAgeSeconds
+        self.recompression = recompression
+        self.recompressionSweeps = recompressionSweeps
     }
 
     enum CodingKeys: String, CodingKey {
@@ -411,5 +420,102 @@ public struct MaintenanceFigures: Sendable, Codable, Equatable {
         case heapTrims = "heap_trims"
         case secondsSpent = "seconds_spent"
         case lastPass = "last_pass"
+        case recompression
+        case recompressIdleAgeSeconds = "recompress_idle_age_seconds"
+        case recompressionSweeps = "recompression_sweeps"
+    }
+}
+
+/// What recompression did: one run (`znbdctl recompress`), or running totals.
+public struct RecompressionFigures: Sendable, Codable, Equatable {
+    /// Slots looked at (runs and the maintenance thread's slices only).
+    public var pagesScanned: Int?
+    /// Pages the recompression codec compressed.
+    public var pagesTried: Int
+    /// Of those: stored in the new stream, which landed in a smaller class.
+    public var pagesRecompressed: Int
+    /// Kept as they were: the new stream would not save memory.
+    public var pagesNotSmaller: Int
+    /// Of the pages kept: huge pages the codec could not bring under the
+    /// huge class (zram's incompressible).
+    public var pagesIncompressible: Int
+    /// Written meanwhile: the result was dropped.
+    public var pagesRaced: Int
+    /// Object bytes of the recompressed pages, before and after.
+    public var bytesBefore: Int
+    public var bytesAfter: Int
+    /// A run reached the end of the device (runs only).
+    public var finished: Bool?
+    /// A run stopped because the pool had no room (runs only).
+    public var stoppedForSpace: Bool?
+
+    public init(
+        pagesScanned: Int?, pagesTried: Int, pagesRecompressed: Int, pagesNotSmaller: Int, pagesIncompressible: Int,
+        pagesRaced: Int, bytesBefore: Int, bytesAfter: Int, finished: Bool?, stoppedForSpace: Bool?
+    ) {
+        self.pagesScanned = pagesScanned
+        self.pagesTried = pagesTried
+        self.pagesRecompressed = pagesRecompressed
+        self.pagesNotSmaller = pagesNotSmaller
+        self.pagesIncompressible = pagesIncompressible
+        self.pagesRaced = pagesRaced
+        self.bytesBefore = bytesBefore
+        self.bytesAfter = bytesAfter
+        self.finished = finished
+        self.stoppedForSpace = stoppedForSpace
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case finished
+        case pagesScanned = "pages_scanned"
+        case pagesTried = "pages_tried"
+        case pagesRecompressed = "pages_recompressed"
+        case pagesNotSmaller = "pages_not_smaller"
+        case pagesIncompressible = "pages_incompressible"
+        case pagesRaced = "pages_raced"
+        case bytesBefore = "bytes_before"
+        case bytesAfter = "bytes_after"
+        case stoppedForSpace = "stopped_for_space"
+    }
+}
+
+/// The device's codecs and what they hold: zram's comp_algorithm,
+/// algorithm_params and recomp_algorithm, pages per algorithm, idle pages,
+/// and recompression's totals (manual runs and the maintenance thread's).
+public struct CompressionFigures: Sendable, Codable, Equatable {
+    /// lzo, lz4 or zstd.
+    public var algorithm: String
+    /// zram's algorithm_params text ("level=9"); empty for the defaults.
+    public var algorithmParams: String
+    /// The recompression codec; absent without one.
+    public var recompressAlgorithm: String?
+    public var recompressAlgorithmParams: String?
+    /// Compressed objects by the algorithm that wrote them; huge pages are
+    /// raw and counted in huge_pages.
+    public var pagesByAlgorithm: [String: Int]
+    /// Pages marked idle and not accessed since.
+    public var idlePages: Int
+    public var recompression: RecompressionFigures
+
+    public init(
+        algorithm: String, algorithmParams: String, recompressAlgorithm: String?, recompressAlgorithmParams: String?,
+        pagesByAlgorithm: [String: Int], idlePages: Int, recompression: RecompressionFigures
+    ) {
+        self.algorithm = algorithm
+        self.algorithmParams = algorithmParams
+        self.recompressAlgorithm = recompressAlgorithm
+        self.recompressAlgorithmParams = recompressAlgorithmParams
+        self.pagesByAlgorithm = pagesByAlgorithm
+        self.idlePages = idlePages
+        self.recompression = recompression
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case algorithm, recompression
+        case algorithmParams = "algorithm_params"
+        case recompressAlgorithm = "recompress_algorithm"
+        case recompressAlgorithmParams = "recompress_algorithm_params"
+        case pagesByAlgorithm = "pages_by_algorithm"
+        case idlePages = "idle_pages"
     }
 }

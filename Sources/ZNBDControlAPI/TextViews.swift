@@ -8,13 +8,58 @@ public enum TextViews {
         let header = ["NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "RATIO", "MEM-LIMIT", "MEM-USED",
                       "SAME", "HUGE", "COMPACTED", "RSS"]
         let row = [
-            stats.export.name.isEmpty ? "(default)" : stats.export.name, "lzo",
+            stats.export.name.isEmpty ? "(default)" : stats.export.name, algorithmName(stats.compression),
             ByteSize.format(device.diskSize), ByteSize.format(device.origDataSize), ByteSize.format(device.comprDataSize),
             ByteSize.format(device.memUsedTotal), formatRatio(ratio),
             device.memLimit == 0 ? "-" : ByteSize.format(device.memLimit), ByteSize.format(device.memUsedMax),
             "\(device.samePages)", "\(device.hugePages)", "\(device.pagesCompacted)", ByteSize.format(stats.rssBytes),
         ]
         return table([header, row], leftAligned: 2)
+    }
+
+    /// `zstd:9`, or the bare name with the library's default.
+    static func algorithmName(_ compression: CompressionFigures) -> String {
+        codecName(compression.algorithm, params: compression.algorithmParams)
+    }
+
+    static func codecName(_ algorithm: String, params: String) -> String {
+        params.hasPrefix("level=") ? "\(algorithm):\(params.dropFirst("level=".count))" : algorithm
+    }
+
+    /// The codecs, pages per algorithm, idle pages and recompression, a few lines.
+    public static func compressionView(_ compression: CompressionFigures) -> String {
+        var text = "algorithm \(algorithmName(compression))"
+        if let recompress = compression.recompressAlgorithm {
+            text += ", recompression \(codecName(recompress, params: compression.recompressAlgorithmParams ?? ""))"
+        }
+        let pages = compression.pagesByAlgorithm.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+        text += "; pages by algorithm: " + pages.joined(separator: ", ") + "; idle pages \(compression.idlePages)\n"
+        if compression.recompressAlgorithm != nil {
+            text += "recompression: " + recompressionLine(compression.recompression) + "\n"
+        }
+        return text
+    }
+
+    /// What a recompression run (or the totals) did, one line.
+    public static func recompressionLine(_ result: RecompressionFigures) -> String {
+        var text = result.pagesScanned.map { "\($0) pages scanned, " } ?? ""
+        text += "\(result.pagesTried) tried, \(result.pagesRecompressed) recompressed"
+        text += " (\(ByteSize.format(result.bytesBefore)) -> \(ByteSize.format(result.bytesAfter)))"
+        text += ", \(result.pagesNotSmaller) not smaller (\(result.pagesIncompressible) incompressible)"
+        if result.pagesRaced > 0 { text += ", \(result.pagesRaced) written meanwhile" }
+        if result.stoppedForSpace == true { text += "; stopped: the pool is full" }
+        return text
+    }
+
+    public static func recompressSummary(_ run: RecompressDocument) -> String {
+        var text = "recompress type=\(run.type) with \(run.algorithm): " + recompressionLine(run.result) + "\n"
+        text += "mem_used_total \(ByteSize.format(run.memUsedTotalBefore)) -> \(ByteSize.format(run.memUsedTotalAfter))"
+        text += " in \(formatSeconds(run.seconds))\n"
+        return text
+    }
+
+    public static func idleLine(_ idle: IdleDocument) -> String {
+        "\(idle.pagesMarked) pages marked idle; \(idle.idlePages) idle in all\n"
     }
 
     /// The nine mm_stat figures as the kernel prints them.
@@ -94,6 +139,10 @@ public enum TextViews {
         text += " (\(ByteSize.format(maintenance.bytesMoved))), \(maintenance.objectsSkipped) busy\n"
         text += "migration: \(maintenance.framesMigrated) frames moved, \(maintenance.blocksReleased) blocks released,"
         text += " \(maintenance.framesSkipped) busy; heap trimmed \(maintenance.heapTrims) times\n"
+        if let age = maintenance.recompressIdleAgeSeconds {
+            text += "recompression of pages idle \(formatSeconds(age)): \(maintenance.recompressionSweeps) sweeps, "
+            text += recompressionLine(maintenance.recompression) + "\n"
+        }
         return text
     }
 

@@ -23,6 +23,11 @@ public struct ControlRequest: Sendable {
     }
 }
 
+/// Why a request's body was refused.
+public struct ControlBodyError: Error, CustomStringConvertible {
+    public let description: String
+}
+
 /// One answer: a status, a content type, a body, and for 405 the methods
 /// the path allows.
 public struct ControlResponse: Sendable, Equatable {
@@ -46,6 +51,10 @@ public struct ControlResponse: Sendable, Equatable {
 ///   GET  /v1/classes     ClassesDocument: zsmalloc's per-class table
 ///   GET  /v1/frames      FramesDocument: buddyinfo-style free runs, block occupancy
 ///   POST /v1/compact     CompactDocument: one maintenance pass (compaction, migration), now
+///   POST /v1/idle        IdleDocument: mark pages idle; body empty or "all", SECONDS, or
+///                        {"older_than_seconds": N}
+///   POST /v1/recompress  RecompressDocument: a recompression run, now; body zram's
+///                        "type=idle threshold=BYTES max_pages=N" or the same as JSON
 ///   GET  /v1/mem-limit   MemLimitDocument
 ///   PUT  /v1/mem-limit   body {"mem_limit": BYTES}, {"mem_limit": "512M"} or 512M; 0 lifts it
 ///   GET  /metrics        Prometheus text exposition
@@ -69,7 +78,7 @@ public final class ControlEndpoint: Sendable {
 
     private static let routes: [String: [String]] = [
         "/v1/stats": ["GET"], "/v1/classes": ["GET"], "/v1/frames": ["GET"], "/v1/compact": ["POST"],
-        "/v1/mem-limit": ["GET", "PUT"], "/metrics": ["GET"],
+        "/v1/idle": ["POST"], "/v1/recompress": ["POST"], "/v1/mem-limit": ["GET", "PUT"], "/metrics": ["GET"],
     ]
 
     public func respond(to request: ControlRequest) -> ControlResponse {
@@ -91,6 +100,10 @@ public final class ControlEndpoint: Sendable {
             return Self.document(FramesDocument(device.poolStats()))
         case ("POST", "/v1/compact"):
             return Self.document(compact())
+        case ("POST", "/v1/idle"):
+            return markIdle(body: request.body)
+        case ("POST", "/v1/recompress"):
+            return recompress(body: request.body)
         case ("GET", "/v1/mem-limit"):
             return Self.document(MemLimitDocument(memLimit: device.memLimitBytes ?? 0))
         case ("PUT", "/v1/mem-limit"):
@@ -108,7 +121,8 @@ public final class ControlEndpoint: Sendable {
     public func stats(pool: ZSPoolStats) -> StatsDocument {
         StatsDocument(
             device: DeviceFigures(device.stats()), rssBytes: residentMemoryBytes(), export: export,
-            pool: PoolSummary(pool), nbd: NBDFigures(nbdStats()), maintenance: MaintenanceFigures(maintenance.stats()))
+            pool: PoolSummary(pool), nbd: NBDFigures(nbdStats()), maintenance: MaintenanceFigures(maintenance.stats()),
+            compression: CompressionFigures(device.compressionStats()))
     }
 
     /// A maintenance pass now, as the thread runs them but without rests.
@@ -118,6 +132,100 @@ public final class ControlEndpoint: Sendable {
         return CompactDocument(
             pass: MaintenancePassFigures(pass), frameSize: ZSPool.frameSize, blockSize: ZSPool.blockSize,
             rssBytesBefore: rssBefore, rssBytesAfter: residentMemoryBytes())
+    }
+
+    private func markIdle(body: [UInt8]) -> ControlResponse {
+        let age: Duration?
+        do {
+            age = try Self.parseIdleAge(body)
+        } catch {
+            return Self.error(400, "\(error.description); send nothing or all, SECONDS, or {\"older_than_seconds\": N}")
+        }
+        let marked = device.markIdle(notAccessedFor: age)
+        return Self.document(IdleDocument(pagesMarked: marked, idlePages: device.compressionStats().idlePages))
+    }
+
+    /// Nothing or "all" (every stored page), a number of seconds, or JSON
+    /// with "older_than_seconds".
+    static func parseIdleAge(_ body: [UInt8]) throws(ControlBodyError) -> Duration? {
+        let text = String(decoding: body, as: UTF8.self).trimmingWhitespace()
+        if text.isEmpty || text == "all" { return nil }
+        if text.hasPrefix("{") {
+            struct Age: Decodable { var older_than_seconds: Int? }
+            guard let age = try? JSONDecoder().decode(Age.self, from: Data(body)) else {
+                throw ControlBodyError(description: "the body is not JSON with a whole older_than_seconds")
+            }
+            guard let seconds = age.older_than_seconds else { return nil }
+            guard seconds >= 0 else { throw ControlBodyError(description: "a negative age") }
+            return .seconds(seconds)
+        }
+        guard let seconds = Int(text), seconds >= 0 else {
+            throw ControlBodyError(description: "'\(text)' is not a number of seconds")
+        }
+        return .seconds(seconds)
+    }
+
+    private func recompress(body: [UInt8]) -> ControlResponse {
+        let request: RecompressionRequest
+        do {
+            request = try Self.parseRecompression(body)
+        } catch {
+            return Self.error(
+                400, "\(error.description); send type=idle|huge|huge_idle|all threshold=BYTES max_pages=N, or the same as JSON")
+        }
+        guard let algorithm = device.recompressionAlgorithm else {
+            return Self.error(409, RecompressionUnavailable().description)
+        }
+        let clock = ContinuousClock()
+        let start = clock.now
+        let before = device.stats().memUsedTotal
+        do {
+            let result = try maintenance.recompress(request)
+            return Self.document(
+                RecompressDocument(
+                    type: request.type.rawValue, threshold: request.thresholdBytes, maxPages: request.maxPages,
+                    algorithm: algorithm.description, result: RecompressionFigures(result, run: true),
+                    seconds: (clock.now - start).seconds, memUsedTotalBefore: before,
+                    memUsedTotalAfter: device.stats().memUsedTotal))
+        } catch {
+            return Self.error(409, error.description)
+        }
+    }
+
+    /// zram's `recompress` text ("type=huge threshold=3000 max_pages=100";
+    /// every field optional, type all by default) or a JSON object with the
+    /// same keys.
+    static func parseRecompression(_ body: [UInt8]) throws(ControlBodyError) -> RecompressionRequest {
+        let text = String(decoding: body, as: UTF8.self).trimmingWhitespace()
+        var fields: [String: String] = [:]
+        if text.hasPrefix("{") {
+            struct Fields: Decodable { var type: String?; var threshold: Int?; var max_pages: Int? }
+            guard let decoded = try? JSONDecoder().decode(Fields.self, from: Data(body)) else {
+                throw ControlBodyError(description: "the body is not JSON with type, threshold and max_pages")
+            }
+            fields["type"] = decoded.type
+            fields["threshold"] = decoded.threshold.map(String.init)
+            fields["max_pages"] = decoded.max_pages.map(String.init)
+        } else {
+            for field in text.split(whereSeparator: { $0 == " " || $0 == "\n" }) {
+                let pair = field.split(separator: "=", maxSplits: 1)
+                guard pair.count == 2, ["type", "threshold", "max_pages"].contains(String(pair[0])) else {
+                    throw ControlBodyError(description: "unknown field '\(field)'")
+                }
+                fields[String(pair[0])] = String(pair[1])
+            }
+        }
+        guard let type = RecompressionType(rawValue: fields["type"] ?? "all") else {
+            throw ControlBodyError(description: "unknown type '\(fields["type"] ?? "")'")
+        }
+        func count(_ key: String) throws(ControlBodyError) -> Int? {
+            guard let value = fields[key] else { return nil }
+            guard let number = Int(value), number > 0 else {
+                throw ControlBodyError(description: "\(key) must be a positive whole number, got '\(value)'")
+            }
+            return number
+        }
+        return RecompressionRequest(type: type, thresholdBytes: try count("threshold"), maxPages: try count("max_pages"))
     }
 
     private func setMemLimit(body: [UInt8]) -> ControlResponse {

@@ -1,4 +1,5 @@
 public import NBD
+import PageCodec
 public import ZNBDControlAPI
 public import ZRAM
 public import ZSPool
@@ -106,7 +107,34 @@ extension MaintenanceFigures {
             bytesMoved: stats.compaction.bytesMoved, objectsSkipped: stats.compaction.objectsSkipped,
             framesMigrated: stats.defragmentation.framesMigrated, framesSkipped: stats.defragmentation.framesSkipped,
             blocksReleased: stats.defragmentation.blocksReleased, heapTrims: stats.heapTrims,
-            secondsSpent: stats.timeSpent.seconds, lastPass: stats.lastPass.map(MaintenancePassFigures.init))
+            secondsSpent: stats.timeSpent.seconds, lastPass: stats.lastPass.map(MaintenancePassFigures.init),
+            recompressIdleAgeSeconds: stats.recompressIdleAge?.seconds,
+            recompression: RecompressionFigures(stats.recompression, run: true),
+            recompressionSweeps: stats.recompressionSweeps)
+    }
+}
+
+extension RecompressionFigures {
+    /// `run`: the figures of one run or of the thread's slices, which carry
+    /// the slots scanned; the device's totals do not.
+    public init(_ result: RecompressionResult, run: Bool) {
+        self.init(
+            pagesScanned: run ? result.pagesScanned : nil, pagesTried: result.pagesTried,
+            pagesRecompressed: result.pagesRecompressed, pagesNotSmaller: result.pagesNotSmaller,
+            pagesIncompressible: result.pagesIncompressible, pagesRaced: result.pagesRaced,
+            bytesBefore: result.bytesBefore, bytesAfter: result.bytesAfter,
+            finished: run ? result.finished : nil, stoppedForSpace: run ? result.stoppedForSpace : nil)
+    }
+}
+
+extension CompressionFigures {
+    public init(_ stats: CompressionStats) {
+        self.init(
+            algorithm: stats.algorithm.algorithm.description, algorithmParams: stats.algorithm.params,
+            recompressAlgorithm: stats.recompressionAlgorithm?.algorithm.description,
+            recompressAlgorithmParams: stats.recompressionAlgorithm?.params,
+            pagesByAlgorithm: Dictionary(uniqueKeysWithValues: stats.pagesByAlgorithm.map { ($0.key.description, $0.value) }),
+            idlePages: stats.idlePages, recompression: RecompressionFigures(stats.recompression, run: false))
     }
 }
 

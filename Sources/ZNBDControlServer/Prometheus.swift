@@ -90,7 +90,32 @@ extension PrometheusExposition {
         renderPool(stats.pool, classes: classes, frames: frames, into: &out)
         renderNBD(stats, into: &out)
         renderMaintenance(stats.maintenance, into: &out)
+        renderCompression(stats.compression, into: &out)
         return out.text
+    }
+
+    private static func renderCompression(_ compression: CompressionFigures, into out: inout PrometheusExposition) {
+        var codecs = [("algorithm", compression.algorithm, compression.algorithmParams)]
+        if let recompress = compression.recompressAlgorithm {
+            codecs.append(("recompression", recompress, compression.recompressAlgorithmParams ?? ""))
+        }
+        out.family("znbd_codec_info", .gauge, help: "The device's codecs (zram comp_algorithm, recomp_algorithm); always 1.",
+                   samples: codecs.map { ([("role", $0.0), ("algorithm", $0.1), ("params", $0.2)], 1) })
+        out.family("znbd_pages_by_algorithm", .gauge, help: "Compressed objects by the algorithm that wrote them.",
+                   samples: compression.pagesByAlgorithm.sorted { $0.key < $1.key }.map { ([("algorithm", $0.key)], $0.value) })
+        out.family("znbd_idle_pages", .gauge, help: "Pages marked idle and not accessed since.", value: compression.idlePages)
+        let recompression = compression.recompression
+        out.family("znbd_recompression_pages_total", .counter,
+                   help: "Pages the recompression codec compressed, by outcome (incompressible: huge pages kept raw, part of not_smaller).",
+                   samples: [
+                       ([("outcome", "recompressed")], recompression.pagesRecompressed),
+                       ([("outcome", "not_smaller")], recompression.pagesNotSmaller),
+                       ([("outcome", "incompressible")], recompression.pagesIncompressible),
+                       ([("outcome", "raced")], recompression.pagesRaced),
+                   ])
+        out.family("znbd_recompression_bytes_total", .counter,
+                   help: "Object bytes of the recompressed pages, before and after.",
+                   samples: [([("when", "before")], recompression.bytesBefore), ([("when", "after")], recompression.bytesAfter)])
     }
 
     private static func renderPool(

@@ -1,8 +1,10 @@
 // CompressedBlockDevice: the compressed RAM disk, as drivers/block/zram is
 // in the kernel. One slot per 4 KiB page (SlotTable); each page's content is
 // nothing (unallocated), one repeated 8-byte word (same-filled), or a ZSPool
-// object holding its LZO1X-1 stream or, when that would need the pool's huge
-// class anyway, the raw page.
+// object holding its compressed stream (LZO1X-1 by default; lz4 or zstd by
+// choice; the slot records which) or, when that would need the pool's huge
+// class anyway, the raw page. Recompression.swift stores idle or huge pages
+// again with a stronger codec.
 //
 // LOCKS: the slot lock (per page) is outermost; under it the pool takes its
 // own (see ZSPool.swift). A request that covers several pages takes their
@@ -21,7 +23,7 @@
 // the last one switched wins whole, which is a valid order.
 
 public import BlockDevice
-import PageCodec
+public import PageCodec
 import ZNBDSystem
 public import ZSPool
 
@@ -34,11 +36,21 @@ public final class CompressedBlockDevice: BlockDevice {
         public var maxChain: Int
         /// Cap on pool memory in bytes; nil for none. Changeable at run time.
         public var memLimitBytes: Int?
+        /// The codec every write uses (zram's comp_algorithm).
+        public var algorithm: CodecChoice
+        /// The codec recompression stores idle or huge pages with (zram's
+        /// recomp_algorithm); nil: no recompression.
+        public var recompressionAlgorithm: CodecChoice?
 
-        public init(byteCount: Int, maxChain: Int = SizeClassTable.defaultMaxChain, memLimitBytes: Int? = nil) {
+        public init(
+            byteCount: Int, maxChain: Int = SizeClassTable.defaultMaxChain, memLimitBytes: Int? = nil,
+            algorithm: CodecChoice = .lzo, recompressionAlgorithm: CodecChoice? = nil
+        ) {
             self.byteCount = byteCount
             self.maxChain = maxChain
             self.memLimitBytes = memLimitBytes
+            self.algorithm = algorithm
+            self.recompressionAlgorithm = recompressionAlgorithm
         }
     }
 
@@ -77,7 +89,13 @@ public final class CompressedBlockDevice: BlockDevice {
     public let hugeThreshold: Int
 
     let slots: SlotTable
-    let codec: LZO1X1Codec
+    /// What writes compress with, and what recompression stores with.
+    public let algorithm: CodecChoice
+    public let recompressionAlgorithm: CodecChoice?
+    let codec: AnyPageCodec
+    let recompressionCodec: AnyPageCodec?
+    /// Reads every page, whichever algorithm wrote it.
+    let decoder: PageDecoder
     let counters = DeviceCounters()
 
     public init(_ configuration: Configuration) throws(ConfigurationError) {
@@ -85,10 +103,18 @@ public final class CompressedBlockDevice: BlockDevice {
         guard size > 0, size % pageSize == 0, size <= Self.maximumByteCount else { throw .invalidSize(size) }
         if let limit = configuration.memLimitBytes, limit <= 0 { throw .invalidMemLimit(limit) }
         do {
-            codec = try LZO1X1Codec()
+            codec = try configuration.algorithm.makeCodec()
+            recompressionCodec = try configuration.recompressionAlgorithm?.makeCodec()
         } catch {
             throw .codec(error.description)
         }
+        do {
+            decoder = try PageDecoder()
+        } catch {
+            throw .codec(error.description)
+        }
+        algorithm = configuration.algorithm
+        recompressionAlgorithm = configuration.recompressionAlgorithm
         // Room for every page stored raw plus the classes' partly filled
         // zspages; only the address space is reserved up front.
         let poolBytes = min(Self.maximumPoolBytes, size + size / 8 + (16 << 20))
@@ -122,14 +148,21 @@ public final class CompressedBlockDevice: BlockDevice {
         try checkRange(offset: offset, length: buffer.count)
         counters.add(.reads)
         counters.add(.bytesRead, buffer.count)
+        let now = slots.now
         try forEachPagePiece(offset: offset, length: buffer.count) { (piece) throws(BlockDeviceError) in
             let destination = UnsafeMutableRawBufferPointer(rebasing: buffer[piece.requestRange])
             if piece.isWholePage {
-                try slots.withLock(piece.page) { () throws(BlockDeviceError) in try loadPage(piece.page, into: destination) }
+                try slots.withLock(piece.page) { () throws(BlockDeviceError) in
+                    try loadPage(piece.page, into: destination)
+                    slots.touch(piece.page, now: now)
+                }
                 return
             }
             try withPageBuffer { (page) throws(BlockDeviceError) in
-                try slots.withLock(piece.page) { () throws(BlockDeviceError) in try loadPage(piece.page, into: page) }
+                try slots.withLock(piece.page) { () throws(BlockDeviceError) in
+                    try loadPage(piece.page, into: page)
+                    slots.touch(piece.page, now: now)
+                }
                 destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: page[piece.pageRange]))
             }
         }
@@ -138,13 +171,14 @@ public final class CompressedBlockDevice: BlockDevice {
     public func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
         try checkRange(offset: offset, length: bytes.count)
         counters.add(.writes)
+        let now = slots.now
         do {
             try forEachPagePiece(offset: offset, length: bytes.count) { (piece) throws(BlockDeviceError) in
                 let source = UnsafeRawBufferPointer(rebasing: bytes[piece.requestRange])
                 if piece.isWholePage {
-                    try replacePage(piece.page, with: source)
+                    install(try storePage(source), at: piece.page, now: now)
                 } else {
-                    try patchPage(piece.page, at: piece.pageRange.lowerBound, with: source)
+                    try patchPage(piece.page, at: piece.pageRange.lowerBound, with: source, now: now)
                 }
                 counters.add(.bytesWritten, source.count)
             }
@@ -167,7 +201,7 @@ public final class CompressedBlockDevice: BlockDevice {
             // looking reads the zero page, taking the lock would write the
             // slot and make it resident. mkfs discards the whole device, and
             // the table is 16 bytes per page.
-            if !slots.isUnallocated(page) { install(.unallocated, at: page) }
+            if !slots.isUnallocated(page) { install(.unallocated, at: page, now: 0) }
             counters.add(.notifyFree)
         }
     }
@@ -175,13 +209,14 @@ public final class CompressedBlockDevice: BlockDevice {
     public func writeZeroes(offset: Int, length: Int) throws(BlockDeviceError) {
         try checkRange(offset: offset, length: length)
         counters.add(.zeroes)
+        let now = slots.now
         do {
             try forEachPagePiece(offset: offset, length: length) { (piece) throws(BlockDeviceError) in
                 if piece.isWholePage {
-                    install(.sameFilled(fill: 0), at: piece.page)
+                    install(.sameFilled(fill: 0), at: piece.page, now: now)
                 } else {
                     try withZeroes(count: piece.pageRange.count) { (zeroes) throws(BlockDeviceError) in
-                        try patchPage(piece.page, at: piece.pageRange.lowerBound, with: zeroes)
+                        try patchPage(piece.page, at: piece.pageRange.lowerBound, with: zeroes, now: now)
                     }
                 }
             }
@@ -262,16 +297,16 @@ public final class CompressedBlockDevice: BlockDevice {
             destination.initializeMemory(as: UInt8.self, repeating: 0)
         case .sameFilled(let fill):
             fillPage(destination, with: fill)
-        case .object(let handle, let length, let huge):
+        case .object(let handle, let length, let encoding):
             let failure: PageCodecError?
             do {
                 failure = try pool.withObjectBytes(ZSHandle(rawValue: handle), count: length) { (stored) -> PageCodecError? in
-                    if huge {
+                    guard case .compressed(let algorithm) = encoding else {
                         destination.copyMemory(from: stored)
                         return nil
                     }
                     do throws(PageCodecError) {
-                        try codec.decompress(stored, into: destination)
+                        try decoder.decompress(stored, algorithm: algorithm, into: destination)
                         return nil
                     } catch {
                         return error
@@ -292,7 +327,7 @@ public final class CompressedBlockDevice: BlockDevice {
     /// a same-filled word, or a new pool object.
     private func storePage(_ page: UnsafeRawBufferPointer) throws(BlockDeviceError) -> SlotContent {
         if let fill = sameFillWord(page) { return .sameFilled(fill: fill) }
-        return try withUnsafeTemporaryAllocation(byteCount: codec.maxCompressedSize, alignment: 16) {
+        return try withUnsafeTemporaryAllocation(byteCount: AnyPageCodec.largestMaxCompressedSize, alignment: 16) {
             (compressed) throws(BlockDeviceError) -> SlotContent in
             let length: Int
             do {
@@ -300,40 +335,41 @@ public final class CompressedBlockDevice: BlockDevice {
             } catch {
                 throw .ioError("compression failed: \(error)")
             }
-            let huge = length > hugeThreshold
-            let object = huge ? page : UnsafeRawBufferPointer(rebasing: compressed[..<length])
-            let handle: ZSHandle
-            do throws(ZSPoolError) {
-                handle = try pool.allocate(size: object.count)
-            } catch .memLimitReached, .arenaFull {
-                throw .noSpace
-            } catch {
-                throw .ioError("pool: \(error)")
+            if length > hugeThreshold {
+                return try storeObject(page, encoding: .raw)
             }
-            do throws(ZSPoolError) {
-                try pool.write(handle, from: object)
-            } catch {
-                // Cannot happen for an object of the size just allocated;
-                // if it did, the page keeps its old content.
-                pool.free(handle)
-                throw .ioError("pool: \(error)")
-            }
-            return .object(handle: handle.rawValue, length: object.count, huge: huge)
+            return try storeObject(
+                UnsafeRawBufferPointer(rebasing: compressed[..<length]), encoding: .compressed(codec.algorithm))
         }
     }
 
-    /// Replaces a whole page: stores the new content first, then switches.
-    private func replacePage(_ page: Int, with bytes: UnsafeRawBufferPointer) throws(BlockDeviceError) {
-        let content = try storePage(bytes)
-        install(content, at: page)
+    /// Copies `bytes` into a new pool object.
+    func storeObject(_ bytes: UnsafeRawBufferPointer, encoding: PageEncoding) throws(BlockDeviceError) -> SlotContent {
+        let handle: ZSHandle
+        do throws(ZSPoolError) {
+            handle = try pool.allocate(size: bytes.count)
+        } catch .memLimitReached, .arenaFull {
+            throw .noSpace
+        } catch {
+            throw .ioError("pool: \(error)")
+        }
+        do throws(ZSPoolError) {
+            try pool.write(handle, from: bytes)
+        } catch {
+            // Cannot happen for an object of the size just allocated; if it
+            // did, the page keeps its old content.
+            pool.free(handle)
+            throw .ioError("pool: \(error)")
+        }
+        return .object(handle: handle.rawValue, length: bytes.count, encoding: encoding)
     }
 
-    /// Switches page `page` to `content` under its lock, then frees what it
-    /// held.
-    private func install(_ content: SlotContent, at page: Int) {
+    /// Switches page `page` to `content`, written at `now`, under its lock,
+    /// then frees what it held.
+    private func install(_ content: SlotContent, at page: Int, now: UInt32) {
         let old = slots.withLock(page) {
             let old = slots.content(page)
-            slots.setContent(page, content)
+            slots.setContent(page, content, now: now)
             return old
         }
         release(old, new: content)
@@ -341,7 +377,7 @@ public final class CompressedBlockDevice: BlockDevice {
 
     /// Updates the figures for a slot that went from `old` to `new`, and
     /// frees `old`'s object, which no slot refers to any more.
-    private func release(_ old: SlotContent, new: SlotContent) {
+    func release(_ old: SlotContent, new: SlotContent) {
         counters.account(old, sign: -1)
         counters.account(new, sign: 1)
         if case .object(let handle, _, _) = old {
@@ -360,7 +396,9 @@ public final class CompressedBlockDevice: BlockDevice {
     /// a generation that changes whenever its id is reused, and a same-filled
     /// or unallocated page that came back to the same content has the same
     /// bytes, so the patch made on it is still right.
-    private func patchPage(_ page: Int, at offset: Int, with bytes: UnsafeRawBufferPointer) throws(BlockDeviceError) {
+    private func patchPage(
+        _ page: Int, at offset: Int, with bytes: UnsafeRawBufferPointer, now: UInt32
+    ) throws(BlockDeviceError) {
         try withPageBuffer { (buffer) throws(BlockDeviceError) in
             while true {
                 let read = try slots.withLock(page) { () throws(BlockDeviceError) -> SlotContent in
@@ -371,7 +409,7 @@ public final class CompressedBlockDevice: BlockDevice {
                 let new = try storePage(UnsafeRawBufferPointer(buffer))
                 let switched = slots.withLock(page) { () -> Bool in
                     guard slots.content(page) == read else { return false }
-                    slots.setContent(page, new)
+                    slots.setContent(page, new, now: now)
                     return true
                 }
                 if switched {

@@ -1,3 +1,4 @@
+import PageCodec
 import ZNBDSystem
 
 /// The device's running counters, sharded per CPU (ShardedCounters): every
@@ -14,6 +15,25 @@ final class DeviceCounters: Sendable {
         /// Pool objects freed with nothing stored in their place (discard,
         /// write-zeroes): what the maintenance thread watches for bursts.
         case objectsDiscarded
+        /// Compressed objects by the algorithm that wrote them (huge pages
+        /// are raw and counted by `hugePages`).
+        case lzoPages, lz4Pages, zstdPages
+        /// Recompression (Recompression.swift): pages whose data the
+        /// recompression codec compressed; of those, pages stored in its
+        /// smaller stream, pages kept as they were, and huge pages it could
+        /// not bring under the huge class; pages written meanwhile, whose
+        /// result was dropped; object bytes before and after for the pages
+        /// stored.
+        case recompressTried, recompressStored, recompressNotSmaller, recompressIncompressible
+        case recompressRaced, recompressBytesBefore, recompressBytesAfter
+    }
+
+    static func pages(of algorithm: CompressionAlgorithm) -> Counter {
+        switch algorithm {
+        case .lzo: .lzoPages
+        case .lz4: .lz4Pages
+        case .zstd: .zstdPages
+        }
     }
 
     private let counters = ShardedCounters(count: Counter.allCases.count)
@@ -31,12 +51,13 @@ final class DeviceCounters: Sendable {
             return
         case .sameFilled:
             add(.samePages, sign)
-        case .object(_, let length, let huge):
+        case .object(_, let length, .raw):
             add(.compressedBytes, sign * length)
-            if huge {
-                add(.hugePages, sign)
-                if sign > 0 { add(.hugePagesSince) }
-            }
+            add(.hugePages, sign)
+            if sign > 0 { add(.hugePagesSince) }
+        case .object(_, let length, .compressed(let algorithm)):
+            add(.compressedBytes, sign * length)
+            add(Self.pages(of: algorithm), sign)
         }
         add(.pagesStored, sign)
     }

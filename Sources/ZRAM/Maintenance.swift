@@ -26,6 +26,15 @@
 // - pressure: the kernel's memory-pressure trigger (PSI) fired: a pass at
 //   once, without rests (the analogue of zsmalloc's shrinker).
 // - manual: `znbdctl compact` (runPass(.manual) from the control thread).
+// A burst of recompression (below) counts as a burst of discards: each page
+// stored again frees its old object and leaves a hole.
+//
+// RECOMPRESSION (with a recompression codec and `recompressIdleAge`): every
+// `pollInterval` the thread takes one slice of the device, resuming where
+// the last stopped: at most `recompressScanSlots` slots looked at and
+// `recompressPagesPerSecond` × the interval pages compressed again, of the
+// pages not read or written for the age (Recompression.swift). A sweep of a
+// device of idle pages thus costs a steady, bounded share of one core.
 //
 // HOW HARD: a pass works in slices of `sliceBytes` (objects copied, or
 // frames migrated) and rests between them so that it takes `dutyCycle` of
@@ -71,6 +80,14 @@ public struct MaintenancePolicy: Sendable {
     public var heapTrimInterval: Duration = .seconds(10)
     /// Listen for the kernel's memory pressure (PSI).
     public var pressure = true
+    /// Recompress pages not read or written for this long with the device's
+    /// recompression codec (`--recompress-idle-age`); nil: only on request.
+    public var recompressIdleAge: Duration?
+    /// The most pages the thread compresses again per second.
+    public var recompressPagesPerSecond = 2048
+    /// The most slots one slice looks at, so that a slice stays short on a
+    /// large device with few idle pages.
+    public var recompressScanSlots = 1 << 16
 
     public init() {}
 
@@ -123,6 +140,12 @@ public struct MaintenanceStats: Sendable, Equatable {
     public var heapTrims: Int
     public var timeSpent: Duration
     public var lastPass: MaintenancePass?
+    /// The age after which the thread recompresses pages; nil: it does not.
+    public var recompressIdleAge: Duration?
+    /// What the thread's recompression slices did, and how many sweeps of
+    /// the whole device they completed.
+    public var recompression: RecompressionResult
+    public var recompressionSweeps: Int
 }
 
 public final class DeviceMaintenance: Sendable {
@@ -151,7 +174,9 @@ public final class DeviceMaintenance: Sendable {
                 automatic: policy.automatic, migration: policy.migration, pressureSource: pressure?.path,
                 passes: Dictionary(uniqueKeysWithValues: MaintenanceTrigger.allCases.map { ($0, 0) }),
                 compaction: CompactionResult(), defragmentation: DefragmentationResult(), heapTrims: 0,
-                timeSpent: .zero, lastPass: nil))
+                timeSpent: .zero, lastPass: nil,
+                recompressIdleAge: device.recompressionAlgorithm == nil ? nil : policy.recompressIdleAge,
+                recompression: RecompressionResult(), recompressionSweeps: 0))
     }
 
     /// Starts the thread, when the policy is automatic.
@@ -177,8 +202,12 @@ public final class DeviceMaintenance: Sendable {
 
     // MARK: The thread
 
+    /// Objects freed with nothing, or something smaller, in their place.
+    private var objectsFreed: Int { device.objectsDiscarded + device.objectsRecompressed }
+
     private func run() {
-        var discardedAtLastPass = device.objectsDiscarded
+        var recompression = RecompressionCursor()
+        var discardedAtLastPass = objectsFreed
         var discardedSeen = discardedAtLastPass
         var lastDiscardChange = ContinuousClock.now
         var burstStart: ContinuousClock.Instant?
@@ -191,7 +220,7 @@ public final class DeviceMaintenance: Sendable {
             var trigger: MaintenanceTrigger?
             if reason == .pressure { trigger = .pressure }
 
-            let discarded = device.objectsDiscarded
+            let discarded = objectsFreed
             if discarded != discardedSeen {
                 discardedSeen = discarded
                 lastDiscardChange = now
@@ -211,13 +240,48 @@ public final class DeviceMaintenance: Sendable {
                     trigger = .waste
                 }
             }
-            guard let trigger else { continue }
+            guard let trigger else {
+                recompressSlice(&recompression)
+                continue
+            }
             runPass(trigger)
-            discardedAtLastPass = device.objectsDiscarded
+            discardedAtLastPass = objectsFreed
             discardedSeen = discardedAtLastPass
             burstStart = nil
             unreclaimedAfterLastPass = reclaimableBytes()
         }
+    }
+
+    /// Where the thread's recompression resumes.
+    private struct RecompressionCursor {
+        var page = 0
+    }
+
+    /// One slice of recompression of pages idle for the policy's age.
+    private func recompressSlice(_ cursor: inout RecompressionCursor) {
+        guard let age = policy.recompressIdleAge, device.recompressionAlgorithm != nil else { return }
+        let perSlice = Double(policy.recompressPagesPerSecond) * (policy.pollInterval / .seconds(1))
+        let request = RecompressionRequest(type: .idle, maxPages: max(1, Int(perSlice)), idleAge: age)
+        let pageCount = device.byteCount / pageSize
+        let end = min(pageCount, cursor.page + policy.recompressScanSlots)
+        let clock = ContinuousClock()
+        let start = clock.now
+        let (result, next) = passLock.withLock { _ in device.recompress(request, pages: cursor.page..<end) }
+        let sweepDone = next >= pageCount
+        cursor.page = sweepDone ? 0 : next
+        let spent = clock.now - start
+        totals.withLock { totals in
+            totals.recompression.add(result)
+            if sweepDone { totals.recompressionSweeps += 1 }
+            totals.timeSpent += spent
+        }
+    }
+
+    /// Recompresses the pages `request` selects over the whole device, now
+    /// (`znbdctl recompress`), one run at a time with the thread's slices
+    /// and passes.
+    public func recompress(_ request: RecompressionRequest) throws(RecompressionUnavailable) -> RecompressionResult {
+        try passLock.withLock { (_) throws(RecompressionUnavailable) in try device.recompress(request) }
     }
 
     private func reclaimableBytes() -> Int {

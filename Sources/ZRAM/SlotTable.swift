@@ -1,7 +1,17 @@
 import BlockDevice
+import PageCodec
 import Synchronization
 import SystemPackage
 import ZNBDSystem
+
+/// How a stored object holds its page.
+enum PageEncoding: Equatable {
+    /// The raw 4096 bytes (zram's huge page): no algorithm made it smaller
+    /// than the pool's huge class.
+    case raw
+    /// A stream of this algorithm.
+    case compressed(CompressionAlgorithm)
+}
 
 /// What one device page holds, decoded from its slot.
 enum SlotContent: Equatable {
@@ -9,9 +19,8 @@ enum SlotContent: Equatable {
     case unallocated
     /// Every 8-byte word of the page equals `fill` (zero pages: fill 0).
     case sameFilled(fill: UInt64)
-    /// A pool object of `length` bytes: LZO1X-1 output, or the raw page when
-    /// `huge` (length 4096).
-    case object(handle: UInt64, length: Int, huge: Bool)
+    /// A pool object of `length` bytes.
+    case object(handle: UInt64, length: Int, encoding: PageEncoding)
 }
 
 /// One slot per 4 KiB page of the device, as zram's `zram->table`: 16 bytes
@@ -24,35 +33,51 @@ enum SlotContent: Equatable {
 ///         bit   16       SAME      same-filled page; no object
 ///         bit   17       OBJECT    `value` is a live pool handle
 ///         bit   18       HUGE      the object is the raw page
-///         bit   19       IDLE      reserved: idle tracking (zram's ZRAM_IDLE)
+///         bit   19       IDLE      marked idle and not accessed since (zram's ZRAM_IDLE)
 ///         bit   20       WB        reserved: written back (ZRAM_WB)
+///         bits 21...22   ALGORITHM the CompressionAlgorithm of a compressed object
+///         bit   23       RECOMP    the recompression codec has had this data:
+///                                  recompressed, or tried without gain
+///                                  (zram's ZRAM_RECOMP and ZRAM_INCOMPRESSIBLE)
 ///         bit   31       LOCK      the slot lock
+///         bits 32...63   ACCESSED  seconds since the table's creation at the
+///                                  last read or write (zram's ac_time)
 ///
 /// The slot lock is a bit spin lock in `meta`, like zram's ZRAM_LOCK: taken
-/// with an acquiring compare-exchange, dropped with a releasing store. Every
-/// read of `value` and every change of a slot happens under it, so a reader
-/// never sees a half-installed page. Holders keep it for one page's
-/// decompression at most, and waiters back off to sched_yield.
+/// with an acquiring compare-exchange, dropped with a releasing clear of the
+/// bit. Every read of `value` and every change of a slot happens under it,
+/// so a reader never sees a half-installed page. Holders keep it for one
+/// page's decompression at most, and waiters back off to sched_yield.
 ///
 /// Both arrays are anonymous mappings: a slot that was never touched costs no
 /// memory, and all-zero bits are an unallocated, unlocked slot (zram's
 /// vzalloc'd table). The mappings live as long as the table.
 final class SlotTable: @unchecked Sendable {
     // @unchecked: `values[i]` is read and written only while holding slot i's
-    // LOCK bit, whose acquire/release orders it between threads; `metas` are
-    // atomics; the mappings are immutable.
+    // LOCK bit, whose acquire/release orders it between threads; `metas` and
+    // `idleCount` are atomics; the mappings are immutable.
 
     static let lengthMask: UInt64 = (1 << 13) - 1
     static let sameBit: UInt64 = 1 << 16
     static let objectBit: UInt64 = 1 << 17
     static let hugeBit: UInt64 = 1 << 18
+    static let idleBit: UInt64 = 1 << 19
+    static let algorithmShift: UInt64 = 21
+    static let algorithmMask: UInt64 = 3 << algorithmShift
+    static let recompressedBit: UInt64 = 1 << 23
     static let lockBit: UInt64 = 1 << 31
+    static let accessShift: UInt64 = 32
+    /// Every bit below ACCESSED.
+    static let flagsMask: UInt64 = (1 << 32) - 1
 
     let count: Int
     private let metaMapping: AnonymousMapping
     private let valueMapping: AnonymousMapping
     private let metas: UnsafeMutablePointer<Atomic<UInt64>>
     private let values: UnsafeMutablePointer<UInt64>
+    /// Slots with IDLE set; changed only by a holder of that slot's lock.
+    private let idleCount = Atomic<Int>(0)
+    private let created = ContinuousClock.now
 
     init(count: Int) throws(Errno) {
         self.count = count
@@ -62,6 +87,13 @@ final class SlotTable: @unchecked Sendable {
         // fresh zero pages is their initialisation.
         metas = metaMapping.base.bindMemory(to: Atomic<UInt64>.self, capacity: max(1, count))
         values = valueMapping.base.bindMemory(to: UInt64.self, capacity: max(1, count))
+    }
+
+    /// Seconds since the table was made, the clock of the ACCESSED field
+    /// (136 years before it wraps). Callers read it once per request.
+    var now: UInt32 {
+        let elapsed = (ContinuousClock.now - created).components.seconds
+        return UInt32(clamping: elapsed)
     }
 
     // MARK: The slot lock
@@ -86,38 +118,114 @@ final class SlotTable: @unchecked Sendable {
 
     // MARK: Content (caller holds the slot lock)
 
+    @inline(__always)
+    private func meta(_ index: Int) -> UInt64 { (metas + index).pointee.load(ordering: .relaxed) }
+
+    @inline(__always)
+    private func setMeta(_ index: Int, _ word: UInt64) {
+        // The lock bit stays set: the holder clears it as it lets go.
+        (metas + index).pointee.store(word | Self.lockBit, ordering: .relaxed)
+    }
+
     func content(_ index: Int) -> SlotContent {
-        let word = (metas + index).pointee.load(ordering: .relaxed)
-        if word & Self.objectBit != 0 {
-            return .object(
-                handle: values[index], length: Int(word & Self.lengthMask), huge: word & Self.hugeBit != 0)
+        Self.content(meta: meta(index), value: values[index])
+    }
+
+    private static func content(meta word: UInt64, value: UInt64) -> SlotContent {
+        if word & objectBit != 0 {
+            let encoding: PageEncoding =
+                word & hugeBit != 0
+                ? .raw : .compressed(CompressionAlgorithm(rawValue: UInt8((word & algorithmMask) >> algorithmShift))!)
+            return .object(handle: value, length: Int(word & lengthMask), encoding: encoding)
         }
-        if word & Self.sameBit != 0 { return .sameFilled(fill: values[index]) }
+        if word & sameBit != 0 { return .sameFilled(fill: value) }
         return .unallocated
     }
 
-    /// Replaces the slot's content, keeping the lock bit set.
-    func setContent(_ index: Int, _ content: SlotContent) {
-        var word = Self.lockBit
+    /// Replaces the slot's content with newly written data, accessed at
+    /// `now`: not idle, not yet seen by the recompression codec.
+    func setContent(_ index: Int, _ content: SlotContent, now: UInt32) {
+        let old = meta(index)
+        if old & Self.idleBit != 0 { idleCount.wrappingSubtract(1, ordering: .relaxed) }
+        let accessed = content == .unallocated ? 0 : UInt64(now) << Self.accessShift
+        setMeta(index, store(content, at: index) | accessed)
+    }
+
+    /// Replaces the content with the same data in a new encoding (by the
+    /// recompression codec), keeping IDLE and ACCESSED and setting RECOMP.
+    func setRecompressedContent(_ index: Int, _ content: SlotContent) {
+        let kept = meta(index) & (Self.idleBit | ~Self.flagsMask)
+        setMeta(index, store(content, at: index) | kept | Self.recompressedBit)
+    }
+
+    /// Records that the recompression codec could not make this data smaller.
+    func markRecompressionTried(_ index: Int) {
+        setMeta(index, meta(index) | Self.recompressedBit)
+    }
+
+    /// Writes `content`'s value and returns its meta bits (no lock, IDLE,
+    /// RECOMP or ACCESSED).
+    private func store(_ content: SlotContent, at index: Int) -> UInt64 {
         switch content {
         case .unallocated:
             values[index] = 0
+            return 0
         case .sameFilled(let fill):
             values[index] = fill
-            word |= Self.sameBit
-        case .object(let handle, let length, let huge):
+            return Self.sameBit
+        case .object(let handle, let length, let encoding):
             values[index] = handle
-            word |= Self.objectBit | UInt64(length) & Self.lengthMask | (huge ? Self.hugeBit : 0)
+            let bits = Self.objectBit | UInt64(length) & Self.lengthMask
+            switch encoding {
+            case .raw: return bits | Self.hugeBit
+            case .compressed(let algorithm): return bits | UInt64(algorithm.rawValue) << Self.algorithmShift
+            }
         }
-        (metas + index).pointee.store(word, ordering: .relaxed)
     }
 
+    /// A read of the page at `now`: clears IDLE and moves ACCESSED.
+    @inline(__always)
+    func touch(_ index: Int, now: UInt32) {
+        let word = meta(index)
+        let touched = word & ~Self.idleBit & Self.flagsMask | UInt64(now) << Self.accessShift
+        guard touched != word, word & (Self.objectBit | Self.sameBit) != 0 else { return }
+        if word & Self.idleBit != 0 { idleCount.wrappingSubtract(1, ordering: .relaxed) }
+        setMeta(index, touched)
+    }
+
+    /// Marks a stored object idle when it was last accessed at or before
+    /// `accessedBy` (zram's `idle` attribute; same-filled pages have no
+    /// object to recompress and are left alone). Returns whether it was
+    /// newly marked.
+    func markIdle(_ index: Int, accessedBy: UInt32) -> Bool {
+        let word = meta(index)
+        guard word & Self.objectBit != 0, word & Self.idleBit == 0,
+            UInt32(truncatingIfNeeded: word >> Self.accessShift) <= accessedBy
+        else { return false }
+        idleCount.wrappingAdd(1, ordering: .relaxed)
+        setMeta(index, word | Self.idleBit)
+        return true
+    }
+
+    /// Slots marked idle and not accessed since.
+    var idlePages: Int { idleCount.load(ordering: .relaxed) }
+
+    // MARK: Peeks (no lock: hints, stale once returned)
+
     /// Whether the slot is unallocated and unlocked, read without the lock
-    /// (and without writing the slot): a hint, stale once returned.
+    /// (and without writing the slot).
     @inline(__always)
     func isUnallocated(_ index: Int) -> Bool {
         (metas + index).pointee.load(ordering: .relaxed) == 0
     }
+
+    /// The slot's flags without its value, for scans that take the lock only
+    /// for the slots they want.
+    @inline(__always)
+    func peek(_ index: Int) -> SlotFlags { SlotFlags(word: meta(index)) }
+
+    /// The flags of a slot whose lock the caller holds.
+    func flags(_ index: Int) -> SlotFlags { SlotFlags(word: meta(index)) }
 
     // MARK: Allocation status
 
@@ -139,5 +247,21 @@ final class SlotTable: @unchecked Sendable {
         case .sameFilled(let fill): fill == 0 ? .zero : .data
         case .object: .data
         }
+    }
+}
+
+/// A slot's meta word, read as flags.
+struct SlotFlags {
+    let word: UInt64
+
+    var isObject: Bool { word & SlotTable.objectBit != 0 }
+    var isHuge: Bool { word & SlotTable.hugeBit != 0 }
+    var isIdle: Bool { word & SlotTable.idleBit != 0 }
+    var recompressionTried: Bool { word & SlotTable.recompressedBit != 0 }
+    var length: Int { Int(word & SlotTable.lengthMask) }
+    var accessed: UInt32 { UInt32(truncatingIfNeeded: word >> SlotTable.accessShift) }
+    /// The algorithm of a compressed object (meaningless for others).
+    var algorithm: CompressionAlgorithm? {
+        CompressionAlgorithm(rawValue: UInt8((word & SlotTable.algorithmMask) >> SlotTable.algorithmShift))
     }
 }

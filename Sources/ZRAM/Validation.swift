@@ -15,20 +15,26 @@ extension CompressedBlockDevice {
     /// no slot names (a leak); the running figures equal a recount. Then runs
     /// the pool's own validator.
     public func validate() throws(DeviceCorruption) {
-        var pagesStored = 0, compressedBytes = 0, samePages = 0, hugePages = 0, objects = 0
+        var pagesStored = 0, compressedBytes = 0, samePages = 0, hugePages = 0, objects = 0, idle = 0
+        var byAlgorithm = [CompressionAlgorithm: Int]()
         for page in 0..<slots.count {
-            let content = slots.withLock(page) { slots.content(page) }
+            let (content, flags) = slots.withLock(page) { (slots.content(page), slots.flags(page)) }
+            if flags.isIdle { idle += 1 }
             switch content {
             case .unallocated:
                 continue
             case .sameFilled:
                 samePages += 1
-            case .object(_, let length, let huge):
+            case .object(_, let length, let encoding):
                 objects += 1
                 compressedBytes += length
-                if huge { hugePages += 1 }
+                switch encoding {
+                case .raw: hugePages += 1
+                case .compressed(let algorithm): byAlgorithm[algorithm, default: 0] += 1
+                }
+                let huge = encoding == .raw
                 guard (huge && length == pageSize) || (!huge && length <= hugeThreshold && length > 0) else {
-                    throw DeviceCorruption(description: "page \(page): length \(length) does not fit huge=\(huge)")
+                    throw DeviceCorruption(description: "page \(page): length \(length) does not fit \(encoding)")
                 }
                 do {
                     _ = try withPageBuffer { (buffer) throws(BlockDeviceError) in
@@ -41,11 +47,14 @@ extension CompressedBlockDevice {
             pagesStored += 1
         }
         let figures = stats()
-        let recount = [pagesStored * pageSize, compressedBytes, samePages, hugePages]
-        let running = [figures.origDataSize, figures.comprDataSize, figures.samePages, figures.hugePages]
+        let compression = compressionStats()
+        let recount = [pagesStored * pageSize, compressedBytes, samePages, hugePages, idle]
+            + CompressionAlgorithm.allCases.map { byAlgorithm[$0, default: 0] }
+        let running = [figures.origDataSize, figures.comprDataSize, figures.samePages, figures.hugePages, compression.idlePages]
+            + CompressionAlgorithm.allCases.map { compression.pagesByAlgorithm[$0, default: 0] }
         guard recount == running else {
             throw DeviceCorruption(
-                description: "figures \(running) (orig, compr, same, huge) but the slots hold \(recount)")
+                description: "figures \(running) (orig, compr, same, huge, idle, lzo, lz4, zstd) but the slots hold \(recount)")
         }
         let live = pool.stats().liveObjects
         guard live == objects else {

@@ -89,7 +89,8 @@ final class Daemon: Service {
         do {
             device = try CompressedBlockDevice(.init(
                 byteCount: configuration.sizeBytes, maxChain: configuration.maxChain,
-                memLimitBytes: configuration.memLimitBytes))
+                memLimitBytes: configuration.memLimitBytes, algorithm: configuration.algorithm,
+                recompressionAlgorithm: configuration.recompressionAlgorithm))
         } catch {
             throw StartupError(description: "cannot create a \(ByteSize.format(configuration.sizeBytes)) device: \(error)")
         }
@@ -146,6 +147,12 @@ final class Daemon: Service {
             let source = maintenance.stats().pressureSource
             logger.info("maintenance: compaction auto, migration \(configuration.maintenance.migration ? "auto" : "off"), memory pressure \(source.map { "from \($0)" } ?? "not watched (no PSI here)")")
         }
+        var codecs = "algorithm \(configuration.algorithm)"
+        if let recompression = configuration.recompressionAlgorithm {
+            let age = configuration.maintenance.recompressIdleAge.map { "pages idle \($0.components.seconds) s, at most \(configuration.maintenance.recompressPagesPerSecond) a second" }
+            codecs += ", recompression \(recompression) (automatic: \(age ?? "off; znbdctl recompress"))"
+        }
+        logger.info("\(codecs)")
         logger.info("\(Self.attachLine(configuration, tcpAddress: tcpAddress))")
         return Running(
             server: server, control: control, maintenance: maintenance,

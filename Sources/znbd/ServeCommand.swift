@@ -6,6 +6,7 @@ import Foundation
 #endif
 import Logging
 import NIOCore
+import PageCodec
 import Synchronization
 import ZNBDCommandLine
 import ZNBDControlAPI
@@ -87,6 +88,30 @@ struct Serve: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Most frames per zspage, 1-\(SizeClassTable.maxChainLimit).", valueName: "n"))
     var maxChain = SizeClassTable.defaultMaxChain
 
+    @Option(help: ArgumentHelp("The codec every write uses, as zram's comp_algorithm: lzo (LZO1X-1), lz4 or zstd.",
+                               valueName: "name"))
+    var algorithm = "lzo"
+
+    @Option(help: ArgumentHelp(
+        "The codec's parameter, as zram's algorithm_params: level=N for zstd (\(ZstdCodec.levelRange.lowerBound) to \(ZstdCodec.levelRange.upperBound), default \(ZstdCodec.defaultLevel)); level=N or acceleration=N for lz4 (default 1).",
+        valueName: "params"))
+    var algorithmParams = ""
+
+    @Option(help: ArgumentHelp(
+        "A second, stronger codec for idle and huge pages, as zram's recomp_algorithm: zstd, zstd:LEVEL, lz4 or lzo. znbdctl recompress runs it; the maintenance thread runs it on pages idle for --recompress-idle-age.",
+        valueName: "name[:level]"))
+    var recompressAlgorithm: String?
+
+    @Option(help: ArgumentHelp(
+        "With --recompress-algorithm: the maintenance thread recompresses pages not read or written for this long (seconds, or with s, m, h or d; default 1h); off: only znbdctl recompress does.",
+        valueName: "age|off"))
+    var recompressIdleAge: String?
+
+    @Option(help: ArgumentHelp(
+        "The most pages per second the maintenance thread recompresses (default \(MaintenancePolicy().recompressPagesPerSecond)).",
+        valueName: "pages"))
+    var recompressRate = MaintenancePolicy().recompressPagesPerSecond
+
     @Option(help: ArgumentHelp(
         "auto: a maintenance thread compacts the pool and gives memory back by itself, after discards, when waste grows, and under memory pressure; off: only znbdctl compact does.",
         valueName: "auto|off"))
@@ -164,6 +189,33 @@ struct Serve: AsyncParsableCommand {
         if let wasteThreshold {
             maintenance.wasteThreshold = try parseSize(wasteThreshold, option: "--waste-threshold")
         }
+        let codec: CodecChoice
+        var recompression: CodecChoice?
+        do {
+            codec = try CodecChoice.parse(algorithm: algorithm, params: algorithmParams)
+        } catch {
+            throw ValidationError("--algorithm \(algorithm) --algorithm-params '\(algorithmParams)': \(error)")
+        }
+        if let recompressAlgorithm {
+            do {
+                recompression = try CodecChoice.parse(recompressAlgorithm)
+            } catch {
+                throw ValidationError("--recompress-algorithm \(recompressAlgorithm): \(error)")
+            }
+        }
+        if let recompressIdleAge, recompression == nil {
+            throw ValidationError("--recompress-idle-age \(recompressIdleAge): needs --recompress-algorithm")
+        }
+        if recompression != nil {
+            maintenance.recompressIdleAge = try Self.parseAge(recompressIdleAge ?? (maintenance.automatic ? "1h" : "off"))
+            if maintenance.recompressIdleAge != nil && !maintenance.automatic {
+                throw ValidationError("--recompress-idle-age \(recompressIdleAge ?? ""): the maintenance thread runs it; it needs --compaction auto")
+            }
+        }
+        guard (1...1_000_000).contains(recompressRate) else {
+            throw ValidationError("--recompress-rate \(recompressRate): must be 1 to 1000000 pages a second")
+        }
+        maintenance.recompressPagesPerSecond = recompressRate
         var protection = ProcessProtection.Request()
         for (option, value) in [("--io-flusher", ioFlusher), ("--lock-memory", lockMemory)] {
             guard ProcessProtection.Choice(rawValue: value) != nil else {
@@ -208,8 +260,20 @@ struct Serve: AsyncParsableCommand {
         }
         return DaemonConfiguration(
             sizeBytes: sizeBytes, name: name, socketPath: socketPath, tcp: tcp, readOnly: readOnly,
-            memLimitBytes: memLimitBytes, maxChain: maxChain, controlPath: controlPath, logLevel: level,
-            workers: workers, maintenance: maintenance, protection: protection)
+            memLimitBytes: memLimitBytes, maxChain: maxChain, algorithm: codec, recompressionAlgorithm: recompression,
+            controlPath: controlPath, logLevel: level, workers: workers, maintenance: maintenance, protection: protection)
+    }
+
+    /// `off`, or whole seconds with an optional unit: 90, 90s, 15m, 1h, 2d.
+    static func parseAge(_ text: String) throws(ValidationError) -> Duration? {
+        if text == "off" { return nil }
+        let units: [Character: Int64] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+        let unit = text.last.flatMap { units[$0] }
+        let digits = unit == nil ? Substring(text) : text.dropLast()
+        guard let value = Int64(digits), value >= 0, value <= Int64(UInt32.max) / (unit ?? 1) else {
+            throw ValidationError("--recompress-idle-age \(text): seconds, or a number with s, m, h or d, or off")
+        }
+        return .seconds(value * (unit ?? 1))
     }
 
     /// Applies the swap-device protections the options ask for, once per
@@ -281,6 +345,8 @@ struct DaemonConfiguration: Sendable {
     var readOnly: Bool
     var memLimitBytes: Int?
     var maxChain: Int
+    var algorithm: CodecChoice
+    var recompressionAlgorithm: CodecChoice?
     var controlPath: String
     var logLevel: Logger.Level
     var workers: Int

@@ -21,7 +21,7 @@ struct ZNBDCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "znbdctl",
         abstract: "Figures and control of a running znbd (as zramctl and /sys/block/zramN are for zram).",
-        subcommands: [Stats.self, Classes.self, Frames.self, Compact.self, MemLimit.self])
+        subcommands: [Stats.self, Classes.self, Frames.self, Compact.self, Idle.self, Recompress.self, MemLimit.self])
 
     // Declared here too, so that --control may come before the subcommand.
     @OptionGroup var options: ControlOptions
@@ -68,9 +68,10 @@ struct ControlOptions: ParsableArguments {
     /// Fetches a document and prints it: as the daemon sent it with
     /// `json`, else through `view`.
     func show<Document: Decodable>(
-        _ type: Document.Type, _ method: HTTPMethod, _ path: String, json: Bool, view: (Document) -> String
+        _ type: Document.Type, _ method: HTTPMethod, _ path: String, body: [UInt8] = [], json: Bool,
+        view: (Document) -> String
     ) async throws {
-        let (document, body) = try await fetch(type, method, path)
+        let (document, body) = try await fetch(type, method, path, body: body)
         printOut(json ? String(decoding: body, as: UTF8.self) : view(document))
     }
 }
@@ -102,8 +103,12 @@ struct Stats: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Print again every SECONDS until interrupted.", valueName: "seconds"))
     var watch: Double?
 
+    @Flag(help: "After the table: the codecs, idle pages, recompression and the maintenance thread's totals.")
+    var details = false
+
     func validate() throws {
         if json && raw { throw ValidationError("--json and --raw: choose one") }
+        if details && (json || raw) { throw ValidationError("--details goes with the table, not --json or --raw") }
         if let watch, !(watch >= 0.1 && watch <= 86_400) {
             throw ValidationError("--watch \(watch): must be 0.1 to 86400 seconds")
         }
@@ -114,7 +119,9 @@ struct Stats: AsyncParsableCommand {
         while true {
             let (stats, body) = try await options.fetch(StatsDocument.self, .GET, "/v1/stats")
             let text = json ? String(decoding: body, as: UTF8.self)
-                : raw ? TextViews.mmStatLine(stats) : TextViews.statsTable(stats)
+                : raw ? TextViews.mmStatLine(stats)
+                : TextViews.statsTable(stats)
+                    + (details ? "\n" + TextViews.compressionView(stats.compression) + TextViews.maintenanceView(stats.maintenance) : "")
             printOut((clearScreen ? "\u{1B}[H\u{1B}[2J" : "") + text)
             guard let watch else { return }
             try await Task.sleep(for: .seconds(watch))
@@ -165,6 +172,67 @@ struct Compact: AsyncParsableCommand {
 
     func run() async throws {
         try await options.show(CompactDocument.self, .POST, "/v1/compact", json: json, view: TextViews.compactSummary)
+    }
+}
+
+struct Idle: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Mark stored pages idle, as zram's idle attribute: all, or those not read or written for SECONDS.")
+
+    @OptionGroup var options: ControlOptions
+
+    @Argument(help: ArgumentHelp("Only pages not accessed for this many seconds; omit (or all) for every page.",
+                                 valueName: "seconds"))
+    var age: String?
+
+    @Flag(help: "The /v1/idle JSON.")
+    var json = false
+
+    func validate() throws {
+        if let age, age != "all", Int(age).map({ $0 < 0 }) ?? true {
+            throw ValidationError("idle \(age): a number of seconds, or all")
+        }
+    }
+
+    func run() async throws {
+        try await options.show(IdleDocument.self, .POST, "/v1/idle", body: Array((age ?? "all").utf8), json: json,
+                               view: TextViews.idleLine)
+    }
+}
+
+struct Recompress: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Store pages again with the recompression codec (znbd --recompress-algorithm), as zram's recompress.")
+
+    @OptionGroup var options: ControlOptions
+
+    @Option(help: ArgumentHelp("Which pages: idle (marked with znbdctl idle), huge (stored raw), huge_idle, or all.",
+                               valueName: "type"))
+    var type = "all"
+
+    @Option(help: ArgumentHelp("Only pages stored in at least this many bytes (zram's threshold).", valueName: "bytes"))
+    var threshold: Int?
+
+    @Option(name: .customLong("max-pages"), help: ArgumentHelp("Stop after compressing this many pages again.", valueName: "n"))
+    var maxPages: Int?
+
+    @Flag(help: "The /v1/recompress JSON.")
+    var json = false
+
+    func validate() throws {
+        guard ["idle", "huge", "huge_idle", "all"].contains(type) else {
+            throw ValidationError("--type \(type): idle, huge, huge_idle or all")
+        }
+        if let threshold, threshold <= 0 { throw ValidationError("--threshold \(threshold): must be positive") }
+        if let maxPages, maxPages <= 0 { throw ValidationError("--max-pages \(maxPages): must be positive") }
+    }
+
+    func run() async throws {
+        var body = "type=\(type)"
+        if let threshold { body += " threshold=\(threshold)" }
+        if let maxPages { body += " max_pages=\(maxPages)" }
+        try await options.show(RecompressDocument.self, .POST, "/v1/recompress", body: Array(body.utf8), json: json,
+                               view: TextViews.recompressSummary)
     }
 }
 

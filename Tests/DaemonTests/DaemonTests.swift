@@ -134,6 +134,68 @@ struct DaemonFiguresTests {
         #expect(Array(values.dropFirst()) == [stats.device.samePages, stats.device.origDataSize, stats.device.hugePages])
     }
 
+    @Test("codecs through the CLI: lz4 writes, zstd recompresses; znbdctl idle and recompress, the figures in stats, the table and /metrics")
+    func codecsThroughTheCLI() async throws {
+        let data = KnownData(seed: 17)
+        let arguments = ["--size", "64M", "--algorithm", "lz4", "--algorithm-params", "acceleration=2",
+                         "--recompress-algorithm", "zstd:7", "--recompress-idle-age", "off"]
+        try await withDaemon(arguments) { daemon in
+            let client = try LibNBDClient(uri: daemon.uri)
+            try client.write(data.text, at: 0)
+            try client.write(data.random, at: 4 << 20)
+            func stats() throws -> StatsDocument {
+                let json = try daemon.znbdctl(["stats", "--json"])
+                return try JSONDecoder().decode(StatsDocument.self, from: Data(json.standardOutput.utf8))
+            }
+            let before = try stats()
+            #expect(before.compression.algorithm == "lz4" && before.compression.algorithmParams == "level=2")
+            #expect(before.compression.recompressAlgorithm == "zstd" && before.compression.recompressAlgorithmParams == "level=7")
+            #expect(before.compression.pagesByAlgorithm["lz4"] == KnownData.textPages)
+            #expect(before.device.hugePages == KnownData.randomPages)
+            #expect(before.maintenance.recompressIdleAgeSeconds == nil)
+            let table = try daemon.znbdctl(["stats", "--details"])
+            #expect(table.standardOutput.split(separator: "\n").dropFirst().first?.contains(" lz4:2 ") == true, "\(table.standardOutput)")
+            #expect(table.standardOutput.contains("recompression zstd:7"))
+
+            let idle = try daemon.znbdctl(["idle"])
+            #expect(idle.status == 0 && idle.standardOutput.hasPrefix("\(KnownData.textPages + KnownData.randomPages) pages marked idle"),
+                    "\(idle.standardOutput)")
+            #expect(try daemon.znbdctl(["idle", "3600"]).standardOutput.hasPrefix("0 pages marked"))
+            #expect(try client.read(count: 4096, at: 0) == Array(data.text.prefix(4096)))  // page 0: no longer idle
+
+            let huge = try daemon.znbdctl(["recompress", "--type", "huge", "--json"])
+            let hugeRun = try JSONDecoder().decode(RecompressDocument.self, from: Data(huge.standardOutput.utf8))
+            #expect(hugeRun.result.pagesTried == KnownData.randomPages && hugeRun.result.pagesIncompressible == KnownData.randomPages)
+            let run = try daemon.znbdctl(["recompress", "--type", "idle", "--max-pages", "100"])
+            #expect(run.status == 0 && run.standardOutput.contains("100 tried"), "\(run.standardOutput)")
+            let rest = try daemon.znbdctl(["recompress", "--type", "idle", "--json"])
+            let restRun = try JSONDecoder().decode(RecompressDocument.self, from: Data(rest.standardOutput.utf8))
+            #expect(restRun.result.pagesTried == KnownData.textPages - 1 - 100 && restRun.result.finished == true)
+
+            let after = try stats()
+            let totals = after.compression.recompression
+            #expect(totals.pagesTried == KnownData.randomPages + KnownData.textPages - 1)
+            #expect(after.compression.pagesByAlgorithm["zstd"] == totals.pagesRecompressed && totals.pagesRecompressed > 0)
+            #expect(after.compression.pagesByAlgorithm["lz4"] == KnownData.textPages - totals.pagesRecompressed)
+            #expect(after.device.comprDataSize == before.device.comprDataSize - totals.bytesBefore + totals.bytesAfter)
+            #expect(try client.read(count: data.text.count, at: 0) == data.text)
+            #expect(try client.read(count: data.random.count, at: 4 << 20) == data.random)
+
+            let metrics = try daemon.curl("GET", "/metrics").body
+            #expect(metrics.contains("znbd_codec_info{role=\"recompression\",algorithm=\"zstd\",params=\"level=7\"} 1"))
+            #expect(metrics.contains("znbd_recompression_pages_total{outcome=\"recompressed\"} \(totals.pagesRecompressed)"))
+            #expect(metrics.contains("znbd_pages_by_algorithm{algorithm=\"zstd\"} \(totals.pagesRecompressed)"))
+
+            let bad = try daemon.curl("POST", "/v1/recompress", body: "type=cold")
+            #expect(bad.status == 400 && bad.body.contains("unknown type"))
+        }
+        // Without a recompression codec the daemon says what to start it with.
+        try await withDaemon(["--size", "16M"]) { daemon in
+            let refused = try daemon.znbdctl(["recompress"])
+            #expect(refused.status == 1 && refused.standardError.contains("--recompress-algorithm"), "\(refused.standardError)")
+        }
+    }
+
     @Test("mem-limit: a write past it fails with ENOSPC and keeps the old data; lifting it lets writes in")
     func memLimitThroughTheCLI() async throws {
         try await withDaemon(["--size", "64M"]) { daemon in

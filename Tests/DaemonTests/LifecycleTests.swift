@@ -85,6 +85,14 @@ struct DaemonLifecycleTests {
         (["--oom-score-adj", "-2000"], "must be -1000 to 1000, or keep"),
         (["--listen", "localhost"], "expected HOST:PORT"),
         (["--log-level", "loud"], "must be trace"),
+        (["--algorithm", "zlib"], "unknown algorithm 'zlib'"),
+        (["--algorithm", "zstd", "--algorithm-params", "level=99"], "zstd level must be in"),
+        (["--algorithm-params", "level=3"], "lzo takes no parameters"),
+        (["--recompress-algorithm", "zstd:x"], "is not a whole number"),
+        (["--recompress-idle-age", "1h"], "needs --recompress-algorithm"),
+        (["--recompress-algorithm", "zstd", "--recompress-idle-age", "soon"], "seconds, or a number with s, m, h or d"),
+        (["--recompress-algorithm", "zstd", "--recompress-idle-age", "60", "--compaction", "off"], "needs --compaction auto"),
+        (["--recompress-rate", "0"], "must be 1 to 1000000"),
         (["--no-such-option"], "Unknown option"),
     ])
     func badArguments(arguments: [String], message: String) throws {

@@ -1,5 +1,6 @@
 import BlockDevice
 import Foundation
+import PageCodec
 import Synchronization
 import Testing
 import TestSupport
@@ -20,12 +21,21 @@ struct DeviceConcurrencyTests {
         var all: [String] { messages.withLock { $0 } }
     }
 
-    @Test("model test: 4 threads of reads, writes, discards and write-zeroes at 512-byte granularity, with maintenance")
-    func modelWithMaintenance() throws {
+    /// The codecs the model test runs with: the default; and a device whose
+    /// pages are written by one codec and recompressed by another while the
+    /// workers run, so that every read meets pages of both.
+    static let codecVariants = ["lzo", "lz4>zstd:1"]
+
+    @Test("model test: 4 threads of reads, writes, discards and write-zeroes at 512-byte granularity, with maintenance",
+          arguments: codecVariants)
+    func modelWithMaintenance(_ codecs: String) throws {
         // 32 MiB, filled first, so that the pool spans many 2 MiB blocks and
         // discards leave sparse ones for migration to empty.
         let pageCount = 8_192
-        let device = try CompressedBlockDevice.make(pages: pageCount)
+        let names = codecs.split(separator: ">").map(String.init)
+        let device = try CompressedBlockDevice(.init(
+            byteCount: pageCount * 4096, algorithm: try CodecChoice.parse(names[0]),
+            recompressionAlgorithm: try names.dropFirst().first.map(CodecChoice.parse)))
         let model = ModelDisk(byteCount: pageCount * 4096)
         let corpus = try Corpus.pages(pageCount)
         try device.write(corpus.bytes, at: 0)
@@ -34,7 +44,7 @@ struct DeviceConcurrencyTests {
         let deadline = Date().addingTimeInterval(Self.stressSeconds)
         let workersLeft = Atomic<Int>(4)
         let operations = Atomic<Int>(0)
-        let maintenance = Locked((passes: 0, framesFreed: 0, objectsMoved: 0, framesMigrated: 0))
+        let maintenance = Locked((passes: 0, framesFreed: 0, objectsMoved: 0, framesMigrated: 0, recompressed: 0, mixed: 0))
         let (_, baseSeed) = SeededRandom.fromEnvironment(11)
         print("modelWithMaintenance seed \(baseSeed)")
 
@@ -42,6 +52,19 @@ struct DeviceConcurrencyTests {
         runOnThreads(5) { role in
             if role == 4 {
                 while workersLeft.load(ordering: .acquiring) > 0 {
+                    if device.recompressionAlgorithm != nil {
+                        // Marked idle, then read or written, then recompressed:
+                        // each step races the workers.
+                        device.markIdle()
+                        let type = RecompressionType.allCases[maintenance.withLock { $0.passes } % 4]
+                        let recompressed = (try? manual.recompress(RecompressionRequest(type: type)))?.pagesRecompressed ?? 0
+                        let byAlgorithm = device.compressionStats().pagesByAlgorithm
+                        let mixed = byAlgorithm[.lz4, default: 0] > 0 && byAlgorithm[.zstd, default: 0] > 0
+                        maintenance.withLock {
+                            $0.recompressed += recompressed
+                            if mixed { $0.mixed += 1 }
+                        }
+                    }
                     let result = manual.runPass(.manual)
                     maintenance.withLock {
                         $0.passes += 1
@@ -88,12 +111,16 @@ struct DeviceConcurrencyTests {
             }
         }
         let passes = maintenance.withLock { $0 }
-        print("modelWithMaintenance: \(operations.load(ordering: .relaxed)) requests; maintenance \(passes)")
+        print("modelWithMaintenance \(codecs): \(operations.load(ordering: .relaxed)) requests; maintenance \(passes); \(device.compressionStats())")
         #expect(failures.all.isEmpty, "\(failures.all)")
         let whole = try device.read(count: pageCount * 4096, at: 0)
         #expect(firstDifference(whole, model.expected(offset: 0, length: pageCount * 4096)) == nil)
         try device.validate()
         #expect(passes.passes > 0)
+        if device.recompressionAlgorithm != nil {
+            // The workers read pages of both codecs while these ran.
+            #expect(passes.recompressed > 0 && passes.mixed > 0)
+        }
     }
 
     /// A request range: mostly within one page, some page-aligned, some long
