@@ -38,17 +38,9 @@ public struct LZ4Codec: PageCodec {
         page: UnsafeRawBufferPointer,
         into destination: UnsafeMutableRawBufferPointer
     ) throws(PageCodecError) -> Int {
-        guard page.count == pageSize, let source = page.baseAddress else {
-            throw .wrongPageBufferSize(page.count)
-        }
-        guard destination.count >= Self.maxCompressedSize, let output = destination.baseAddress else {
-            throw .destinationTooSmall(capacity: destination.count, required: Self.maxCompressedSize)
-        }
+        let (source, output) = try compressionBuffers(page: page, destination: destination, worstCase: Self.maxCompressedSize)
         var compressedLength = 0
-        let status = clz4_compress(
-            source.assumingMemoryBound(to: UInt8.self), pageSize,
-            output.assumingMemoryBound(to: UInt8.self), destination.count, Int32(acceleration),
-            &compressedLength)
+        let status = clz4_compress(source, pageSize, output, destination.count, Int32(acceleration), &compressedLength)
         switch Int(status) {
         case CLZ4_OK: return compressedLength
         case CLZ4_OUT_OF_MEMORY: throw .outOfMemory
@@ -60,19 +52,9 @@ public struct LZ4Codec: PageCodec {
         _ source: UnsafeRawBufferPointer,
         into page: UnsafeMutableRawBufferPointer
     ) throws(PageCodecError) {
-        guard page.count == pageSize, let output = page.baseAddress else {
-            throw .wrongPageBufferSize(page.count)
-        }
-        // A block is at least one token; liblz4 would read from the
-        // (non-nil) pointer of an empty buffer.
-        guard let input = source.baseAddress, source.count > 0 else {
-            throw .truncatedInput
-        }
+        let (input, output) = try decompressionBuffers(source: source, page: page)
         var decompressedLength = 0
-        let status = clz4_decompress(
-            input.assumingMemoryBound(to: UInt8.self), source.count,
-            output.assumingMemoryBound(to: UInt8.self), pageSize,
-            &decompressedLength)
+        let status = clz4_decompress(input, source.count, output, pageSize, &decompressedLength)
         // liblz4 says only "malformed", not where: one code for all of it.
         guard Int(status) == CLZ4_OK else { throw .corrupt(code: status) }
         guard decompressedLength == pageSize else { throw .shortOutput(decompressedLength) }

@@ -35,17 +35,9 @@ public struct LZO1X1Codec: PageCodec {
         page: UnsafeRawBufferPointer,
         into destination: UnsafeMutableRawBufferPointer
     ) throws(PageCodecError) -> Int {
-        guard page.count == pageSize, let source = page.baseAddress else {
-            throw .wrongPageBufferSize(page.count)
-        }
-        guard destination.count >= Self.maxCompressedSize, let output = destination.baseAddress else {
-            throw .destinationTooSmall(capacity: destination.count, required: Self.maxCompressedSize)
-        }
+        let (source, output) = try compressionBuffers(page: page, destination: destination, worstCase: Self.maxCompressedSize)
         var compressedLength = 0
-        let status = clzo_lzo1x_1_compress(
-            source.assumingMemoryBound(to: UInt8.self), pageSize,
-            output.assumingMemoryBound(to: UInt8.self), destination.count,
-            &compressedLength)
+        let status = clzo_lzo1x_1_compress(source, pageSize, output, destination.count, &compressedLength)
         guard Int(status) == CLZO_OK else {
             throw Int(status) == CLZO_OUT_OF_MEMORY ? .outOfMemory : .corrupt(code: status)
         }
@@ -56,19 +48,9 @@ public struct LZO1X1Codec: PageCodec {
         _ source: UnsafeRawBufferPointer,
         into page: UnsafeMutableRawBufferPointer
     ) throws(PageCodecError) {
-        guard page.count == pageSize, let output = page.baseAddress else {
-            throw .wrongPageBufferSize(page.count)
-        }
-        // An empty stream is never valid LZO; liblzo2 would still read its
-        // first byte from the (non-nil) pointer, so stop here.
-        guard let input = source.baseAddress, source.count > 0 else {
-            throw .truncatedInput
-        }
+        let (input, output) = try decompressionBuffers(source: source, page: page)
         var decompressedLength = 0
-        let status = clzo_lzo1x_decompress_safe(
-            input.assumingMemoryBound(to: UInt8.self), source.count,
-            output.assumingMemoryBound(to: UInt8.self), pageSize,
-            &decompressedLength)
+        let status = clzo_lzo1x_decompress_safe(input, source.count, output, pageSize, &decompressedLength)
         // The shim's status constants import as Int; liblzo2 returns C int.
         switch Int(status) {
         case CLZO_OK:

@@ -55,3 +55,34 @@ public protocol PageCodec: Sendable {
         into page: UnsafeMutableRawBufferPointer
     ) throws(PageCodecError)
 }
+
+/// The checks every codec makes before compressing: exactly one page in,
+/// room for the codec's worst case out. Returns the two buffers as bytes.
+@inline(__always)
+func compressionBuffers(
+    page: UnsafeRawBufferPointer, destination: UnsafeMutableRawBufferPointer, worstCase: Int
+) throws(PageCodecError) -> (source: UnsafePointer<UInt8>, output: UnsafeMutablePointer<UInt8>) {
+    guard page.count == pageSize, let source = page.baseAddress else {
+        throw .wrongPageBufferSize(page.count)
+    }
+    guard destination.count >= worstCase, let output = destination.baseAddress else {
+        throw .destinationTooSmall(capacity: destination.count, required: worstCase)
+    }
+    return (source.assumingMemoryBound(to: UInt8.self), output.assumingMemoryBound(to: UInt8.self))
+}
+
+/// The checks every codec makes before decompressing: exactly one page out,
+/// and some input (each library would read a first byte of an empty buffer
+/// through its non-nil pointer; no valid stream is empty).
+@inline(__always)
+func decompressionBuffers(
+    source: UnsafeRawBufferPointer, page: UnsafeMutableRawBufferPointer
+) throws(PageCodecError) -> (input: UnsafePointer<UInt8>, output: UnsafeMutablePointer<UInt8>) {
+    guard page.count == pageSize, let output = page.baseAddress else {
+        throw .wrongPageBufferSize(page.count)
+    }
+    guard let input = source.baseAddress, source.count > 0 else {
+        throw .truncatedInput
+    }
+    return (input.assumingMemoryBound(to: UInt8.self), output.assumingMemoryBound(to: UInt8.self))
+}

@@ -37,18 +37,11 @@ public struct ZstdCodec: PageCodec {
         page: UnsafeRawBufferPointer,
         into destination: UnsafeMutableRawBufferPointer
     ) throws(PageCodecError) -> Int {
-        guard page.count == pageSize, let source = page.baseAddress else {
-            throw .wrongPageBufferSize(page.count)
-        }
-        guard destination.count >= Self.maxCompressedSize, let output = destination.baseAddress else {
-            throw .destinationTooSmall(capacity: destination.count, required: Self.maxCompressedSize)
-        }
+        let (source, output) = try compressionBuffers(page: page, destination: destination, worstCase: Self.maxCompressedSize)
         var compressedLength = 0
         var libraryError: Int32 = 0
         let status = czstd_compress(
-            source.assumingMemoryBound(to: UInt8.self), pageSize,
-            output.assumingMemoryBound(to: UInt8.self), destination.count, Int32(level),
-            &compressedLength, &libraryError)
+            source, pageSize, output, destination.count, Int32(level), &compressedLength, &libraryError)
         switch Int(status) {
         case CZSTD_OK: return compressedLength
         case CZSTD_OUT_OF_MEMORY: throw .outOfMemory
@@ -60,18 +53,10 @@ public struct ZstdCodec: PageCodec {
         _ source: UnsafeRawBufferPointer,
         into page: UnsafeMutableRawBufferPointer
     ) throws(PageCodecError) {
-        guard page.count == pageSize, let output = page.baseAddress else {
-            throw .wrongPageBufferSize(page.count)
-        }
-        guard let input = source.baseAddress, source.count > 0 else {
-            throw .truncatedInput
-        }
+        let (input, output) = try decompressionBuffers(source: source, page: page)
         var decompressedLength = 0
         var libraryError: Int32 = 0
-        let status = czstd_decompress(
-            input.assumingMemoryBound(to: UInt8.self), source.count,
-            output.assumingMemoryBound(to: UInt8.self), pageSize,
-            &decompressedLength, &libraryError)
+        let status = czstd_decompress(input, source.count, output, pageSize, &decompressedLength, &libraryError)
         switch Int(status) {
         case CZSTD_OK:
             guard decompressedLength == pageSize else { throw .shortOutput(decompressedLength) }

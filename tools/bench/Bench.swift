@@ -9,6 +9,7 @@
 // beside their peers in the same run and compute the ratios.
 
 import ArgumentParser
+import PageCodec
 import ZSPool
 
 @main
@@ -64,14 +65,28 @@ extension ZNBDBench {
         @Option(help: "Most frames per zspage in the device's pool.")
         var maxChain = SizeClassTable.defaultMaxChain
 
+        @Option(help: "The device's codec: lzo, lz4[:ACCELERATION], zstd[:LEVEL].")
+        var algorithm = "lzo"
+
         func validate() throws {
             guard rounds > 0 else { throw ValidationError("ROUNDS must be positive") }
             guard (1...SizeClassTable.maxChainLimit).contains(maxChain) else {
                 throw ValidationError("--max-chain must be 1 to \(SizeClassTable.maxChainLimit)")
             }
+            _ = try choice()
         }
 
-        func run() { runDeviceBenchmark(corpusPath: corpus, rounds: rounds, maxChain: maxChain) }
+        func choice() throws(ValidationError) -> CodecChoice {
+            do {
+                return try CodecChoice.parse(algorithm)
+            } catch {
+                throw ValidationError("--algorithm \(algorithm): \(error)")
+            }
+        }
+
+        func run() throws {
+            runDeviceBenchmark(corpusPath: corpus, rounds: rounds, maxChain: maxChain, algorithm: try choice())
+        }
     }
 
     struct Serve: ParsableCommand {

@@ -21,11 +21,11 @@ private struct SharedPages: @unchecked Sendable {
 /// CompressedBlockDevice beside the codec alone doing the same pages, on one
 /// and two threads, rounds alternating; the best round of each. Prints MB/s
 /// of page data and the device/codec ratio.
-func runDeviceBenchmark(corpusPath: String, rounds: Int, maxChain: Int) {
+func runDeviceBenchmark(corpusPath: String, rounds: Int, maxChain: Int, algorithm: CodecChoice) {
     let corpus = SharedPages(bytes: readPages(corpusPath, pageSize: pageSize))
     defer { corpus.bytes.deallocate() }
-    let codec: LZO1X1Codec
-    do { codec = try LZO1X1Codec() } catch { fail("\(error)") }
+    let codec: AnyPageCodec
+    do { codec = try algorithm.makeCodec() } catch { fail("\(error)") }
     let bound = codec.maxCompressedSize
     let streams = SharedPages(bytes: .allocate(byteCount: corpus.count * bound, alignment: 16))
     defer { streams.bytes.deallocate() }
@@ -38,13 +38,16 @@ func runDeviceBenchmark(corpusPath: String, rounds: Int, maxChain: Int) {
     }
     let lengths = lengthsStorage
 
-    print("# device: \(corpus.count) pages of \(corpusPath), 4 KiB requests, max chain \(maxChain); MB/s of page data (best of \(rounds))")
+    print("# device: \(corpus.count) pages of \(corpusPath), 4 KiB requests, max chain \(maxChain), algorithm \(algorithm); MB/s of page data (best of \(rounds))")
     print("threads op codec_MBps device_MBps device/codec")
     for threads in [1, 2] {
         var best = (compress: 0.0, write: 0.0, overwrite: 0.0, decompress: 0.0, read: 0.0)
         for _ in 0..<rounds {
             let device: CompressedBlockDevice
-            do { device = try CompressedBlockDevice(.init(byteCount: corpus.bytes.count, maxChain: maxChain)) } catch {
+            do {
+                device = try CompressedBlockDevice(
+                    .init(byteCount: corpus.bytes.count, maxChain: maxChain, algorithm: algorithm))
+            } catch {
                 fail("\(error)")
             }
             let megabytes = Double(corpus.bytes.count) / 1e6
@@ -93,7 +96,8 @@ func runDeviceBenchmark(corpusPath: String, rounds: Int, maxChain: Int) {
             if threads == 1, best.write == 0 {
                 let stats = device.stats()
                 print("# pool after the writes: mem_used_total \(stats.memUsedTotal) for compr_data_size \(stats.comprDataSize) "
-                      + "(\(format(Double(stats.memUsedTotal) / Double(stats.comprDataSize), 3))x)")
+                      + "(\(format(Double(stats.memUsedTotal) / Double(stats.comprDataSize), 3))x); "
+                      + "ratio \(format(Double(stats.origDataSize) / Double(stats.comprDataSize), 3)), huge pages \(stats.hugePages)")
             }
             best.compress = max(best.compress, megabytes / compress)
             best.write = max(best.write, megabytes / write)
