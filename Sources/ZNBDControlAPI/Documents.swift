@@ -201,7 +201,7 @@ public struct IdleDocument: Sendable, Codable, Equatable {
 /// POST /v1/recompress: one recompression run over the device, now (zram's
 /// `recompress` attribute), and what it did.
 public struct RecompressDocument: Sendable, Codable, Equatable {
-    /// idle, huge or huge_idle.
+    /// all, idle, huge or huge_idle.
     public var type: String
     public var threshold: Int?
     public var maxPages: Int?

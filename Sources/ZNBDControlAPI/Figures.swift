@@ -441,17 +441,18 @@ public struct RecompressionFigures: Sendable, Codable, Equatable {
     public var pagesIncompressible: Int
     /// Written meanwhile: the result was dropped.
     public var pagesRaced: Int
+    /// Left as they were for want of pool room (mem_limit, or the arena
+    /// full); still candidates for a later run.
+    public var pagesWithoutRoom: Int
     /// Object bytes of the recompressed pages, before and after.
     public var bytesBefore: Int
     public var bytesAfter: Int
     /// A run reached the end of the device (runs only).
     public var finished: Bool?
-    /// A run stopped because the pool had no room (runs only).
-    public var stoppedForSpace: Bool?
 
     public init(
         pagesScanned: Int?, pagesTried: Int, pagesRecompressed: Int, pagesNotSmaller: Int, pagesIncompressible: Int,
-        pagesRaced: Int, bytesBefore: Int, bytesAfter: Int, finished: Bool?, stoppedForSpace: Bool?
+        pagesRaced: Int, pagesWithoutRoom: Int, bytesBefore: Int, bytesAfter: Int, finished: Bool?
     ) {
         self.pagesScanned = pagesScanned
         self.pagesTried = pagesTried
@@ -459,10 +460,10 @@ public struct RecompressionFigures: Sendable, Codable, Equatable {
         self.pagesNotSmaller = pagesNotSmaller
         self.pagesIncompressible = pagesIncompressible
         self.pagesRaced = pagesRaced
+        self.pagesWithoutRoom = pagesWithoutRoom
         self.bytesBefore = bytesBefore
         self.bytesAfter = bytesAfter
         self.finished = finished
-        self.stoppedForSpace = stoppedForSpace
     }
 
     enum CodingKeys: String, CodingKey {
@@ -473,9 +474,9 @@ public struct RecompressionFigures: Sendable, Codable, Equatable {
         case pagesNotSmaller = "pages_not_smaller"
         case pagesIncompressible = "pages_incompressible"
         case pagesRaced = "pages_raced"
+        case pagesWithoutRoom = "pages_without_room"
         case bytesBefore = "bytes_before"
         case bytesAfter = "bytes_after"
-        case stoppedForSpace = "stopped_for_space"
     }
 }
 

@@ -47,7 +47,7 @@ public enum TextViews {
         text += " (\(ByteSize.format(result.bytesBefore)) -> \(ByteSize.format(result.bytesAfter)))"
         text += ", \(result.pagesNotSmaller) not smaller (\(result.pagesIncompressible) incompressible)"
         if result.pagesRaced > 0 { text += ", \(result.pagesRaced) written meanwhile" }
-        if result.stoppedForSpace == true { text += "; stopped: the pool is full" }
+        if result.pagesWithoutRoom > 0 { text += ", \(result.pagesWithoutRoom) left for want of pool room" }
         return text
     }
 

@@ -174,7 +174,7 @@ public final class ControlEndpoint: Sendable {
                 400, "\(error.description); send type=idle|huge|huge_idle|all threshold=BYTES max_pages=N, or the same as JSON")
         }
         guard let algorithm = device.recompressionAlgorithm else {
-            return Self.error(409, RecompressionUnavailable().description)
+            return Self.error(409, RecompressionRefused.unavailable.description)
         }
         let clock = ContinuousClock()
         let start = clock.now
@@ -184,7 +184,7 @@ public final class ControlEndpoint: Sendable {
             return Self.document(
                 RecompressDocument(
                     type: request.type.rawValue, threshold: request.thresholdBytes, maxPages: request.maxPages,
-                    algorithm: algorithm.description, result: RecompressionFigures(result, run: true),
+                    algorithm: algorithm.description, result: RecompressionFigures(result, scanned: true, finished: result.finished),
                     seconds: (clock.now - start).seconds, memUsedTotalBefore: before,
                     memUsedTotalAfter: device.stats().memUsedTotal))
         } catch {

@@ -18,7 +18,9 @@ public final class ControlServer: Sendable {
     public let endpoint: ControlEndpoint
     public let socketPath: String
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    private let worker = NIOThreadPool(numberOfThreads: 1)
+    /// Two: a long request (a recompression run over a large device, a
+    /// compaction pass) leaves the other thread for stats and the rest.
+    private let worker = NIOThreadPool(numberOfThreads: 2)
     private let listener = NIOLockedValueBox<(any Channel)?>(nil)
 
     public init(endpoint: ControlEndpoint, socketPath: String) {

@@ -109,21 +109,21 @@ extension MaintenanceFigures {
             blocksReleased: stats.defragmentation.blocksReleased, heapTrims: stats.heapTrims,
             secondsSpent: stats.timeSpent.seconds, lastPass: stats.lastPass.map(MaintenancePassFigures.init),
             recompressIdleAgeSeconds: stats.recompressIdleAge?.seconds,
-            recompression: RecompressionFigures(stats.recompression, run: true),
+            recompression: RecompressionFigures(stats.recompression, scanned: true, finished: nil),
             recompressionSweeps: stats.recompressionSweeps)
     }
 }
 
 extension RecompressionFigures {
-    /// `run`: the figures of one run or of the thread's slices, which carry
-    /// the slots scanned; the device's totals do not.
-    public init(_ result: RecompressionResult, run: Bool) {
+    /// `scanned`: the figures carry the slots scanned (a run, the thread's
+    /// slices), which the device's totals do not; `finished` only for a run.
+    public init(_ result: RecompressionResult, scanned: Bool, finished: Bool?) {
         self.init(
-            pagesScanned: run ? result.pagesScanned : nil, pagesTried: result.pagesTried,
+            pagesScanned: scanned ? result.pagesScanned : nil, pagesTried: result.pagesTried,
             pagesRecompressed: result.pagesRecompressed, pagesNotSmaller: result.pagesNotSmaller,
             pagesIncompressible: result.pagesIncompressible, pagesRaced: result.pagesRaced,
-            bytesBefore: result.bytesBefore, bytesAfter: result.bytesAfter,
-            finished: run ? result.finished : nil, stoppedForSpace: run ? result.stoppedForSpace : nil)
+            pagesWithoutRoom: result.pagesWithoutRoom, bytesBefore: result.bytesBefore, bytesAfter: result.bytesAfter,
+            finished: finished)
     }
 }
 
@@ -134,7 +134,7 @@ extension CompressionFigures {
             recompressAlgorithm: stats.recompressionAlgorithm?.algorithm.description,
             recompressAlgorithmParams: stats.recompressionAlgorithm?.params,
             pagesByAlgorithm: Dictionary(uniqueKeysWithValues: stats.pagesByAlgorithm.map { ($0.key.description, $0.value) }),
-            idlePages: stats.idlePages, recompression: RecompressionFigures(stats.recompression, run: false))
+            idlePages: stats.idlePages, recompression: RecompressionFigures(stats.recompression, scanned: false, finished: nil))
     }
 }
 

@@ -157,6 +157,8 @@ public final class DeviceMaintenance: Sendable {
     private let stopping = Atomic<Bool>(false)
     /// A pass that must not wait is queued behind one that rests: stop resting.
     private let hurry = Atomic<Bool>(false)
+    /// A manual recompression run is under way.
+    private let manualRecompression = Atomic<Bool>(false)
     private let thread = Locked<BackgroundThread?>(nil)
     /// When the heap was last trimmed; under `passLock`.
     private let lastHeapTrim = Locked<ContinuousClock.Instant?>(nil)
@@ -262,7 +264,7 @@ public final class DeviceMaintenance: Sendable {
         guard let age = policy.recompressIdleAge, device.recompressionAlgorithm != nil else { return }
         let perSlice = Double(policy.recompressPagesPerSecond) * (policy.pollInterval / .seconds(1))
         let request = RecompressionRequest(type: .idle, maxPages: max(1, Int(perSlice)), idleAge: age)
-        let pageCount = device.byteCount / pageSize
+        let pageCount = device.pageCount
         let end = min(pageCount, cursor.page + policy.recompressScanSlots)
         let clock = ContinuousClock()
         let start = clock.now
@@ -278,10 +280,31 @@ public final class DeviceMaintenance: Sendable {
     }
 
     /// Recompresses the pages `request` selects over the whole device, now
-    /// (`znbdctl recompress`), one run at a time with the thread's slices
-    /// and passes.
-    public func recompress(_ request: RecompressionRequest) throws(RecompressionUnavailable) -> RecompressionResult {
-        try passLock.withLock { (_) throws(RecompressionUnavailable) in try device.recompress(request) }
+    /// (`znbdctl recompress`). It works in slices of `recompressScanSlots`
+    /// slots, each under the pass lock, so that the thread's passes (a
+    /// pressure pass above all) run between them, and it ends early when
+    /// the thread is stopped. One manual run at a time.
+    public func recompress(_ request: RecompressionRequest) throws(RecompressionRefused) -> RecompressionResult {
+        guard device.recompressionAlgorithm != nil else { throw .unavailable }
+        guard manualRecompression.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
+            throw .busy
+        }
+        defer { manualRecompression.store(false, ordering: .releasing) }
+        var result = RecompressionResult()
+        var page = 0
+        while page < device.pageCount, !stopping.load(ordering: .acquiring) {
+            var slice = request
+            if let maxPages = request.maxPages {
+                guard result.pagesTried < maxPages else { break }
+                slice.maxPages = maxPages - result.pagesTried
+            }
+            let end = min(device.pageCount, page + policy.recompressScanSlots)
+            let (part, next) = passLock.withLock { _ in device.recompress(slice, pages: page..<end) }
+            result.add(part)
+            page = next
+        }
+        result.finished = page >= device.pageCount
+        return result
     }
 
     private func reclaimableBytes() -> Int {

@@ -77,10 +77,11 @@ public struct RecompressionResult: Sendable, Equatable {
     /// Object bytes of the recompressed pages, before and after.
     public var bytesBefore = 0
     public var bytesAfter = 0
+    /// Left as they were because the pool had no room for the new object
+    /// (mem_limit reached, or the arena full); tried again by a later run.
+    public var pagesWithoutRoom = 0
     /// The run reached the end of the device (a run's figure only).
     public var finished = false
-    /// The run stopped early: the pool had no room for a new object.
-    public var stoppedForSpace = false
 
     public init() {}
 
@@ -91,6 +92,7 @@ public struct RecompressionResult: Sendable, Equatable {
         pagesNotSmaller += other.pagesNotSmaller
         pagesIncompressible += other.pagesIncompressible
         pagesRaced += other.pagesRaced
+        pagesWithoutRoom += other.pagesWithoutRoom
         bytesBefore += other.bytesBefore
         bytesAfter += other.bytesAfter
     }
@@ -108,11 +110,18 @@ public struct CompressionStats: Sendable, Equatable {
     public var recompression: RecompressionResult
 }
 
-public struct RecompressionUnavailable: Error, CustomStringConvertible {
-    public init() {}
+/// Why a recompression run was not started.
+public enum RecompressionRefused: Error, CustomStringConvertible {
+    /// The device has no recompression codec.
+    case unavailable
+    /// Another manual run is under way.
+    case busy
 
     public var description: String {
-        "no recompression algorithm: start znbd with --recompress-algorithm (e.g. zstd or zstd:9)"
+        switch self {
+        case .unavailable: "no recompression algorithm: start znbd with --recompress-algorithm (e.g. zstd or zstd:9)"
+        case .busy: "a recompression run is already under way; wait for it to end"
+        }
     }
 }
 
@@ -154,11 +163,15 @@ extension CompressedBlockDevice {
         return marked
     }
 
-    /// Recompresses the pages `request` selects, over the whole device.
-    public func recompress(_ request: RecompressionRequest) throws(RecompressionUnavailable) -> RecompressionResult {
-        guard recompressionCodec != nil else { throw RecompressionUnavailable() }
+    /// Recompresses the pages `request` selects, over the whole device, in
+    /// one go (DeviceMaintenance.recompress does it in slices).
+    public func recompress(_ request: RecompressionRequest) throws(RecompressionRefused) -> RecompressionResult {
+        guard recompressionCodec != nil else { throw .unavailable }
         return recompress(request, pages: 0..<slots.count).result
     }
+
+    /// The device's number of pages (slots).
+    var pageCount: Int { slots.count }
 
     /// Recompresses within `pages`, and returns where it stopped: the end of
     /// the range, or the page after the one that reached `request.maxPages`.
@@ -187,9 +200,10 @@ extension CompressedBlockDevice {
                 case .raced:
                     result.pagesTried += 1
                     result.pagesRaced += 1
-                case .noSpace:
-                    result.stoppedForSpace = true
-                    return
+                case .noRoom:
+                    // Not tried: the page stays a candidate for a later run,
+                    // when discards or compaction have made room.
+                    result.pagesWithoutRoom += 1
                 }
                 page += 1
             }
@@ -219,13 +233,19 @@ extension CompressedBlockDevice {
     ) -> PageOutcome {
         guard selection.admits(slots.peek(page)) else { return .notTaken }
         // Read under the lock, as a reader would; check again there.
-        let read = try? slots.withLock(page) { () throws(BlockDeviceError) -> SlotContent? in
+        let read = slots.withLock(page) { () -> SlotContent? in
             guard selection.admits(slots.flags(page)) else { return nil }
-            try loadPage(page, into: buffers.page)
+            do {
+                try loadPage(page, into: buffers.page)
+            } catch {
+                // Counted in failed_reads by loadPage; marked so that later
+                // runs do not read it again.
+                slots.markRecompressionTried(page)
+                return nil
+            }
             return slots.content(page)
         }
-        // A page that does not decompress is counted by loadPage and left.
-        guard let read = read ?? nil, case .object(_, let oldLength, let oldEncoding) = read else { return .notTaken }
+        guard let read, case .object(_, let oldLength, let oldEncoding) = read else { return .notTaken }
         let length: Int
         do {
             length = try codec.compress(page: UnsafeRawBufferPointer(buffers.page), into: buffers.stream)
@@ -247,7 +267,7 @@ extension CompressedBlockDevice {
             new = try storeObject(
                 UnsafeRawBufferPointer(rebasing: buffers.stream[..<length]), encoding: .compressed(codec.algorithm))
         } catch {
-            return .noSpace
+            return .noRoom
         }
         let switched = slots.withLock(page) { () -> Bool in
             guard slots.content(page) == read else { return false }
@@ -286,8 +306,9 @@ enum PageOutcome: Equatable {
     case recompressed(before: Int, after: Int)
     /// Written between its read and its switch: the result was dropped.
     case raced
-    /// The pool had no room for the new object.
-    case noSpace
+    /// The pool had no room for the new object (mem_limit, or the arena
+    /// full): the page is left as it was, still a candidate.
+    case noRoom
 }
 
 struct RecompressionBuffers {

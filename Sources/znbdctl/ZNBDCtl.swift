@@ -1,4 +1,5 @@
 import ArgumentParser
+import NIOCore
 import NIOHTTP1
 import ZNBDCommandLine
 import ZNBDControlAPI
@@ -46,10 +47,11 @@ struct ControlOptions: ParsableArguments {
     /// GET or send `path`, and decode the 200 answer as `Document`; an error
     /// answer becomes its message.
     func fetch<Document: Decodable>(
-        _ type: Document.Type, _ method: HTTPMethod = .GET, _ path: String, body: [UInt8] = []
+        _ type: Document.Type, _ method: HTTPMethod = .GET, _ path: String, body: [UInt8] = [],
+        timeout: TimeAmount = .seconds(30)
     ) async throws -> (document: Document, body: [UInt8]) {
         let client = self.client
-        let response = try await client.request(method, path, body: body)
+        let response = try await client.request(method, path, body: body, timeout: timeout)
         guard response.status == 200 else {
             let message = (try? JSONDecoder().decode(ErrorDocument.self, from: Data(response.body)))?.error
             throw ControlClientError(
@@ -68,10 +70,10 @@ struct ControlOptions: ParsableArguments {
     /// Fetches a document and prints it: as the daemon sent it with
     /// `json`, else through `view`.
     func show<Document: Decodable>(
-        _ type: Document.Type, _ method: HTTPMethod, _ path: String, body: [UInt8] = [], json: Bool,
-        view: (Document) -> String
+        _ type: Document.Type, _ method: HTTPMethod, _ path: String, body: [UInt8] = [],
+        timeout: TimeAmount = .seconds(30), json: Bool, view: (Document) -> String
     ) async throws {
-        let (document, body) = try await fetch(type, method, path, body: body)
+        let (document, body) = try await fetch(type, method, path, body: body, timeout: timeout)
         printOut(json ? String(decoding: body, as: UTF8.self) : view(document))
     }
 }
@@ -231,8 +233,10 @@ struct Recompress: AsyncParsableCommand {
         var body = "type=\(type)"
         if let threshold { body += " threshold=\(threshold)" }
         if let maxPages { body += " max_pages=\(maxPages)" }
-        try await options.show(RecompressDocument.self, .POST, "/v1/recompress", body: Array(body.utf8), json: json,
-                               view: TextViews.recompressSummary)
+        // A run over a large device takes minutes (zstd compresses some
+        // 40,000 pages a second per core); it is not cut short here.
+        try await options.show(RecompressDocument.self, .POST, "/v1/recompress", body: Array(body.utf8),
+                               timeout: .hours(24), json: json, view: TextViews.recompressSummary)
     }
 }
 

@@ -4,7 +4,8 @@
 // reuse. This shim keeps one compression and one decompression context per
 // thread, created on the thread's first call and freed when it exits, so a
 // page never allocates; and it checks that a stream is exactly one frame
-// before decoding it, so trailing bytes are an error.
+// before decoding it, so trailing bytes are an error. One-shot decoding
+// writes straight into the caller's page and allocates no window.
 #ifndef CZSTD_H
 #define CZSTD_H
 
