@@ -200,7 +200,18 @@ public final class DeviceMaintenance: Sendable {
         }
     }
 
-    public func stats() -> MaintenanceStats { totals.withLock { $0 } }
+    public func stats() -> MaintenanceStats {
+        totals.withLock { totals in
+            // A dictionary of its own: a copy that shared the totals' storage
+            // would be read here after the lock, while `record` mutates that
+            // storage in place once this copy looks released, and the
+            // copy-on-write uniqueness check gives ThreadSanitizer (and the
+            // memory model) no happens-before edge between the two.
+            var copy = totals
+            copy.passes = Dictionary(uniqueKeysWithValues: totals.passes.map { ($0.key, $0.value) })
+            return copy
+        }
+    }
 
     // MARK: The thread
 

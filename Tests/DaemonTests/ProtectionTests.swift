@@ -72,7 +72,13 @@ struct ProtectionTests {
             // Root has CAP_IPC_LOCK unless a container took it away.
             if Self.hasCapability(Self.capIPCLock) {
                 #expect(log.contains("memory lock: on"))
-                #expect(Self.lockedKiB(pid: pid) > 0)
+                if let sanitizer = ProcessInfo.processInfo.environment["ZNBD_SANITIZER"] {
+                    // The sanitizers' runtime replaces mlockall with a no-op
+                    // that returns 0: the call succeeds, nothing is locked.
+                    print("defaults: under the \(sanitizer) sanitizer mlockall locks nothing; VmLck not checked")
+                } else {
+                    #expect(Self.lockedKiB(pid: pid) > 0)
+                }
             } else {
                 #expect(log.contains("memory not locked"))
             }
