@@ -71,7 +71,11 @@ public final class DaemonProcess: @unchecked Sendable {
             if !process.isRunning {
                 throw Failure(description: "znbd exited with \(process.terminationStatus): \(log)")
             }
-            if (try? RawClient(socketPath: socketPath)) != nil, (try? RawClient(socketPath: controlPath)) != nil {
+            // Both sockets answer, and the start-up lines are all written:
+            // the line that says how to attach comes last.
+            if (try? RawClient(socketPath: socketPath)) != nil, (try? RawClient(socketPath: controlPath)) != nil,
+                log.contains("attach with:")
+            {
                 return
             }
             usleep(20_000)
