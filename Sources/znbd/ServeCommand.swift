@@ -107,9 +107,7 @@ struct Serve: AsyncParsableCommand {
         valueName: "age|off"))
     var recompressIdleAge: String?
 
-    @Option(help: ArgumentHelp(
-        "The most pages per second the maintenance thread recompresses (default \(MaintenancePolicy().recompressPagesPerSecond)).",
-        valueName: "pages"))
+    @Option(help: ArgumentHelp("The most pages per second the maintenance thread recompresses.", valueName: "pages"))
     var recompressRate = MaintenancePolicy().recompressPagesPerSecond
 
     @Option(help: ArgumentHelp(
