@@ -144,7 +144,7 @@ let package = Package(
                 "PageCodec", "ZSPool", "ZRAM", "BlockDevice", "NBD", "ZNBDSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
-            path: "tools/bench",
+            path: "tools/znbd-bench",
             swiftSettings: strictSwift
         ),
         .systemLibrary(name: "CNBD", pkgConfig: "libnbd"),

@@ -1,5 +1,5 @@
 // The codec benchmark's reference loop in C against liblzo2: the same work
-// as `znbd-bench codec` (see tools/bench/CodecBenchmark.swift), so the ratio
+// as `znbd-bench codec` (see tools/znbd-bench/CodecBenchmark.swift), so the ratio
 // of the two is the cost of the Swift layer.
 //
 //   lzo-bench CORPUS_FILE [PASSES]

@@ -1,0 +1,136 @@
+"""Shared pieces of the Python benchmarks (tools/bench, tools/bench-codecs):
+running commands, starting servers, and fio with its JSON read back."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIB = 1 << 20
+
+
+def log(tool, message):
+    print(f"{tool}: {message}", file=sys.stderr, flush=True)
+
+
+def run(command, timeout=600, **kwargs):
+    result = subprocess.run(command, timeout=timeout, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()[-2000:]}")
+    return result.stdout
+
+
+def wait_for(path, seconds=20):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{path} did not appear within {seconds} s")
+
+
+def rss(pid):
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def build_znbd():
+    """Builds znbd (release) as tools/run does; returns the binaries' folder."""
+    script = ("source tools/setup >/dev/null && swift build -c release --product znbd >/dev/null && "
+              "swift build -c release --show-bin-path")
+    return run(["bash", "-c", script], cwd=ROOT, timeout=3600).strip().splitlines()[-1]
+
+
+# fio's data: 55% compressible per 4 KiB, a new buffer for every write.
+COMPRESSIBLE = ["--buffer_compress_percentage=55", "--buffer_compress_chunk=4096", "--refill_buffers"]
+
+
+def fio(target_arguments, job_arguments, timeout):
+    """Runs one fio job (group reporting over its numjobs); returns MiB/s,
+    IOPS and p99 completion latency for reads and writes."""
+    text = run(["fio", "--name=job", "--output-format=json", "--group_reporting"] + target_arguments + job_arguments,
+               timeout=timeout)
+    job = json.loads(text[text.index("{"):])["jobs"][0]
+    figures = {}
+    for side in ("read", "write"):
+        if job[side]["io_bytes"] == 0:
+            continue
+        percentiles = job[side]["clat_ns"].get("percentile", {})
+        figures[side] = {"MiBps": job[side]["bw_bytes"] / MIB, "iops": job[side]["iops"],
+                         "p99_us": percentiles.get("99.000000", 0) / 1000}
+    return figures
+
+
+class Server:
+    """A server process on a Unix socket: znbd or nbdkit."""
+
+    def __init__(self, command, socket, control=None):
+        self.socket, self.control = socket, control
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_for(socket)
+        if control:
+            wait_for(control)
+
+    @property
+    def uri(self):
+        return f"nbd+unix:///?socket={self.socket}"
+
+    def fio_target(self):
+        return ["--ioengine=nbd", f"--uri={self.uri}"]
+
+    def memory(self):
+        figures = {"rss": rss(self.process.pid)}
+        if self.control:
+            stats = json.loads(run(["curl", "-s", "--unix-socket", self.control, "http://localhost/v1/stats"]))
+            figures.update(compr=stats["compr_data_size"], used=stats["mem_used_total"])
+        return figures
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+def znbd_server(binaries, scratch, size, arguments=()):
+    socket, control = os.path.join(scratch, "nbd.sock"), os.path.join(scratch, "control.sock")
+    return Server([os.path.join(binaries, "znbd"), "serve", "--size", size, "--socket", socket, "--control", control]
+                  + list(arguments), socket, control)
+
+
+def nbdkit_server(scratch, size, allocator):
+    socket = os.path.join(scratch, "nbdkit.sock")
+    return Server(["nbdkit", "-f", "-U", socket, "memory", size, f"allocator={allocator}"], socket)
+
+
+class KernelZRAM:
+    """/dev/zram0 with lzo, driven by fio's libaio engine with direct I/O."""
+
+    SYS = "/sys/block/zram0"
+
+    def __init__(self, size):
+        with open(f"{self.SYS}/disksize") as disksize:
+            if int(disksize.read()) != 0:
+                raise RuntimeError("/dev/zram0 is in use (disksize is set); not touching it")
+        self.write("comp_algorithm", "lzo")
+        self.write("disksize", size)
+
+    @staticmethod
+    def available():
+        return os.geteuid() == 0 and os.path.exists(KernelZRAM.SYS)
+
+    def write(self, name, value):
+        with open(f"{self.SYS}/{name}", "w") as attribute:
+            attribute.write(value)
+
+    def fio_target(self):
+        return ["--ioengine=libaio", "--direct=1", "--filename=/dev/zram0"]
+
+    def memory(self):
+        with open(f"{self.SYS}/mm_stat") as mm_stat:
+            fields = [int(field) for field in mm_stat.read().split()]
+        return {"compr": fields[1], "used": fields[2]}
+
+    def close(self):
+        self.write("reset", "1")
