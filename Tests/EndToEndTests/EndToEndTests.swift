@@ -56,7 +56,12 @@ struct EndToEndTests {
     /// The whole path a user takes, every step checked, everything undone
     /// at the end whatever happened.
     func runEndToEnd(makeFilesystem: [String], check: [String], trees: [String]) async throws {
-        let daemon = try DaemonProcess(["--size", "512M"])
+        // Room for the trees, which differ in size from machine to machine,
+        // and the filesystem's own: half again, and 512 MiB at least.
+        let usage = try runCommand(["du", "-scb"] + trees, timeout: 120)
+        let treeBytes = usage.standardOutput.split(separator: "\n").last.flatMap { Int($0.split(separator: "\t")[0]) } ?? 0
+        let mebibytes = max(512, (treeBytes + treeBytes / 2) >> 20 + 64)
+        let daemon = try DaemonProcess(["--size", "\(mebibytes)M"])
         defer { daemon.cleanUp() }
         try daemon.waitUntilServing()
         let mountPoint = daemon.directory.appendingPathComponent("mnt").path
