@@ -156,7 +156,7 @@ extension CompressedBlockDevice {
         }
         var marked = 0
         for page in 0..<slots.count {
-            let flags = slots.peek(page)
+            let flags = slots.flags(page)
             guard flags.isObject, !flags.isIdle, flags.accessed <= accessedBy else { continue }
             if slots.withLock(page, { slots.markIdle(page, accessedBy: accessedBy) }) { marked += 1 }
         }
@@ -231,7 +231,7 @@ extension CompressedBlockDevice {
         _ page: Int, _ selection: Selection, codec: AnyPageCodec, buffers: RecompressionBuffers,
         meanwhile: () -> Void = {}
     ) -> PageOutcome {
-        guard selection.admits(slots.peek(page)) else { return .notTaken }
+        guard selection.admits(slots.flags(page)) else { return .notTaken }
         // Read under the lock, as a reader would; check again there.
         let read = slots.withLock(page) { () -> SlotContent? in
             guard selection.admits(slots.flags(page)) else { return nil }

@@ -219,12 +219,10 @@ final class SlotTable: @unchecked Sendable {
         (metas + index).pointee.load(ordering: .relaxed) == 0
     }
 
-    /// The slot's flags without its value, for scans that take the lock only
-    /// for the slots they want.
+    /// The slot's flags without its value: exact for a caller holding the
+    /// slot's lock; otherwise a hint, for scans that take the lock only for
+    /// the slots they want.
     @inline(__always)
-    func peek(_ index: Int) -> SlotFlags { SlotFlags(word: meta(index)) }
-
-    /// The flags of a slot whose lock the caller holds.
     func flags(_ index: Int) -> SlotFlags { SlotFlags(word: meta(index)) }
 
     // MARK: Allocation status
@@ -260,8 +258,4 @@ struct SlotFlags {
     var recompressionTried: Bool { word & SlotTable.recompressedBit != 0 }
     var length: Int { Int(word & SlotTable.lengthMask) }
     var accessed: UInt32 { UInt32(truncatingIfNeeded: word >> SlotTable.accessShift) }
-    /// The algorithm of a compressed object (meaningless for others).
-    var algorithm: CompressionAlgorithm? {
-        CompressionAlgorithm(rawValue: UInt8((word & SlotTable.algorithmMask) >> SlotTable.algorithmShift))
-    }
 }
