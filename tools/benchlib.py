@@ -1,5 +1,6 @@
-"""Shared pieces of the Python benchmarks (tools/bench, tools/bench-codecs):
-running commands, starting servers, and fio with its JSON read back."""
+"""Shared pieces of the Python tools (bench, bench-codecs, seed-experiment,
+soak): running commands, building znbd, the corpus, starting servers, the
+kernel's zram, and fio with its JSON read back."""
 
 import json
 import os
@@ -15,20 +16,26 @@ def log(tool, message):
     print(f"{tool}: {message}", file=sys.stderr, flush=True)
 
 
-def run(command, timeout=600, **kwargs):
+def run(command, timeout=600, check=True, **kwargs):
+    """Runs `command` and returns its standard output; a non-zero exit is
+    an error with the end of its standard error, unless `check` is off."""
     result = subprocess.run(command, timeout=timeout, capture_output=True, text=True, **kwargs)
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()[-2000:]}")
     return result.stdout
 
 
-def wait_for(path, seconds=20):
+def wait_for(condition, seconds, what):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if os.path.exists(path):
+        if condition():
             return
         time.sleep(0.05)
-    raise RuntimeError(f"{path} did not appear within {seconds} s")
+    raise RuntimeError(f"{what} within {seconds} s")
+
+
+def wait_for_path(path, seconds=20):
+    wait_for(lambda: os.path.exists(path), seconds, f"{path} did not appear")
 
 
 def rss(pid):
@@ -36,11 +43,17 @@ def rss(pid):
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def build_znbd():
-    """Builds znbd (release) as tools/run does; returns the binaries' folder."""
-    script = ("source tools/setup >/dev/null && swift build -c release --product znbd >/dev/null && "
-              "swift build -c release --show-bin-path")
+def build_znbd(products=("znbd",)):
+    """Builds the products (release) as tools/run does; returns the binaries' folder."""
+    builds = "".join(f"swift build -c release --product {product} >/dev/null && " for product in products)
+    script = f"source tools/setup >/dev/null && {builds}swift build -c release --show-bin-path"
     return run(["bash", "-c", script], cwd=ROOT, timeout=3600).strip().splitlines()[-1]
+
+
+def corpus_file(mebibytes=128):
+    """tools/corpus's file of real files, built once into tools/out."""
+    path = run([os.path.join(ROOT, "tools/corpus"), str(mebibytes)], cwd=ROOT).strip()
+    return path if path.startswith("/") else os.path.join(ROOT, path)
 
 
 # fio's data: 55% compressible per 4 KiB, a new buffer for every write.
@@ -70,9 +83,9 @@ class Server:
         self.socket, self.control = socket, control
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        wait_for(socket)
+        wait_for_path(socket)
         if control:
-            wait_for(control)
+            wait_for_path(control)
 
     @property
     def uri(self):
@@ -127,9 +140,12 @@ class KernelZRAM:
     def fio_target(self):
         return ["--ioengine=libaio", "--direct=1", "--filename=/dev/zram0"]
 
-    def memory(self):
+    def mm_stat(self):
         with open(f"{self.SYS}/mm_stat") as mm_stat:
-            fields = [int(field) for field in mm_stat.read().split()]
+            return [int(field) for field in mm_stat.read().split()]
+
+    def memory(self):
+        fields = self.mm_stat()
         return {"compr": fields[1], "used": fields[2]}
 
     def close(self):
