@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import ZNBDSystem
 
 /// One client connection: cuts the stream into frames (NBDFrameParser),
 /// runs the handshake (NBDHandshake), then hands each request to the
@@ -13,9 +14,13 @@ import NIOPosix
 /// request makes another connection on this loop wait for more than about
 /// one pass (a 32 MiB read or a 4 GiB trim runs on a worker).
 ///
+/// Replies are flushed in batches: once per socket read for the requests it
+/// brought that ran here, once per batch of worker results (ConnectionWork),
+/// so a queue of small writes costs a few writev calls, not one per reply.
+///
 /// Back-pressure: a request counts from the moment it is parsed until its
-/// reply has been handed to the socket (its write promise), not merely
-/// queued, with the bytes it may hold (NBDRequestProcessor.replyBudget: a
+/// reply has been handed to the socket (the write promise of its batch), not
+/// merely queued, with the bytes it may hold (NBDRequestProcessor.replyBudget: a
 /// write's payload, a read's data). At most `maximumInFlightRequests`
 /// requests and `maximumInFlightBytes` bytes per connection, and the
 /// server-wide InFlightBudget; past them the handler stops parsing and holds
@@ -43,14 +48,27 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     private let export: NBDExport
     private let limits: Limits
-    private let workers: NIOThreadPool?
+    private let workers: WorkerThreads<WorkerJob>?
     private let counters: ServerCounters
     private let budget: InFlightBudget
 
-    private var buffer = ByteBuffer()
+    /// Bytes read and not parsed yet. In transmission the parser takes all
+    /// it is given (FrameParser), so this holds the current socket read, and
+    /// more only while requests wait for room.
+    private var buffer: ByteBuffer
+    /// What `buffer` is set to once parsed: holding no socket read lets the
+    /// channel reuse its receive buffers instead of allocating new ones.
+    private let emptyBuffer: ByteBuffer
     private var parser: NBDFrameParser
     private var handshake: NBDHandshake
     private var processor: NBDRequestProcessor?
+    /// The connection's share of the workers, from transmission on (nil
+    /// without workers: everything runs on the loop).
+    private var work: ConnectionWork?
+    /// Worker results being answered; kept to reuse its storage.
+    private var workerResults: [WorkerResult] = []
+    /// Requests for the workers, handed over together at the end of a pass.
+    private var jobsToSubmit: [WorkerJob] = []
 
     private var inFlightRequests = 0
     private var inFlightBytes = 0
@@ -61,8 +79,12 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     private var readHeld = false
     /// A pass ran out of its inline budget; the rest of it is scheduled.
     private var passScheduled = false
-    /// Replies were written but not flushed yet.
+    /// Handshake replies were written but not flushed yet.
     private var unflushed = false
+    /// Request replies written since the last flush, and the room they hold:
+    /// they stop counting once the flush has handed them to the socket.
+    private var unflushedReplies = 0
+    private var unflushedCost = 0
     /// After NBD_CMD_DISC or a fatal error: parse nothing more.
     private var stopParsing = false
     /// DISC, or the end of the client's input: close once nothing is in
@@ -77,13 +99,18 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     /// Called by the server-wide budget, from any thread, once it has room.
     private var wake: (@Sendable () -> Void)?
 
-    init(export: NBDExport, limits: Limits, workers: NIOThreadPool?, counters: ServerCounters, budget: InFlightBudget) {
+    init(
+        export: NBDExport, limits: Limits, workers: WorkerThreads<WorkerJob>?, counters: ServerCounters,
+        budget: InFlightBudget
+    ) {
         self.export = export
         self.limits = limits
         self.workers = workers
         self.counters = counters
         self.budget = budget
-        parser = NBDFrameParser(maximumPayload: export.maximumPayload)
+        parser = NBDFrameParser(maximumPayload: export.maximumPayload, ownPayloads: workers != nil)
+        emptyBuffer = ByteBuffer()
+        buffer = emptyBuffer
         handshake = NBDHandshake(export: export)
     }
 
@@ -110,6 +137,8 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         closed = true
+        work?.close()
+        handOverUnflushedReplies(context: context)
         budget.cancelWait(ObjectIdentifier(self))
         wake = nil
         counters.connectionsOpen.subtract(1, ordering: .relaxed)
@@ -172,7 +201,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     private func processFrames(context: ChannelHandlerContext) {
         guard !parsing, !closed else { return }
         parsing = true
-        defer { parsing = false }
+        defer {
+            parsing = false
+            submitJobs()
+        }
         var inlineWork = 0
         frames: while !stopParsing, !closed {
             if inlineWork >= limits.inlineWorkPerPass {
@@ -208,7 +240,9 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                     break
                 case .transmission(let session):
                     parser.phase = .transmission
-                    processor = NBDRequestProcessor(export: export, session: session)
+                    let processor = NBDRequestProcessor(export: export, session: session)
+                    self.processor = processor
+                    work = workers == nil ? nil : makeWork(processor: processor, context: context)
                 case .close:
                     close(context: context)
                     return
@@ -227,13 +261,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
             }
         }
         if buffer.readableBytes == 0 {
-            // An emptied large buffer (a burst of big writes grows it to a
-            // few MiB) goes; an idle connection keeps no more than 64 KiB.
-            if buffer.capacity > Self.idleBufferCapacity {
-                buffer = ByteBuffer()
-            } else {
-                buffer.clear()
-            }
+            buffer = emptyBuffer
         } else if buffer.readerIndex >= 1 << 20 {
             buffer.discardReadBytes()
         }
@@ -260,40 +288,51 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     private func start(_ request: NBDRequest, context: ChannelHandlerContext) -> Int {
         let cost = NBDRequestProcessor.replyBudget(for: request)
         guard let processor else {
-            finished(cost: cost, context: context)
+            finished(requests: 1, cost: cost, context: context)
             return 0
         }
-        let allocator = context.channel.allocator
-        guard let workers, runsOnWorkers(request) else {
-            send(.success(processor.process(request, allocator: allocator)), cost: cost, context: context)
+        guard let work, runsOnWorkers(request) else {
+            let (reply, outcome) = processor.process(request, allocator: context.channel.allocator)
+            send(reply, outcome, cost: cost, context: context)
             return Int(request.length)
         }
-        var owned = request
-        if let payload = request.payload {
-            // The payload is a slice of the cumulation buffer, which this
-            // loop appends to and reuses once it is the only owner. A worker
-            // thread that dropped the last other reference would then have
-            // read storage this thread reallocates: Swift's uniqueness check
-            // gives ThreadSanitizer no happens-before edge for that, so the
-            // worker gets a copy of its own (a memcpy beside a compression).
-            owned.payload = allocator.buffer(buffer: payload)
-        }
-        let job = owned
-        let channel = context.channel
-        workers.runIfActive(eventLoop: context.eventLoop) { () -> (reply: NBDReply, outcome: NBDRequestProcessor.Outcome)? in
-            // A client that is gone gets no answer, so queued work for it is
-            // skipped (an unanswered write may or may not have happened).
-            guard channel.isActive else { return nil }
-            return processor.process(job, allocator: allocator)
-        }.assumeIsolated().whenComplete { result in
-            switch result {
-            case .success(let processed?): self.send(.success(processed), cost: cost, context: context)
-            case .success(nil): self.finished(cost: cost, context: context)
-            case .failure(let error): self.send(.failure(error), cost: cost, context: context)
-            }
-            self.flushIfNeeded(context: context)
-        }
+        // With workers, a write's payload is a buffer of its own
+        // (FrameParser's ownPayloads), not a slice of a receive buffer the
+        // channel will write into again: the worker may read it and drop it.
+        jobsToSubmit.append(WorkerJob(connection: work, request: request, cost: cost))
         return 0
+    }
+
+    /// One acquisition of the workers' queue for all a pass started.
+    private func submitJobs() {
+        guard let workers, !jobsToSubmit.isEmpty else { return }
+        workers.submit(contentsOf: jobsToSubmit)
+        jobsToSubmit.removeAll(keepingCapacity: true)
+    }
+
+    /// The connection's share of the workers; its results come back to this
+    /// loop through `takeWorkerResults`.
+    private func makeWork(processor: NBDRequestProcessor, context: ChannelHandlerContext) -> ConnectionWork {
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        return ConnectionWork(processor: processor, allocator: context.channel.allocator) {
+            eventLoop.execute { handler.value.takeWorkerResults(context: boundContext.value) }
+        }
+    }
+
+    /// Answers every request the workers have finished, with one flush.
+    private func takeWorkerResults(context: ChannelHandlerContext) {
+        guard let work else { return }
+        work.takeResults(into: &workerResults)
+        for result in workerResults {
+            switch result {
+            case .answered(let reply, let outcome, let cost): send(reply, outcome, cost: cost, context: context)
+            case .skipped(let cost): finished(requests: 1, cost: cost, context: context)
+            }
+        }
+        workerResults.removeAll(keepingCapacity: true)
+        flushIfNeeded(context: context)
     }
 
     /// Writes go to the workers (compressing a page costs far more than the
@@ -308,41 +347,40 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Writes a finished request's reply; the request stops counting once
-    /// the reply has been handed to the socket (or the connection is gone).
+    /// Writes a finished request's reply, to leave with the next flush.
     private func send(
-        _ result: Result<(reply: NBDReply, outcome: NBDRequestProcessor.Outcome), any Error>, cost: Int,
-        context: ChannelHandlerContext
+        _ reply: NBDReply, _ outcome: NBDRequestProcessor.Outcome, cost: Int, context: ChannelHandlerContext
     ) {
-        switch result {
-        case .failure:
-            // The worker pool is shutting down: nothing more can be answered.
-            finished(cost: cost, context: context)
-            close(context: context)
-        case .success(let (reply, outcome)):
-            counters.record(outcome)
-            guard !closed else {
-                finished(cost: cost, context: context)
-                return
-            }
-            let written = context.eventLoop.makePromise(of: Void.self)
-            if let data = reply.data {
-                context.write(wrapOutboundOut(reply.head), promise: nil)
-                context.write(wrapOutboundOut(data), promise: written)
-            } else {
-                context.write(wrapOutboundOut(reply.head), promise: written)
-            }
-            unflushed = true
-            written.futureResult.assumeIsolated().whenComplete { _ in
-                self.finished(cost: cost, context: context)
-            }
+        counters.record(outcome)
+        guard !closed else {
+            finished(requests: 1, cost: cost, context: context)
+            return
+        }
+        context.write(wrapOutboundOut(reply.head), promise: nil)
+        if let data = reply.data { context.write(wrapOutboundOut(data), promise: nil) }
+        unflushedReplies += 1
+        unflushedCost += cost
+    }
+
+    /// Requests whose replies have been written stop counting once those
+    /// replies reach the socket, or fail to: one promise, on an empty write
+    /// after them (NIO completes writes in order), covers them all.
+    private func handOverUnflushedReplies(context: ChannelHandlerContext) {
+        guard unflushedReplies > 0 else { return }
+        let (requests, cost) = (unflushedReplies, unflushedCost)
+        unflushedReplies = 0
+        unflushedCost = 0
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.write(wrapOutboundOut(emptyBuffer), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { _ in
+            self.finished(requests: requests, cost: cost, context: context)
         }
     }
 
-    /// A request's reply has left (or never will): give back its room and
+    /// Requests' replies have left (or never will): give back their room and
     /// take up what waited for it.
-    private func finished(cost: Int, context: ChannelHandlerContext) {
-        inFlightRequests -= 1
+    private func finished(requests: Int, cost: Int, context: ChannelHandlerContext) {
+        inFlightRequests -= requests
         inFlightBytes -= cost
         budget.release(cost)
         resume(context: context)
@@ -369,8 +407,9 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     }
 
     private func flushIfNeeded(context: ChannelHandlerContext) {
-        guard unflushed, !closed else { return }
+        guard unflushed || unflushedReplies > 0, !closed else { return }
         unflushed = false
+        handOverUnflushedReplies(context: context)
         context.flush()
     }
 
@@ -382,10 +421,6 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         guard closeWhenIdle, !closed, isIdle else { return }
         close(context: context)
     }
-
-    /// The most receive buffer a connection keeps while it has nothing to
-    /// parse.
-    static let idleBufferCapacity = 64 << 10
 
     /// How long a draining connection must stay quiet before it closes:
     /// far longer than the event loop takes to read what already waits in
@@ -411,6 +446,8 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         guard !closed else { return }
         closed = true
         stopParsing = true
+        work?.close()
+        handOverUnflushedReplies(context: context)
         budget.cancelWait(ObjectIdentifier(self))
         let written = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)

@@ -21,7 +21,9 @@
 //   Server.swift            listeners (Unix socket, TCP), the event loops,
 //                           the write workers; drain and shutdown
 //   ConnectionHandler.swift one connection: parsing, dispatch, back-pressure,
-//                           replies, close
+//                           replies flushed in batches, close
+//   ConnectionWork.swift    a connection's share of the workers: the jobs it
+//                           hands them and the results they hand back
 //   InFlightBudget.swift    the bytes all connections may hold at once
 //   ServerStats.swift       per-command counters (sharded per CPU)
 //
@@ -29,9 +31,11 @@
 //   Event loops (one per core): every connection lives on one loop, which
 //   parses, negotiates, runs small reads, trims, zeroings, flushes and block
 //   status on the device, and writes every reply.
-//   Workers (an NIOThreadPool, one per core): run writes (where a
-//   compressing device spends its time) and any request over the inline
-//   limit; the reply goes back to the connection's loop.
+//   Workers (ZNBDSystem's WorkerThreads, `znbd-worker`, one per core): run
+//   writes (where a compressing device spends its time) and any request
+//   over the inline limit. The loop hands over all a pass parsed under one
+//   lock; results come back to the connection's loop, which takes them in
+//   batches (one wake-up, one flush for many).
 //
 // MEMORY
 //   A request counts against its connection's budget and the server's from
@@ -39,5 +43,6 @@
 //   stops reading stops being read from; ConnectionHandler.swift says how.
 //   The device's own locks are taken inside device calls, on whichever of
 //   these threads runs them (docs/ARCHITECTURE.md has the table). The
-//   server's own state is per connection, touched only on its loop; the
-//   list of channels for shutdown is behind a NIOLockedValueBox.
+//   server's own state is per connection, touched only on its loop, except
+//   ConnectionWork's results (a mutex shared with the workers); the list of
+//   channels for shutdown is behind a NIOLockedValueBox.

@@ -1,4 +1,5 @@
 import NIOConcurrencyHelpers
+import ZNBDSystem
 public import NIOCore
 import NIOPosix
 
@@ -53,7 +54,7 @@ public final class NBDServer: Sendable {
     public let export: NBDExport
     public let configuration: Configuration
     private let group: MultiThreadedEventLoopGroup
-    private let workers: NIOThreadPool?
+    private let workers: WorkerThreads<WorkerJob>?
     private let counters = ServerCounters()
     private let budget: InFlightBudget
     private let channels = NIOLockedValueBox<(listeners: [any Channel], connections: [ObjectIdentifier: any Channel])>(([], [:]))
@@ -64,9 +65,9 @@ public final class NBDServer: Sendable {
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
         budget = InFlightBudget(limit: configuration.maximumInFlightBytesTotal)
         if configuration.workerThreads > 0 {
-            let pool = NIOThreadPool(numberOfThreads: configuration.workerThreads)
-            pool.start()
-            workers = pool
+            workers = WorkerThreads(count: configuration.workerThreads, name: "znbd-worker") { job in
+                job.connection.run(job)
+            }
         } else {
             workers = nil
         }
@@ -162,7 +163,9 @@ public final class NBDServer: Sendable {
             try? await connection.closeFuture.get()
             timer.cancel()
         }
-        try? await workers?.shutdownGracefully()
+        // Every connection has closed: what is still queued is skipped, and
+        // joining waits at most for the requests being run.
+        await workers?.shutdown()
         try? await group.shutdownGracefully()
     }
 

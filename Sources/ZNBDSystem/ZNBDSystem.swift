@@ -18,6 +18,8 @@
 //   MemoryPressureTrigger  the kernel's memory-pressure signal (PSI), and
 //   Sleeper, BackgroundThread  the wait and the named thread of the
 //                       maintenance loop.
+//   WorkerThreads       named threads that run jobs from one FIFO ring: the
+//                       NBD server's request workers.
 //   residentMemoryBytes the process's RSS (/proc/self/statm); HeapPolicy,
 //                       how malloc gives memory back.
 //   ProcessProtection   what keeps the daemon serving as its machine's swap:

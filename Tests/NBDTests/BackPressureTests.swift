@@ -166,6 +166,13 @@ struct BackPressureTests {
             // 130 writes (past the 128 in progress, so the rest wait), then
             // five reads, which run on the loop once room frees up: their
             // replies must be flushed then, though nothing more arrives.
+            // The reads are of blocks no write touches, stored beforehand:
+            // room frees up as writes finish, in whatever order the workers
+            // finish them, so a read of a written block could come first.
+            func readPattern(_ index: Int) -> [UInt8] { [UInt8](repeating: UInt8(0xA0 + index), count: 4096) }
+            for index in 0..<5 {
+                try readPattern(index).withUnsafeBytes { try device.inner.write($0, at: (200 + index) * 4096) }
+            }
             var batch: [UInt8] = []
             for index in 0..<130 {
                 batch += RawClient.request(type: NBDCommand.write.rawValue, cookie: UInt64(index),
@@ -174,21 +181,20 @@ struct BackPressureTests {
             }
             for index in 0..<5 {
                 batch += RawClient.request(type: NBDCommand.read.rawValue, cookie: UInt64(1000 + index),
-                                           offset: UInt64(index) * 4096, length: 4096)
+                                           offset: UInt64(200 + index) * 4096, length: 4096)
             }
             try client.send(batch)
             try await Task.sleep(for: .milliseconds(100))
             device.openGate()
             var reads = 0
             for _ in 0..<135 {
-                // 16-byte header; a read's data follows (the writes all
-                // finish before the reads are parsed, so the data is theirs).
+                // 16-byte header; a read's data follows.
                 let header = try client.receive(16)
                 #expect(header.be32(4) == 0)
                 let cookie = header.be64(8)
                 if cookie >= 1000 {
                     let data = try client.receive(4096)
-                    #expect(data == [UInt8](repeating: UInt8(cookie - 1000), count: 4096))
+                    #expect(data == readPattern(Int(cookie) - 1000), "read \(cookie): not the stored bytes")
                     reads += 1
                 }
             }

@@ -135,6 +135,55 @@ struct ProtocolTests {
         for chunk in [1, 2, 3, 7, 13, 28, 29] { #expect(parse(chunk: chunk) == whole, "chunk \(chunk)") }
     }
 
+    @Test("in transmission the parser takes every byte it is handed; payloads are buffers of their own or slices")
+    func parserConsumesEachRead() {
+        var stream = ByteBuffer()
+        let sizes = [8, 4096, 5000, 7000, 1]
+        for (index, size) in sizes.enumerated() {
+            stream.writeMultipleIntegers(
+                NBDMagic.request, UInt16(0), NBDCommand.write.rawValue, UInt64(index), UInt64(0), UInt32(size))
+            stream.writeRepeatingByte(UInt8(index + 1), count: size)  // 7000: over the limit below, skipped
+            stream.writeMultipleIntegers(
+                NBDMagic.request, UInt16(0), NBDCommand.read.rawValue, UInt64(100 + index), UInt64(0), UInt32(512))
+        }
+        let bytes = Array(stream.readableBytesView)
+
+        func parse(chunk: Int, ownPayloads: Bool = true) -> [NBDFrameParser.Frame] {
+            var parser = NBDFrameParser(maximumPayload: 6000, ownPayloads: ownPayloads)
+            parser.phase = .transmission
+            var frames: [NBDFrameParser.Frame] = []
+            var fed = 0
+            while fed < bytes.count {
+                // Each read in a buffer of its own, as the channel hands them.
+                let end = min(bytes.count, fed + chunk)
+                var read = ByteBuffer(bytes: bytes[fed..<end])
+                fed = end
+                while let frame = parser.next(&read) { frames.append(frame) }
+                #expect(read.readableBytes == 0, "chunk \(chunk): \(read.readableBytes) bytes left to the caller")
+            }
+            return frames
+        }
+        let whole = parse(chunk: bytes.count)
+        #expect(whole.count == 2 * sizes.count)
+        for frame in whole {
+            guard case .request(let request) = frame, request.type == NBDCommand.write.rawValue else { continue }
+            if Int(request.length) > 6000 {
+                #expect(request.payloadDropped && request.payload == nil)
+            } else {
+                let payload = request.payload!
+                #expect(payload.readableBytes == Int(request.length))
+                #expect(payload.readableBytesView.allSatisfy { $0 == UInt8(request.cookie + 1) })
+                // Its own storage: no larger than the next power of two.
+                #expect(payload.capacity < 2 * Int(request.length))
+            }
+        }
+        for chunk in [1, 2, 3, 7, 13, 27, 28, 29, 4096, 4125] {
+            #expect(parse(chunk: chunk) == whole, "chunk \(chunk)")
+            // Slices where a payload arrived whole: the same frames.
+            #expect(parse(chunk: chunk, ownPayloads: false) == whole, "chunk \(chunk), slices")
+        }
+    }
+
     @Test("a request with a bad magic is a protocol error")
     func badMagic() {
         var parser = NBDFrameParser(maximumPayload: 1 << 20)
