@@ -4,6 +4,7 @@ kernel's zram, and fio with its JSON read back."""
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -60,19 +61,35 @@ def corpus_file(mebibytes=128):
 COMPRESSIBLE = ["--buffer_compress_percentage=55", "--buffer_compress_chunk=4096", "--refill_buffers"]
 
 
+def children_cpu_seconds():
+    """User and system CPU time of every child waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu_seconds(pid):
+    """User and system CPU time of process `pid` so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fio(target_arguments, job_arguments, timeout):
     """Runs one fio job (group reporting over its numjobs); returns MiB/s,
-    IOPS and p99 completion latency for reads and writes."""
+    IOPS and p99 completion latency for reads and writes, and fio's own CPU
+    seconds and wall time (the client's cost: with the kernel's zram this
+    includes the compression, which runs in the submitting thread)."""
+    cpu_before, wall_before = children_cpu_seconds(), time.monotonic()
     text = run(["fio", "--name=job", "--output-format=json", "--group_reporting"] + target_arguments + job_arguments,
                timeout=timeout)
     job = json.loads(text[text.index("{"):])["jobs"][0]
-    figures = {}
+    figures = {"client_cpu_s": children_cpu_seconds() - cpu_before, "wall_s": time.monotonic() - wall_before}
     for side in ("read", "write"):
         if job[side]["io_bytes"] == 0:
             continue
         percentiles = job[side]["clat_ns"].get("percentile", {})
         figures[side] = {"MiBps": job[side]["bw_bytes"] / MIB, "iops": job[side]["iops"],
-                         "p99_us": percentiles.get("99.000000", 0) / 1000}
+                         "p99_us": percentiles.get("99.000000", 0) / 1000, "bytes": job[side]["io_bytes"]}
     return figures
 
 
@@ -93,6 +110,9 @@ class Server:
 
     def fio_target(self):
         return ["--ioengine=nbd", f"--uri={self.uri}"]
+
+    def cpu_seconds(self):
+        return process_cpu_seconds(self.process.pid)
 
     def memory(self):
         figures = {"rss": rss(self.process.pid)}
@@ -139,6 +159,10 @@ class KernelZRAM:
 
     def fio_target(self):
         return ["--ioengine=libaio", "--direct=1", "--filename=/dev/zram0"]
+
+    def cpu_seconds(self):
+        """No process of its own: the kernel compresses in fio's threads."""
+        return 0.0
 
     def mm_stat(self):
         with open(f"{self.SYS}/mm_stat") as mm_stat:

@@ -137,7 +137,9 @@ struct ZNBDSystemTests {
 struct WorkerThreadsTests {
     @Test("every job runs once, one worker runs them in order, and shutdown runs what is queued")
     func everyJobOnce() async {
-        let ran = Mutex<[Int]>([])
+        // Locked, not Synchronization's Mutex: ThreadSanitizer sees pthread
+        // mutexes, not Mutex's futex (Locked.swift says more).
+        let ran = Locked<[Int]>([])
         let single = WorkerThreads<Int>(count: 1, name: "test-worker") { job in ran.withLock { $0.append(job) } }
         // Batches and single jobs, more than the ring's first size.
         single.submit(contentsOf: 0..<100)
@@ -146,7 +148,7 @@ struct WorkerThreadsTests {
         await single.shutdown()
         #expect(ran.withLock { $0 } == Array(0..<150))
 
-        let counts = Mutex<[Int]>([Int](repeating: 0, count: 20_000))
+        let counts = Locked<[Int]>([Int](repeating: 0, count: 20_000))
         let pool = WorkerThreads<Int>(count: 3, name: "test-worker") { job in counts.withLock { $0[job] += 1 } }
         await withTaskGroup(of: Void.self) { group in
             for part in 0..<4 {
