@@ -90,8 +90,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     /// DISC, or the end of the client's input: close once nothing is in
     /// progress.
     private var closeWhenIdle = false
-    /// Bytes arrived since the last quiet check (the server is draining).
-    private var readSinceQuietCheck = false
+    /// Bytes arrived, or held reads were let go, since the last quiet check
+    /// (the server is draining): the client has not been quiet for a whole
+    /// period while the server was reading.
+    private var activeSinceQuietCheck = false
     /// The last parse pass ended for want of bytes (no whole frame waits).
     private var parserStarved = true
     private var parsing = false
@@ -146,7 +148,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        readSinceQuietCheck = true
+        activeSinceQuietCheck = true
         var incoming = unwrapInboundIn(data)
         if buffer.readableBytes == 0 {
             buffer = incoming
@@ -394,6 +396,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         flushIfNeeded(context: context)
         if readHeld, !mustHoldReads {
             readHeld = false
+            // The socket is read at the loop's next turn, but an expired
+            // quiet check may run before it: it must not take the time the
+            // reads were held for silence.
+            activeSinceQuietCheck = true
             context.read()
         }
     }
@@ -417,6 +423,18 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         inFlightRequests == 0 && waitingRequest == nil && (stopParsing || parserStarved)
     }
 
+    /// The client has sent part of a frame: it is still sending, and a
+    /// draining server waits for the rest (up to the drain timeout).
+    private var clientIsMidFrame: Bool {
+        buffer.readableBytes > 0 || !parser.isBetweenFrames
+    }
+
+    /// A whole quiet period passed with nothing in progress, no read held
+    /// back, nothing read and no frame half-received.
+    private var isQuietWhileDraining: Bool {
+        isIdle && !readHeld && !activeSinceQuietCheck && (stopParsing || !clientIsMidFrame)
+    }
+
     private func closeIfIdle(context: ChannelHandlerContext) {
         guard closeWhenIdle, !closed, isIdle else { return }
         close(context: context)
@@ -428,10 +446,10 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     static let quietPeriod = TimeAmount.milliseconds(25)
 
     private func scheduleQuietCheck(context: ChannelHandlerContext) {
-        readSinceQuietCheck = false
+        activeSinceQuietCheck = false
         context.eventLoop.assumeIsolated().scheduleTask(in: Self.quietPeriod) {
             guard !self.closed else { return }
-            if self.isIdle, !self.readHeld, !self.readSinceQuietCheck {
+            if self.isQuietWhileDraining {
                 self.close(context: context)
             } else {
                 self.scheduleQuietCheck(context: context)

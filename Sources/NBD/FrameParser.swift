@@ -84,6 +84,13 @@ public struct NBDFrameParser: Sendable {
         partialHeader = allocator.buffer(capacity: NBDRequest.headerSize)
     }
 
+    /// No frame is partly consumed: no header or payload half-received and
+    /// no oversized payload half-skipped. (Before transmission, unparsed
+    /// bytes stay in the caller's buffer instead.)
+    public var isBetweenFrames: Bool {
+        skipping == 0 && partialWrite == nil && partialHeader.readableBytes == 0
+    }
+
     /// The next complete frame at the front of `buffer`, consuming it; nil
     /// when more bytes are needed.
     public mutating func next(_ buffer: inout ByteBuffer) -> Frame? {

@@ -134,21 +134,25 @@ struct BackPressureTests {
         try client.handshake()
         // 400 writes of 4 KiB: 128 held in progress at the closed gate, the
         // rest in the server's buffer and in the socket, where the sender
-        // blocks.
+        // blocks. They go out in one send, begun before the server stops:
+        // sent one by one, a sender thread that the machine left unscheduled
+        // for a quiet period between two requests would rightly find the
+        // connection closed.
         let count = 400
-        let sent = Atomic<Int>(0)
+        let batch = (0..<count).flatMap { index in
+            RawClient.request(type: NBDCommand.write.rawValue, cookie: UInt64(index),
+                              offset: UInt64(index) * 4096, length: 4096,
+                              payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 4096))
+        }
+        let sent = Atomic<Bool>(false)
         let sender = Thread {
-            for index in 0..<count {
-                let payload = [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 4096)
-                guard (try? client.sendRequest(type: NBDCommand.write.rawValue, cookie: UInt64(index),
-                                               offset: UInt64(index) * 4096, length: 4096, payload: payload)) != nil
-                else { return }
-                sent.add(1, ordering: .relaxed)
-            }
+            guard (try? client.send(batch)) != nil else { return }
+            sent.store(true, ordering: .relaxed)
         }
         sender.start()
         try await Task.sleep(for: .milliseconds(300))
-        #expect(sent.load(ordering: .relaxed) < count, "the sender should be blocked behind the limit")
+        let sentAlready = sent.load(ordering: .relaxed)
+        #expect(!sentAlready, "the sender should be blocked behind the limit")
         let stopping = Task { await server.shutdown(drainTimeout: .seconds(10)) }
         try await Task.sleep(for: .milliseconds(100))
         device.openGate()
