@@ -28,6 +28,10 @@ import ZNBDSystem
 /// replies therefore costs at most this connection's budget, and one that
 /// floods writes fills its own socket buffer, not the server's memory.
 ///
+/// Draining (the server stops): the connection goes on reading and answering
+/// until it has been quiet for `quietPeriod` while free to read, with nothing
+/// in progress and no request half received; then it closes.
+///
 /// Everything here runs on the connection's event loop.
 final class NBDConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
