@@ -181,7 +181,8 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
             // Requests the client sent before the server began to stop may
             // still sit in the socket, unread: keep reading and answering
             // until a whole quiet period passes with nothing read, nothing
-            // in progress and no read held back by the limits.
+            // in progress, no read held back by the limits and no request
+            // half received (isQuietWhileDraining).
             if !readHeld { context.read() }
             scheduleQuietCheck(context: context)
         case ChannelEvent.inputClosed:

@@ -85,8 +85,8 @@ public struct NBDFrameParser: Sendable {
     }
 
     /// No frame is partly consumed: no header or payload half-received and
-    /// no oversized payload half-skipped. (Before transmission, unparsed
-    /// bytes stay in the caller's buffer instead.)
+    /// no oversized payload or option half-skipped. (Before transmission,
+    /// the rest of an incomplete frame stays in the caller's buffer.)
     public var isBetweenFrames: Bool {
         skipping == 0 && partialWrite == nil && partialHeader.readableBytes == 0
     }
