@@ -1,3 +1,4 @@
+import DequeModule
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,7 +9,7 @@ import Glibc
 /// Why not NIOThreadPool: it allocates a closure and a promise per job, and
 /// signals its condition variable on every submission, so a burst of 32 small
 /// writes costs 32 futex wakes even when every worker is already busy. Here a
-/// job is a value in a ring (no allocation once the ring has grown), and a
+/// job is a value in a Deque (no allocation once it has grown), and a
 /// submission wakes a worker only if one sleeps and none has been woken for
 /// it already. Under load the workers never sleep and submitting is a mutex
 /// acquisition.
@@ -21,7 +22,7 @@ public final class WorkerThreads<Job: Sendable>: @unchecked Sendable {
     // shutdown(), called once by the owner.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let condition: UnsafeMutablePointer<pthread_cond_t>
-    private var queue = JobRing<Job>()
+    private var queue = Deque<Job>()
     /// Workers waiting on `condition`.
     private var sleeping = 0
     /// Signals sent that no worker has woken up for yet: a submission wakes
@@ -118,7 +119,7 @@ public final class WorkerThreads<Job: Sendable>: @unchecked Sendable {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         while true {
-            if let job = queue.removeFirst() { return job }
+            if let job = queue.popFirst() { return job }
             if stopping { return nil }
             sleeping += 1
             pthread_cond_wait(condition, mutex)
@@ -126,35 +127,5 @@ public final class WorkerThreads<Job: Sendable>: @unchecked Sendable {
             // A spurious wake-up may find no signal pending.
             wakesPending = max(0, wakesPending - 1)
         }
-    }
-}
-
-/// A growable ring of values: FIFO with no allocation once it has reached
-/// the largest backlog it will hold.
-struct JobRing<Element> {
-    private var slots: [Element?] = []
-    private var head = 0
-    private(set) var count = 0
-
-    mutating func append(_ element: Element) {
-        if count == slots.count { grow() }
-        slots[(head + count) % slots.count] = element
-        count += 1
-    }
-
-    mutating func removeFirst() -> Element? {
-        guard count > 0 else { return nil }
-        let element = slots[head].take()
-        head = (head + 1) % slots.count
-        count -= 1
-        return element
-    }
-
-    /// Doubles the slots, laying the queued elements out from index 0.
-    private mutating func grow() {
-        var larger = [Element?](repeating: nil, count: max(16, slots.count * 2))
-        for index in 0..<count { larger[index] = slots[(head + index) % slots.count].take() }
-        slots = larger
-        head = 0
     }
 }
