@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
@@ -20,6 +21,14 @@
 #endif
 
 int clinux_current_cpu(void) { return sched_getcpu(); }
+
+int clinux_pin_to_cpu(int cpu) {
+    if (cpu < 0 || cpu >= CPU_SETSIZE) return EINVAL;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(0, sizeof set, &set) == 0 ? 0 : errno;
+}
 
 int clinux_malloc_map_at_least(size_t bytes) { return mallopt(M_MMAP_THRESHOLD, (int)bytes); }
 

@@ -12,7 +12,8 @@ internal import CLinux
 ///   4 zspage       ZSPool's per-zspage reader/writer lock (spin; the writer only tries)
 ///   5 sizeClass    ZSPool's per-class lock (pthread mutex)
 ///   6 arena        ZSPool's frame arena lock (pthread mutex)
-///   7 idAllocator  the handle and zspage id allocators (pthread mutex, leaf)
+///   7 idCache      ZSPool's per-CPU caches of free handle and zspage ids (bit spin lock)
+///   8 idAllocator  the handle and zspage id allocators behind them (pthread mutex, leaf)
 ///
 /// `unchecked` locks take no part: they are never held while a checked lock
 /// is taken (control-plane state, test bookkeeping).
@@ -24,7 +25,8 @@ public enum LockLevel: UInt8, Sendable, Comparable {
     case zspage = 4
     case sizeClass = 5
     case arena = 6
-    case idAllocator = 7
+    case idCache = 7
+    case idAllocator = 8
 
     public static func < (lhs: LockLevel, rhs: LockLevel) -> Bool { lhs.rawValue < rhs.rawValue }
 }

@@ -22,10 +22,7 @@ public final class ShardedCounters: @unchecked Sendable {
     public init(count: Int) {
         precondition(count > 0)
         self.count = count
-        let cpus = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_CONF))))
-        var shards = 1
-        while shards < cpus { shards <<= 1 }
-        shardCount = shards
+        shardCount = CurrentCPU.shardCount
         let bytes = count * MemoryLayout<Atomic<Int>>.stride
         shardStride = (bytes + Self.shardAlignment - 1) / Self.shardAlignment * Self.shardAlignment
         storage = .allocate(byteCount: shardStride * shardCount, alignment: Self.shardAlignment)
@@ -49,7 +46,7 @@ public final class ShardedCounters: @unchecked Sendable {
     /// for a moment; the sum stays exact.
     @inline(__always)
     public func add(_ index: Int, _ delta: Int) {
-        let shard = Int(max(0, clinux_current_cpu())) & (shardCount - 1)
+        let shard = CurrentCPU.index & (shardCount - 1)
         counter(index, shard: shard).pointee.add(delta, ordering: .relaxed)
     }
 
@@ -59,4 +56,29 @@ public final class ShardedCounters: @unchecked Sendable {
         for shard in 0..<shardCount { total &+= counter(index, shard: shard).pointee.load(ordering: .relaxed) }
         return total
     }
+}
+
+/// The CPU a thread runs on, for data split per CPU (counters, id caches).
+public enum CurrentCPU {
+    /// The CPU the calling thread runs on now (sched_getcpu, read from the
+    /// rseq area glibc registers, so no system call); 0 if the kernel will
+    /// not say. The thread may move at any moment, so this picks a shard,
+    /// never an owner: per-CPU data is still locked or atomic.
+    @inline(__always)
+    public static var index: Int { Int(max(0, clinux_current_cpu())) }
+
+    /// Restricts the calling thread to `cpu` and returns whether it now runs
+    /// there: for tests and benchmarks that need per-CPU data on a known CPU.
+    public static func pinCallingThread(to cpu: Int) -> Bool {
+        clinux_pin_to_cpu(Int32(cpu)) == 0 && index == cpu
+    }
+
+    /// A power of two at least the number of configured CPUs, so that
+    /// `index & (shardCount - 1)` picks a shard, one per CPU.
+    public static let shardCount: Int = {
+        let cpus = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_CONF))))
+        var shards = 1
+        while shards < cpus { shards <<= 1 }
+        return shards
+    }()
 }

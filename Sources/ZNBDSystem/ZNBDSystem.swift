@@ -14,11 +14,12 @@
 //                       sleeping locks.
 //   LockLevel,          the one order of the data-path locks, and a small
 //   LockOrder           lockdep that traps on a wrong order in checked builds.
-//   ShardedCounters     per-CPU statistics counters.
+//   ShardedCounters,    per-CPU statistics counters, and the CPU a thread
+//   CurrentCPU          runs on (which shard of per-CPU data to use).
 //   MemoryPressureTrigger  the kernel's memory-pressure signal (PSI), and
 //   Sleeper, BackgroundThread  the wait and the named thread of the
 //                       maintenance loop.
-//   WorkerThreads       named threads that run jobs from one FIFO ring: the
+//   WorkerThreads       named threads that run jobs from one FIFO queue: the
 //                       NBD server's request workers.
 //   residentMemoryBytes the process's RSS (/proc/self/statm); HeapPolicy,
 //                       how malloc gives memory back.

@@ -7,13 +7,14 @@ import ZNBDSystem
 ///
 /// Used under its owner's lock; `allocate` calls `makeChunk` for the chunk
 /// an id opens before that id is returned, so nobody can hold an id whose
-/// chunk does not exist yet (and hands out nothing when it fails).
+/// chunk does not exist yet (and hands out nothing when it fails). Ids out
+/// of here may be live or waiting in a per-CPU cache (`IdCaches`), which
+/// counts the live ones.
 struct ChunkedIdAllocator {
     let chunkShift: Int
     let chunkCount: Int
     private var freeIds: [UInt32] = []
     private(set) var nextUnusedId: UInt32 = 0
-    private(set) var live = 0
 
     init(chunkShift: Int, chunkCount: Int) {
         self.chunkShift = chunkShift
@@ -22,22 +23,17 @@ struct ChunkedIdAllocator {
 
     /// A free id, or nil when every chunk is used up.
     mutating func allocate(makeChunk: (Int) -> Bool) -> UInt32? {
-        if let id = freeIds.popLast() {
-            live += 1
-            return id
-        }
+        if let id = freeIds.popLast() { return id }
         let id = nextUnusedId
         let chunk = Int(id) >> chunkShift
         guard chunk < chunkCount else { return nil }
         if Int(id) & ((1 << chunkShift) - 1) == 0, !makeChunk(chunk) { return nil }
         nextUnusedId += 1
-        live += 1
         return id
     }
 
     mutating func release(_ id: UInt32) {
         freeIds.append(id)
-        live -= 1
     }
 
     /// Chunks made so far.
@@ -63,9 +59,14 @@ struct ChunkedIdAllocator {
 /// untrusted handles reach `existingChunk` with no other synchronisation).
 /// An owner whose entries point elsewhere frees that in its own deinit
 /// (`forEachChunk`); the chunks themselves are unmapped here.
+///
+/// Ids pass through per-CPU caches (`IdCaches`) on their way in and out, so
+/// the threads of one busy size class, which take an id under the class
+/// lock for every object, do not also meet on `ids` every time.
 final class ChunkedTable: @unchecked Sendable {
     // @unchecked: `directory` entries are atomics, written once (under
-    // `ids`) and only read after that; the mappings live in `ids`.
+    // `ids`) and only read after that; the mappings live in `ids`; `caches`
+    // is reached only under its own per-CPU locks.
 
     let chunkShift: Int
     let chunkBytes: Int
@@ -74,6 +75,7 @@ final class ChunkedTable: @unchecked Sendable {
     private let directory: UnsafeMutablePointer<Atomic<UInt>>
     private let prepareChunk: ((UnsafeMutableRawPointer) -> Void)?
     private let ids: Locked<Ids>
+    private let caches = IdCaches()
 
     private struct Ids {
         var allocator: ChunkedIdAllocator
@@ -123,33 +125,59 @@ final class ChunkedTable: @unchecked Sendable {
         return index < directorySize ? loadChunk(index) : nil
     }
 
-    /// A free id, making its chunk first when it opens one. Nil when the
-    /// table is full, or when the kernel refuses the chunk's mapping.
+    /// A free id, from this CPU's cache, which takes a batch from the
+    /// shared allocator when it runs dry (making chunks as ids open them).
+    /// Nil when the table is full, or when the kernel refuses a chunk's
+    /// mapping.
     func allocateId() -> UInt32? {
-        ids.withLock { ids in
-            var made: ChunkMapping?
-            let id = ids.allocator.allocate { chunk in
-                guard let mapping = try? AnonymousMapping(byteCount: chunkBytes) else { return false }
-                prepareChunk?(mapping.base)
-                directory[chunk].store(UInt(bitPattern: mapping.base), ordering: .releasing)
-                made = ChunkMapping(mapping)
-                return true
-            }
-            if let made { ids.chunks.append(made) }
-            return id
-        }
+        caches.allocate(refill: takeShared)
     }
 
     func releaseId(_ id: UInt32) {
-        ids.withLock { $0.allocator.release(id) }
+        caches.release(id, spill: giveShared)
     }
 
-    /// Live ids, and the bytes of the directory plus the chunks made.
-    func usage() -> (live: Int, tableBytes: Int) {
-        ids.withLock {
-            ($0.allocator.live,
-             $0.allocator.chunksMade * chunkBytes + directorySize * MemoryLayout<UnsafeMutableRawPointer>.stride)
+    /// Moves up to `count` ids from the shared allocator to `buffer`, the one
+    /// to hand out first last. Returns how many.
+    private func takeShared(into buffer: UnsafeMutablePointer<UInt32>, count: Int) -> Int {
+        ids.withLock { ids in
+            var taken = 0
+            while taken < count {
+                var made: ChunkMapping?
+                let id = ids.allocator.allocate { chunk in
+                    guard let mapping = try? AnonymousMapping(byteCount: chunkBytes) else { return false }
+                    prepareChunk?(mapping.base)
+                    directory[chunk].store(UInt(bitPattern: mapping.base), ordering: .releasing)
+                    made = ChunkMapping(mapping)
+                    return true
+                }
+                if let made { ids.chunks.append(made) }
+                guard let id else { break }
+                buffer[taken] = id
+                taken += 1
+            }
+            // The allocator's first choice is handed out first: reverse.
+            var taken_ = UnsafeMutableBufferPointer(start: buffer, count: taken)
+            taken_.reverse()
+            return taken
         }
+    }
+
+    /// Gives `buffer`'s ids back to the shared allocator, the last one to be
+    /// reused first.
+    private func giveShared(_ buffer: UnsafeBufferPointer<UInt32>) {
+        ids.withLock { ids in
+            for id in buffer { ids.allocator.release(id) }
+        }
+    }
+
+    /// Live ids (handed out and not released; none of them in a cache), and
+    /// the bytes of the directory plus the chunks made. Exact once callers
+    /// stop: the pool calls it under every class lock, and takes and
+    /// releases ids only under a class lock.
+    func usage() -> (live: Int, tableBytes: Int) {
+        let chunksMade = ids.withLock { $0.allocator.chunksMade }
+        return (caches.live, chunksMade * chunkBytes + directorySize * MemoryLayout<UnsafeMutableRawPointer>.stride)
     }
 
     /// Calls `body` with every chunk made, for the owner's deinit.
@@ -157,5 +185,131 @@ final class ChunkedTable: @unchecked Sendable {
         for index in 0..<directorySize {
             if let chunk = loadChunk(index) { body(chunk) }
         }
+    }
+}
+
+/// Free ids kept per CPU in front of a table's shared allocator, as the
+/// kernel's per-cpu page lists sit in front of its buddy allocator. A
+/// thread uses the cache of the CPU it runs on, under that cache's bit spin
+/// lock; a thread that moves to another CPU meanwhile only shares the cache
+/// for a moment, so the lock is almost never contended. An empty cache
+/// takes `batch` ids at once, a full one gives the `batch` it has held
+/// longest back, so ids still come back roughly last-freed first and a
+/// table's touched part keeps tracking its peak.
+///
+/// The cache also counts the live ids of its CPU (a thread may take an id on
+/// one CPU and release it on another, so one count can go negative; the sum
+/// is exact).
+final class IdCaches: @unchecked Sendable {
+    // @unchecked: a shard's count and ids are touched only under its lock
+    // word; its live count is an atomic.
+
+    static let capacity = 32
+    static let batch = 16
+
+    /// One cache: lock word, live count, count of ids held, then the ids,
+    /// padded to a multiple of 128 bytes so no two CPUs share a line pair.
+    private struct Shard {
+        static let liveOffset = 8
+        static let countOffset = 16
+        static let idsOffset = 24
+        static let stride = (idsOffset + IdCaches.capacity * 4 + 127) / 128 * 128
+
+        let base: UnsafeMutableRawPointer
+
+        var lock: BitSpinLock {
+            BitSpinLock(word: base.assumingMemoryBound(to: Atomic<UInt64>.self), bit: 1, level: .idCache)
+        }
+        var live: UnsafeMutablePointer<Atomic<Int>> {
+            (base + Self.liveOffset).assumingMemoryBound(to: Atomic<Int>.self)
+        }
+        var count: Int {
+            get { base.load(fromByteOffset: Self.countOffset, as: Int.self) }
+            nonmutating set { base.storeBytes(of: newValue, toByteOffset: Self.countOffset, as: Int.self) }
+        }
+        var ids: UnsafeMutablePointer<UInt32> { (base + Self.idsOffset).assumingMemoryBound(to: UInt32.self) }
+    }
+
+    private let shardCount = CurrentCPU.shardCount
+    private let storage: UnsafeMutableRawPointer
+
+    init() {
+        storage = .allocate(byteCount: Shard.stride * shardCount, alignment: 128)
+        for index in 0..<shardCount {
+            let base = storage + index * Shard.stride
+            base.bindMemory(to: Atomic<UInt64>.self, capacity: 1).initialize(to: Atomic(0))
+            (base + Shard.liveOffset).bindMemory(to: Atomic<Int>.self, capacity: 1).initialize(to: Atomic(0))
+            base.storeBytes(of: 0, toByteOffset: Shard.countOffset, as: Int.self)
+            _ = (base + Shard.idsOffset).bindMemory(to: UInt32.self, capacity: Self.capacity)
+        }
+    }
+
+    deinit {
+        storage.deallocate()
+    }
+
+    private func shard(_ index: Int) -> Shard { Shard(base: storage + index * Shard.stride) }
+
+    /// An id from this CPU's cache, refilled by `refill(buffer, batch)`
+    /// (which returns how many it stored, the first to hand out last) when
+    /// empty. Nil only when neither the shared allocator nor any cache has
+    /// an id.
+    @inline(__always)
+    func allocate(refill: (UnsafeMutablePointer<UInt32>, Int) -> Int) -> UInt32? {
+        let local = shard(CurrentCPU.index & (shardCount - 1))
+        local.lock.lock()
+        var count = local.count
+        if count == 0 { count = refill(local.ids, Self.batch) }
+        guard count > 0 else {
+            local.lock.unlock()
+            return takeFromAnyCache()
+        }
+        count -= 1
+        let id = local.ids[count]
+        local.count = count
+        local.live.pointee.add(1, ordering: .relaxed)
+        local.lock.unlock()
+        return id
+    }
+
+    /// The shared allocator is exhausted: the last free ids, if any, wait in
+    /// other CPUs' caches. Takes one lock at a time, so two threads that both
+    /// get here cannot wait for each other.
+    private func takeFromAnyCache() -> UInt32? {
+        for index in 0..<shardCount {
+            let cache = shard(index)
+            cache.lock.lock()
+            defer { cache.lock.unlock() }
+            guard cache.count > 0 else { continue }
+            cache.count -= 1
+            cache.live.pointee.add(1, ordering: .relaxed)
+            return cache.ids[cache.count]
+        }
+        return nil
+    }
+
+    /// Puts `id` in this CPU's cache, first giving the oldest `batch` ids to
+    /// `spill` when the cache is full.
+    @inline(__always)
+    func release(_ id: UInt32, spill: (UnsafeBufferPointer<UInt32>) -> Void) {
+        let local = shard(CurrentCPU.index & (shardCount - 1))
+        local.lock.lock()
+        var count = local.count
+        if count == Self.capacity {
+            spill(UnsafeBufferPointer(start: local.ids, count: Self.batch))
+            (local.ids).update(from: local.ids + Self.batch, count: count - Self.batch)
+            count -= Self.batch
+        }
+        local.ids[count] = id
+        local.count = count + 1
+        local.live.pointee.subtract(1, ordering: .relaxed)
+        local.lock.unlock()
+    }
+
+    /// Ids handed out and not released, over all CPUs.
+    var live: Int {
+        var total = 0
+        for index in 0..<shardCount { total += shard(index).live.pointee.load(ordering: .relaxed) }
+        return total
     }
 }

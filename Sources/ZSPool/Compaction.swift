@@ -42,7 +42,18 @@ extension ZSPool {
     @discardableResult
     public func compact(movingAtMost budget: Int = .max) -> CompactionResult {
         var total = CompactionResult()
-        for state in classStates where !state.spec.isHuge {
+        for state in classStates {
+            guard !state.spec.isHuge else {
+                // Nothing to move in a class of one object per zspage; its
+                // spare is the one frame a pass can give back. (In other
+                // classes the spare is the emptiest zspage, freed first.)
+                total.framesFreed += state.lists.withLock { lists in
+                    guard let spare = lists.spare else { return 0 }
+                    destroyZspage(spare, &lists)
+                    return state.spec.framesPerZspage
+                }
+                continue
+            }
             guard total.bytesMoved < budget else {
                 total.finished = false
                 break

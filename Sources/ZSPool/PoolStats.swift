@@ -28,7 +28,8 @@ public struct ZSPoolStats: Sendable, Equatable {
     /// The pool's own metadata outside the arena.
     public var handleTableBytes: Int
     public var zspageTableBytes: Int
-    public var slotTableBytes: Int
+    /// zspages' slot and frame lists too long to sit in their records.
+    public var zspageListBytes: Int
     public var pagesCompacted: Int
     public var objectsCompacted: Int
     public var compactionSkips: Int
@@ -40,13 +41,13 @@ public struct ZSPoolStats: Sendable, Equatable {
     /// Resident blocks by used frames: [0] empty, [k] (k-1)/8 < used ≤ k/8.
     public var blockOccupancy: [Int]
 
-    public var metadataBytes: Int { handleTableBytes + zspageTableBytes + slotTableBytes }
+    public var metadataBytes: Int { handleTableBytes + zspageTableBytes + zspageListBytes }
 }
 
 extension ZSPool {
     public func stats() -> ZSPoolStats {
         var classes: [ZSPoolStats.ClassStats] = []
-        var slotBytes = 0
+        var listBytes = 0
         var liveObjects = 0
         for state in classStates {
             let spec = state.spec
@@ -62,7 +63,7 @@ extension ZSPool {
                         }
                     }
                 }
-                slotBytes += lists.slotTableBytes
+                listBytes += lists.listBytes
                 liveObjects += lists.objectsUsed
                 return ZSPoolStats.ClassStats(
                     index: spec.index, size: spec.size, framesPerZspage: spec.framesPerZspage,
@@ -85,7 +86,7 @@ extension ZSPool {
             maximumBytesUsed: arenaSnapshot.maximumUsedFrames * FrameArena.frameSize,
             liveObjects: liveObjects,
             handleTableBytes: handles.usage().tableBytes, zspageTableBytes: zspages.tableBytes,
-            slotTableBytes: slotBytes,
+            zspageListBytes: listBytes,
             pagesCompacted: counters.pagesCompacted.load(ordering: .relaxed),
             objectsCompacted: counters.objectsCompacted.load(ordering: .relaxed),
             compactionSkips: counters.compactionSkips.load(ordering: .relaxed),

@@ -62,12 +62,8 @@ extension ZSPool {
         else { throw PoolCorruption("\(name): header disagrees with its class or list") }
         // Frames: each owned by this zspage at its index, with the class's
         // first-object offset, and in no other zspage.
-        for index in 0..<ZSPageRecord.FrameList.capacity {
+        for index in 0..<spec.framesPerZspage {
             let frame = record.frames[index]
-            if index >= spec.framesPerZspage {
-                guard frame == FrameArena.noFrame else { throw PoolCorruption("\(name): stray frame at \(index)") }
-                continue
-            }
             let expected = FrameArena.FrameOwner(
                 zspage: zspage, classIndex: UInt16(spec.index), index: UInt8(index),
                 firstObjectOffset: UInt16(spec.firstObjectOffsets[index]))

@@ -17,10 +17,23 @@ import ZNBDSystem
 ///   them needs either.
 /// - `classIndex`, `frameCount` and `objectsPerZspage` are fixed while the
 ///   zspage is alive (from creation to destruction, both under the class lock).
-/// - Everything else (`inuse`, `freeHead`, `slots`, list links, `group`) is
-///   under the class lock.
+/// - Everything else (`inuse`, `freeHead`, the slots, list links, `group`)
+///   is under the class lock.
+///
+/// A zspage's two lists, its object slots and then its frames, are one run
+/// of 32-bit words made with the zspage (`makeLists`): in the record itself
+/// when they fit in `inlineWords` (a one-frame zspage of one or two objects,
+/// the shape of raw pages and of the 2 KiB class, where a zspage per frame
+/// makes the records the pool's largest metadata), else on the heap. The
+/// `slots` pointer names the run either way, and never changes while the
+/// zspage lives, so readers need no lock for it beyond what keeps the
+/// zspage alive.
 struct ZSPageRecord {
-    /// Field arrays of one chunk, each `ZSPageTable.chunkSize` entries long.
+    /// Words of slots and frames a record holds itself.
+    static let inlineWords = 4
+
+    /// Field arrays of one chunk, each `ZSPageTable.chunkSize` entries long:
+    /// 48 bytes a record.
     enum Layout {
         static let count = ZSPageTable.chunkSize
         static let lock = 0  // Atomic<Int32>: 0 free, n > 0 readers, -1 writer
@@ -33,8 +46,8 @@ struct ZSPageRecord {
         static let previous = freeHead + 4 * count  // UInt32
         static let next = previous + 4 * count  // UInt32
         static let slots = next + 4 * count  // UInt (pointer bits)
-        static let frames = slots + 8 * count  // FrameList.capacity × UInt32
-        static let chunkBytes = frames + 4 * FrameList.capacity * count
+        static let inline = slots + 8 * count  // inlineWords × UInt32
+        static let chunkBytes = inline + 4 * ZSPageRecord.inlineWords * count
     }
 
     let chunk: UnsafeMutableRawPointer
@@ -93,28 +106,66 @@ struct ZSPageRecord {
         get { load(Layout.next, UInt32.self) }
         nonmutating set { store(newValue, Layout.next) }
     }
-    /// One word per object slot (allocated with the zspage):
-    /// `allocatedSlot | handle id` for a live object, or the index of the next
-    /// free slot. The free list lives here rather than in the objects' bytes,
-    /// so no payload byte is ever read as metadata.
+    /// One word per object slot: `allocatedSlot | handle id` for a live
+    /// object, or the index of the next free slot. The free list lives here
+    /// rather than in the objects' bytes, so no payload byte is ever read as
+    /// metadata. Nil while the record is not a live zspage.
     var slots: UnsafeMutablePointer<UInt32>? {
-        get { UnsafeMutablePointer(bitPattern: load(Layout.slots, UInt.self)) }
-        nonmutating set { store(UInt(bitPattern: newValue), Layout.slots) }
+        UnsafeMutablePointer(bitPattern: load(Layout.slots, UInt.self))
     }
-    var frames: FrameList { FrameList(base: chunk + Layout.frames + slot * 4 * FrameList.capacity) }
+    /// The zspage's frames, by index in the zspage: the words after its slots.
+    @inline(__always)
+    var frames: FrameList {
+        FrameList(base: slots.unsafelyUnwrapped + Int(objectsPerZspage), count: Int(frameCount))
+    }
 
-    /// The zspage's frames, by index in the zspage.
+    private var inlineStorage: UnsafeMutablePointer<UInt32> {
+        (chunk + Layout.inline).assumingMemoryBound(to: UInt32.self) + slot * ZSPageRecord.inlineWords
+    }
+
+    /// Sets the zspage's shape and makes its slot and frame lists (contents
+    /// unset). Returns the bytes taken from the heap, 0 when they fit here.
+    /// The caller holds the class lock, and the zspage is not yet reachable.
+    func makeLists(objects: Int, frames: Int) -> Int {
+        assert(slots == nil, "zspage lists made twice")
+        let words = objects + frames
+        let storage = words <= ZSPageRecord.inlineWords ? inlineStorage : .allocate(capacity: words)
+        store(UInt(bitPattern: storage), Layout.slots)
+        objectsPerZspage = UInt16(objects)
+        frameCount = UInt8(frames)
+        return heapBytes
+    }
+
+    /// Frees the lists and clears the shape; returns the heap bytes freed.
+    /// The caller holds the class lock, and nothing can reach the zspage.
+    @discardableResult
+    func freeLists() -> Int {
+        let bytes = heapBytes
+        if let storage = slots, storage != inlineStorage { storage.deallocate() }
+        store(UInt(0), Layout.slots)
+        objectsPerZspage = 0
+        frameCount = 0
+        return bytes
+    }
+
+    /// Bytes of the lists on the heap (0 when in the record or unmade).
+    var heapBytes: Int {
+        guard let storage = slots, storage != inlineStorage else { return 0 }
+        return (Int(objectsPerZspage) + Int(frameCount)) * MemoryLayout<UInt32>.stride
+    }
+
+    /// A zspage's frame numbers.
     struct FrameList {
-        static let capacity = 16
-        let base: UnsafeMutableRawPointer
+        let base: UnsafeMutablePointer<UInt32>
+        let count: Int
         subscript(index: Int) -> UInt32 {
             get {
-                assert(index >= 0 && index < Self.capacity, "frame index \(index) outside a zspage")
-                return base.load(fromByteOffset: index * 4, as: UInt32.self)
+                assert(index >= 0 && index < count, "frame index \(index) outside a \(count)-frame zspage")
+                return base[index]
             }
             nonmutating set {
-                assert(index >= 0 && index < Self.capacity, "frame index \(index) outside a zspage")
-                base.storeBytes(of: newValue, toByteOffset: index * 4, as: UInt32.self)
+                assert(index >= 0 && index < count, "frame index \(index) outside a \(count)-frame zspage")
+                base[index] = newValue
             }
         }
     }
@@ -142,10 +193,10 @@ final class ZSPageTable: @unchecked Sendable {
     }
 
     deinit {
-        // The chunks go with the table; the slot tables they point to are ours.
+        // The chunks go with the table; the lists on the heap are ours.
         table.forEachChunk { chunk in
             for slot in 0..<Self.chunkSize {
-                ZSPageRecord(chunk: chunk, slot: slot).slots?.deallocate()
+                ZSPageRecord(chunk: chunk, slot: slot).freeLists()
             }
         }
     }
@@ -161,7 +212,7 @@ final class ZSPageTable: @unchecked Sendable {
     }
 
     /// Fills a new chunk's records with their empty values (the lock
-    /// words and counts are zero bits, valid as they are).
+    /// words, counts and list pointers are zero bits, valid as they are).
     private static func prepareChunk(_ storage: UnsafeMutableRawPointer) {
         _ = (storage + ZSPageRecord.Layout.lock).bindMemory(to: Atomic<Int32>.self, capacity: chunkSize)
         for slot in 0..<chunkSize {
@@ -169,7 +220,6 @@ final class ZSPageTable: @unchecked Sendable {
             record.freeHead = endOfFreeList
             record.previous = none
             record.next = none
-            for index in 0..<ZSPageRecord.FrameList.capacity { record.frames[index] = FrameArena.noFrame }
         }
     }
 

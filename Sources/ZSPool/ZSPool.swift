@@ -12,24 +12,28 @@
 // *zspage* so the least space is wasted, and neighbouring sizes with the same
 // shape merge. The last class, the *huge* class, holds one raw page per frame.
 //
-// zspages (ZSPageTable). A zspage is 1...16 frames, not contiguous, listed in
-// its off-arena record. Objects sit back to back across the zspage and may
-// span two frames; accessors copy such objects piecewise. Each frame's
+// zspages (ZSPageTable). A zspage is 1...16 frames, not contiguous, listed
+// with its off-arena record. Objects sit back to back across the zspage and
+// may span two frames; accessors copy such objects piecewise. Each frame's
 // first-object offset is stored with its owner in the arena, not computed on
-// the fly. A zspage's record also holds the slot table: per object slot, the
-// handle id of the live object, or the next free slot (the free list). No
+// the fly. Beside the frame list, the record names the slot table: per
+// object slot, the handle id of the live object, or the next free slot (the
+// free list); both lists sit in the record when short, else on the heap. No
 // metadata lives inside frames, so moving frame bytes moves only payload.
 //
 // Fullness. Each class keeps its zspages on 12 lists by in-use ratio: empty,
 // ten 10% bands, full (the kernel's newer ZS_INUSE_RATIO groups). Allocation
 // takes the fullest non-full zspage; compaction drains the emptiest into the
-// fullest.
+// fullest. A zspage that empties is freed, except that a class whose zspages
+// hold four objects or fewer keeps one empty *spare* while it has objects.
 //
 // Handles (HandleTable). A handle is a stable id plus a generation; its entry
 // says where the object is now: (zspage id, object index). Compaction rewrites
 // the entry when it moves an object. Migration moves frames and rewrites only
 // the zspage's frame list, which every access resolves through, so it never
-// needs to touch handles.
+// needs to touch handles. Handle and zspage ids come from per-CPU caches in
+// front of each table's shared allocator (ChunkedTable), so threads in one
+// class do not also meet on an id mutex for every object.
 //
 // LOCKS, outermost first (ZNBDSystem's LockLevel; a thread holding one may
 // only *wait* for those below it, and checked builds trap otherwise):
@@ -46,7 +50,8 @@
 //   5. class lock       per size class (a Locked, pthread); free lists, slot
 //                       tables, fullness lists, zspage creation and destruction.
 //   6. arena lock       frame bitmaps, block residency, frame owners.
-//   7. id allocators    of HandleTable and ZSPageTable (leaf).
+//   7. id caches        per CPU, a spin lock each (ChunkedTable's IdCaches).
+//   8. id allocators    of HandleTable and ZSPageTable, behind the caches (leaf).
 //
 // Compaction and migration hold a class lock and only *try* the pins and
 // zspage locks above it, skipping and counting what they cannot take (the
@@ -240,10 +245,14 @@ public final class ZSPool: Sendable {
             record.inuse -= 1
             lists.objectsUsed -= 1
             handles.release(id: handle.id)
-            if record.inuse == 0 {
+            if record.inuse == 0 && !(state.spec.keepsSpareZspage && lists.objectsUsed > 0 && lists.spare == nil) {
                 destroyZspage(location.zspage, &lists)
             } else {
                 regroup(location.zspage, &lists)
+            }
+            if lists.objectsUsed == 0, let spare = lists.spare {
+                // A class with no objects holds no memory.
+                destroyZspage(spare, &lists)
             }
         }
         return true
@@ -342,6 +351,8 @@ public final class ZSPool: Sendable {
     func createZspage(_ spec: SizeClassSpec, _ lists: inout ClassLists) throws(ZSPoolError) -> UInt32 {
         guard let zspage = zspages.allocateId() else { throw .arenaFull(capacityBytes: capacityBytes) }
         let record = zspages.record(zspage)
+        let objects = spec.objectsPerZspage
+        let heapBytes = record.makeLists(objects: objects, frames: spec.framesPerZspage)
         let limit = memLimitFrames.load(ordering: .relaxed)
         do {
             try arena.allocateZspageFrames(
@@ -351,25 +362,22 @@ public final class ZSPool: Sendable {
                 record.frames[index] = frame
             }
         } catch {
+            record.freeLists()
             zspages.releaseId(zspage)
             switch error {
             case .memLimit: throw .memLimitReached(limitBytes: limit * FrameArena.frameSize)
             case .full: throw .arenaFull(capacityBytes: capacityBytes)
             }
         }
-        let objects = spec.objectsPerZspage
-        let slots = UnsafeMutablePointer<UInt32>.allocate(capacity: objects)
+        let slots = record.slots.unsafelyUnwrapped
         for index in 0..<objects {
             slots[index] = index + 1 < objects ? UInt32(index + 1) : ZSPageTable.endOfFreeList
         }
         record.classIndex = UInt16(spec.index)
-        record.frameCount = UInt8(spec.framesPerZspage)
-        record.objectsPerZspage = UInt16(objects)
         record.inuse = 0
         record.freeHead = 0
-        record.slots = slots
         lists.zspageCount += 1
-        lists.slotTableBytes += objects * MemoryLayout<UInt32>.stride
+        lists.listBytes += heapBytes
         lists.insert(zspage, group: FullnessGroup.of(inuse: 0, objects: objects), table: zspages)
         return zspage
     }
@@ -379,20 +387,10 @@ public final class ZSPool: Sendable {
         let record = zspages.record(zspage)
         precondition(record.inuse == 0, "destroying a zspage with live objects")
         lists.remove(zspage, table: zspages)
-        let count = Int(record.frameCount)
-        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: count) { frames in
-            for index in 0..<count {
-                frames[index] = record.frames[index]
-                record.frames[index] = FrameArena.noFrame
-            }
-            arena.free(frames: frames)
-        }
+        let frames = record.frames
+        arena.free(frames: UnsafeBufferPointer(start: frames.base, count: frames.count))
         lists.zspageCount -= 1
-        lists.slotTableBytes -= Int(record.objectsPerZspage) * MemoryLayout<UInt32>.stride
-        record.slots?.deallocate()
-        record.slots = nil
-        record.frameCount = 0
-        record.objectsPerZspage = 0
+        lists.listBytes -= record.freeLists()
         record.freeHead = ZSPageTable.endOfFreeList
         zspages.releaseId(zspage)
     }
@@ -439,7 +437,16 @@ struct ClassLists {
     var groupCounts = [Int](repeating: 0, count: FullnessGroup.count)
     var zspageCount = 0
     var objectsUsed = 0
-    var slotTableBytes = 0
+    /// Heap bytes of the class's zspages' slot and frame lists (those that
+    /// do not fit in their records).
+    var listBytes = 0
+
+    /// The class's empty zspage, if it keeps one (`keepsSpareZspage`): kept
+    /// on the empty list, where allocation takes it last and compaction,
+    /// which drains the emptiest zspage first, frees it.
+    var spare: UInt32? {
+        heads[FullnessGroup.empty] == ZSPageTable.none ? nil : heads[FullnessGroup.empty]
+    }
 
     /// The fullest zspage with a free slot, or `none`.
     func allocationCandidate() -> UInt32 {

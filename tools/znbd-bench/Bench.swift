@@ -1,7 +1,7 @@
 // znbd-bench: the project's benchmarks (never timed assertions in tests).
 //
 //   znbd-bench codec CORPUS_FILE [PASSES]
-//   znbd-bench pool [OPERATIONS_PER_THREAD]
+//   znbd-bench pool [OPERATIONS_PER_THREAD] [--size BYTES]
 //   znbd-bench device CORPUS_FILE [ROUNDS] [--max-chain N]
 //   znbd-bench serve memory|zram SOCKET MIB [WORKERS]
 //
@@ -45,11 +45,15 @@ extension ZNBDBench {
         @Argument(help: "Operations per thread.")
         var operationsPerThread = 2_000_000
 
+        @Option(help: "Only this object size (1...4096), and no compaction run: for a profile of one case.")
+        var size: Int?
+
         func validate() throws {
             guard operationsPerThread > 0 else { throw ValidationError("OPERATIONS_PER_THREAD must be positive") }
+            if let size, !(1...4096).contains(size) { throw ValidationError("--size must be 1...4096, got \(size)") }
         }
 
-        func run() { runPoolBenchmark(operationsPerThread: operationsPerThread) }
+        func run() { runPoolBenchmark(operationsPerThread: operationsPerThread, onlySize: size) }
     }
 
     struct Device: ParsableCommand {

@@ -7,10 +7,11 @@ import ZSPool
 
 /// `znbd-bench pool [OPS_PER_THREAD]`: ZSPool's object operations beside
 /// glibc malloc doing the same loop, then compaction and migration throughput.
-func runPoolBenchmark(operationsPerThread: Int) {
+/// `onlySize`: that size alone, without the compaction run.
+func runPoolBenchmark(operationsPerThread: Int, onlySize: Int? = nil) {
     print("# pool: ns per operation (lower is better), working set 16384 objects per thread")
     print("size threads zspool_alloc_write_free malloc_alloc_write_free zspool_read")
-    for size in [1024, 2048, 4096] {
+    for size in onlySize.map { [$0] } ?? [1024, 2048, 4096] {
         for threads in [1, 2] {
             let pool: ZSPool
             do { pool = try ZSPool(.init(capacityBytes: 1 << 30)) } catch { fail("\(error)") }
@@ -21,7 +22,7 @@ func runPoolBenchmark(operationsPerThread: Int) {
             print("\(size) \(threads) \(perOperation(churn)) \(perOperation(mallocChurn)) \(perOperation(reads))")
         }
     }
-    runCompactionBenchmark()
+    if onlySize == nil { runCompactionBenchmark() }
 }
 
 private let workingSet = 16_384

@@ -12,6 +12,10 @@
 /// The CPU the calling thread runs on now (sched_getcpu), or -1.
 int clinux_current_cpu(void);
 
+/// Restricts the calling thread to CPU `cpu` (sched_setaffinity); 0 on
+/// success, else an errno.
+int clinux_pin_to_cpu(int cpu);
+
 /// mallopt(M_MMAP_THRESHOLD, bytes): every allocation of at least `bytes`
 /// gets a mapping of its own, unmapped when freed; fixing the threshold also
 /// stops glibc raising it after large frees. Returns 1 on success.
