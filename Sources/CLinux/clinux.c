@@ -30,6 +30,16 @@ int clinux_pin_to_cpu(int cpu) {
     return sched_setaffinity(0, sizeof set, &set) == 0 ? 0 : errno;
 }
 
+int clinux_allowed_cpus(int *cpus, int capacity) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;
+    int count = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && count < capacity; cpu++) {
+        if (CPU_ISSET(cpu, &set)) cpus[count++] = cpu;
+    }
+    return count;
+}
+
 int clinux_malloc_map_at_least(size_t bytes) { return mallopt(M_MMAP_THRESHOLD, (int)bytes); }
 
 int clinux_malloc_trim(void) { return malloc_trim(0); }

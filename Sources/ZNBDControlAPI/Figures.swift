@@ -121,7 +121,8 @@ public struct PoolSummary: Sendable, Codable, Equatable {
     public var blocksFaultedIn: Int
     public var liveObjects: Int
     public var zspages: Int
-    /// Handle table, zspage table and per-class slot tables, outside the arena.
+    /// Handle table, zspage table, and the zspages' slot and frame lists too
+    /// long for their records, outside the arena.
     public var metadataBytes: Int
     public var objectsCompacted: Int
     public var compactionSkips: Int

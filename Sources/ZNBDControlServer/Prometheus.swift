@@ -128,7 +128,7 @@ extension PrometheusExposition {
                    value: summary.blocksReleased)
         out.family("znbd_pool_live_objects", .gauge, help: "Objects stored in the pool.", value: summary.liveObjects)
         out.family("znbd_pool_zspages", .gauge, help: "zspages in all classes.", value: summary.zspages)
-        out.family("znbd_pool_metadata_bytes", .gauge, help: "Handle, zspage and slot tables outside the arena.",
+        out.family("znbd_pool_metadata_bytes", .gauge, help: "Handle and zspage tables and zspage lists outside the arena.",
                    value: summary.metadataBytes)
         out.family("znbd_pool_objects_compacted_total", .counter, help: "Objects moved by compaction.",
                    value: summary.objectsCompacted)

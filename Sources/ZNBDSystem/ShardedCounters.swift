@@ -73,6 +73,14 @@ public enum CurrentCPU {
         clinux_pin_to_cpu(Int32(cpu)) == 0 && index == cpu
     }
 
+    /// The CPUs the calling thread may run on (its affinity mask, which a
+    /// cpuset or taskset narrows), lowest first.
+    public static func allowedCPUs() -> [Int] {
+        var cpus = [Int32](repeating: 0, count: 1024)
+        let count = cpus.withUnsafeMutableBufferPointer { clinux_allowed_cpus($0.baseAddress, Int32($0.count)) }
+        return cpus.prefix(max(0, Int(count))).map(Int.init)
+    }
+
     /// A power of two at least the number of configured CPUs, so that
     /// `index & (shardCount - 1)` picks a shard, one per CPU.
     public static let shardCount: Int = {

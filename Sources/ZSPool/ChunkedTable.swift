@@ -130,7 +130,7 @@ final class ChunkedTable: @unchecked Sendable {
     /// Nil when the table is full, or when the kernel refuses a chunk's
     /// mapping.
     func allocateId() -> UInt32? {
-        caches.allocate(refill: takeShared)
+        caches.allocate(refill: takeShared, giveBack: giveShared)
     }
 
     func releaseId(_ id: UInt32) {
@@ -191,11 +191,13 @@ final class ChunkedTable: @unchecked Sendable {
 /// Free ids kept per CPU in front of a table's shared allocator, as the
 /// kernel's per-cpu page lists sit in front of its buddy allocator. A
 /// thread uses the cache of the CPU it runs on, under that cache's bit spin
-/// lock; a thread that moves to another CPU meanwhile only shares the cache
-/// for a moment, so the lock is almost never contended. An empty cache
-/// takes `batch` ids at once, a full one gives the `batch` it has held
-/// longest back, so ids still come back roughly last-freed first and a
-/// table's touched part keeps tracking its peak.
+/// lock, held only for a few loads and stores: the shared allocator (a
+/// mutex, sometimes a new chunk's mapping) is called with no cache lock
+/// held. Two threads meet on one cache only when one was preempted or moved
+/// between reading its CPU and letting go. An empty cache takes `batch` ids
+/// at once, a full one gives the `batch` it has held longest back, so ids
+/// still come back roughly last-freed first and a table's touched part keeps
+/// tracking its peak.
 ///
 /// The cache also counts the live ids of its CPU (a thread may take an id on
 /// one CPU and release it on another, so one count can go negative; the sum
@@ -205,7 +207,8 @@ final class IdCaches: @unchecked Sendable {
     // word; its live count is an atomic.
 
     static let capacity = 32
-    static let batch = 16
+    /// Half the capacity: a full cache gives back its older half.
+    static let batch = capacity / 2
 
     /// One cache: lock word, live count, count of ids held, then the ids,
     /// padded to a multiple of 128 bytes so no two CPUs share a line pair.
@@ -228,6 +231,14 @@ final class IdCaches: @unchecked Sendable {
             nonmutating set { base.storeBytes(of: newValue, toByteOffset: Self.countOffset, as: Int.self) }
         }
         var ids: UnsafeMutablePointer<UInt32> { (base + Self.idsOffset).assumingMemoryBound(to: UInt32.self) }
+
+        /// Takes the newest id held, counting it live. Caller holds the lock.
+        func pop() -> UInt32? {
+            guard count > 0 else { return nil }
+            count -= 1
+            live.pointee.add(1, ordering: .relaxed)
+            return ids[count]
+        }
     }
 
     private let shardCount = CurrentCPU.shardCount
@@ -250,26 +261,40 @@ final class IdCaches: @unchecked Sendable {
 
     private func shard(_ index: Int) -> Shard { Shard(base: storage + index * Shard.stride) }
 
-    /// An id from this CPU's cache, refilled by `refill(buffer, batch)`
-    /// (which returns how many it stored, the first to hand out last) when
-    /// empty. Nil only when neither the shared allocator nor any cache has
-    /// an id.
+    private var local: Shard { shard(CurrentCPU.index & (shardCount - 1)) }
+
+    /// An id from this CPU's cache. An empty cache is refilled by
+    /// `refill(buffer, batch)`, which stores up to `batch` ids (the first to
+    /// hand out last) and returns how many; ids the cache cannot keep (it
+    /// was filled meanwhile) go to `giveBack`. Both run with no cache lock
+    /// held. Nil when the shared allocator and every cache are out of ids
+    /// (near that point, an id a thread moves between two caches while this
+    /// looks can be missed: the table is then all but full).
     @inline(__always)
-    func allocate(refill: (UnsafeMutablePointer<UInt32>, Int) -> Int) -> UInt32? {
-        let local = shard(CurrentCPU.index & (shardCount - 1))
-        local.lock.lock()
-        var count = local.count
-        if count == 0 { count = refill(local.ids, Self.batch) }
-        guard count > 0 else {
-            local.lock.unlock()
-            return takeFromAnyCache()
+    func allocate(
+        refill: (UnsafeMutablePointer<UInt32>, Int) -> Int, giveBack: (UnsafeBufferPointer<UInt32>) -> Void
+    ) -> UInt32? {
+        let cache = local
+        cache.lock.lock()
+        let cached = cache.pop()
+        cache.lock.unlock()
+        if let cached { return cached }
+        return withUnsafeTemporaryAllocation(of: UInt32.self, capacity: Self.batch) { buffer in
+            let base = buffer.baseAddress.unsafelyUnwrapped
+            let taken = refill(base, Self.batch)
+            guard taken > 0 else { return takeFromAnyCache() }
+            // Keep what fits in this CPU's cache now (another thread may have
+            // filled it meanwhile); hand out the last one.
+            let cache = local
+            cache.lock.lock()
+            let kept = min(taken - 1, Self.capacity - cache.count)
+            (cache.ids + cache.count).update(from: base + (taken - 1 - kept), count: kept)
+            cache.count += kept
+            cache.live.pointee.add(1, ordering: .relaxed)
+            cache.lock.unlock()
+            if taken - 1 > kept { giveBack(UnsafeBufferPointer(start: base, count: taken - 1 - kept)) }
+            return base[taken - 1]
         }
-        count -= 1
-        let id = local.ids[count]
-        local.count = count
-        local.live.pointee.add(1, ordering: .relaxed)
-        local.lock.unlock()
-        return id
     }
 
     /// The shared allocator is exhausted: the last free ids, if any, wait in
@@ -279,31 +304,34 @@ final class IdCaches: @unchecked Sendable {
         for index in 0..<shardCount {
             let cache = shard(index)
             cache.lock.lock()
-            defer { cache.lock.unlock() }
-            guard cache.count > 0 else { continue }
-            cache.count -= 1
-            cache.live.pointee.add(1, ordering: .relaxed)
-            return cache.ids[cache.count]
+            let id = cache.pop()
+            cache.lock.unlock()
+            if let id { return id }
         }
         return nil
     }
 
-    /// Puts `id` in this CPU's cache, first giving the oldest `batch` ids to
-    /// `spill` when the cache is full.
+    /// Puts `id` in this CPU's cache. A full cache first gives its oldest
+    /// `batch` ids to `spill`, which runs with no cache lock held.
     @inline(__always)
     func release(_ id: UInt32, spill: (UnsafeBufferPointer<UInt32>) -> Void) {
-        let local = shard(CurrentCPU.index & (shardCount - 1))
-        local.lock.lock()
-        var count = local.count
-        if count == Self.capacity {
-            spill(UnsafeBufferPointer(start: local.ids, count: Self.batch))
-            (local.ids).update(from: local.ids + Self.batch, count: count - Self.batch)
-            count -= Self.batch
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: Self.batch) { buffer in
+            let base = buffer.baseAddress.unsafelyUnwrapped
+            let cache = local
+            cache.lock.lock()
+            var spilled = 0
+            if cache.count == Self.capacity {
+                base.update(from: cache.ids, count: Self.batch)
+                cache.ids.update(from: cache.ids + Self.batch, count: Self.capacity - Self.batch)
+                cache.count -= Self.batch
+                spilled = Self.batch
+            }
+            cache.ids[cache.count] = id
+            cache.count += 1
+            cache.live.pointee.subtract(1, ordering: .relaxed)
+            cache.lock.unlock()
+            if spilled > 0 { spill(UnsafeBufferPointer(start: base, count: spilled)) }
         }
-        local.ids[count] = id
-        local.count = count + 1
-        local.live.pointee.subtract(1, ordering: .relaxed)
-        local.lock.unlock()
     }
 
     /// Ids handed out and not released, over all CPUs.

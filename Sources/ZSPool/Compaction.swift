@@ -111,8 +111,11 @@ extension ZSPool {
     /// arena's; cheap enough to poll every second.
     public func reclaimable() -> Reclaimable {
         var compactable = 0
-        for state in classStates where !state.spec.isHuge {
-            compactable += state.lists.withLock { Self.freeableZspages($0, spec: state.spec) } * state.spec.framesPerZspage
+        for state in classStates {
+            // In the huge class only the spare is freeable (compact() frees it).
+            compactable += state.lists.withLock {
+                state.spec.isHuge ? ($0.spare == nil ? 0 : 1) : Self.freeableZspages($0, spec: state.spec)
+            } * state.spec.framesPerZspage
         }
         let (residentFrames, usedFrames) = arena.residency()
         return Reclaimable(

@@ -11,7 +11,8 @@ import ZSPool
 func runPoolBenchmark(operationsPerThread: Int, onlySize: Int? = nil) {
     print("# pool: ns per operation (lower is better), working set 16384 objects per thread")
     print("size threads zspool_alloc_write_free malloc_alloc_write_free zspool_read")
-    for size in onlySize.map { [$0] } ?? [1024, 2048, 4096] {
+    let sizes = onlySize.map { [$0] } ?? [1024, 2048, 4096]
+    for size in sizes {
         for threads in [1, 2] {
             let pool: ZSPool
             do { pool = try ZSPool(.init(capacityBytes: 1 << 30)) } catch { fail("\(error)") }

@@ -16,6 +16,10 @@ int clinux_current_cpu(void);
 /// success, else an errno.
 int clinux_pin_to_cpu(int cpu);
 
+/// Stores in `cpus` (room for `capacity`) the CPUs the calling thread may
+/// run on (sched_getaffinity), lowest first; returns how many, or -1.
+int clinux_allowed_cpus(int *cpus, int capacity);
+
 /// mallopt(M_MMAP_THRESHOLD, bytes): every allocation of at least `bytes`
 /// gets a mapping of its own, unmapped when freed; fixing the threshold also
 /// stops glibc raising it after large frees. Returns 1 on success.
