@@ -98,6 +98,9 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     /// (the server is draining): the client has not been quiet for a whole
     /// period while the server was reading.
     private var activeSinceQuietCheck = false
+    /// The server is stopping and a chain of quiet checks runs: one chain
+    /// only, since each check clears `activeSinceQuietCheck` for the next.
+    private var draining = false
     /// The last parse pass ended for want of bytes (no whole frame waits).
     private var parserStarved = true
     private var parsing = false
@@ -183,6 +186,8 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
             // until a whole quiet period passes with nothing read, nothing
             // in progress, no read held back by the limits and no request
             // half received (isQuietWhileDraining).
+            guard !draining else { return }
+            draining = true
             if !readHeld { context.read() }
             scheduleQuietCheck(context: context)
         case ChannelEvent.inputClosed:

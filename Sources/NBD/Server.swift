@@ -57,7 +57,12 @@ public final class NBDServer: Sendable {
     private let workers: WorkerThreads<WorkerJob>?
     private let counters = ServerCounters()
     private let budget: InFlightBudget
-    private let channels = NIOLockedValueBox<(listeners: [any Channel], connections: [ObjectIdentifier: any Channel])>(([], [:]))
+    /// Listeners and live connections; `stopping` once shutdown() has taken
+    /// its list of connections to drain, after which a connection the
+    /// listeners still accept is closed before its handshake.
+    private let channels = NIOLockedValueBox<
+        (listeners: [any Channel], connections: [ObjectIdentifier: any Channel], stopping: Bool)
+    >(([], [:], false))
 
     public init(export: NBDExport, configuration: Configuration) {
         self.export = export
@@ -72,6 +77,9 @@ public final class NBDServer: Sendable {
             workers = nil
         }
     }
+
+    /// Why a connection accepted while the server stops is closed at once.
+    struct ServerStopping: Error {}
 
     /// A listener that could not be had, and why (EADDRINUSE, EACCES, …).
     public struct BindError: Error, CustomStringConvertible {
@@ -135,7 +143,14 @@ public final class NBDServer: Sendable {
                 .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10, maximum: 256 << 10))
             .childChannelInitializer { channel in
                 let id = ObjectIdentifier(channel)
-                channels.withLockedValue { $0.connections[id] = channel }
+                let stopping = channels.withLockedValue { state in
+                    if !state.stopping { state.connections[id] = channel }
+                    return state.stopping
+                }
+                // Accepted after shutdown() listed the connections to drain:
+                // nothing would drain or time it out, so refuse it now (the
+                // bootstrap closes a child whose initializer fails).
+                if stopping { return channel.eventLoop.makeFailedFuture(ServerStopping()) }
                 channel.closeFuture.whenComplete { _ in _ = channels.withLockedValue { $0.connections.removeValue(forKey: id) } }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
@@ -153,7 +168,10 @@ public final class NBDServer: Sendable {
     /// waits up to `drainTimeout` for them to close, closes what is left,
     /// and stops the threads.
     public func shutdown(drainTimeout: TimeAmount = .seconds(2)) async {
-        let (listeners, connections) = channels.withLockedValue { ($0.listeners, Array($0.connections.values)) }
+        let (listeners, connections) = channels.withLockedValue { state in
+            state.stopping = true
+            return (state.listeners, Array(state.connections.values))
+        }
         for listener in listeners { try? await listener.close() }
         for connection in connections { connection.pipeline.fireUserInboundEventTriggered(Drain()) }
         let deadline = NIODeadline.now() + drainTimeout

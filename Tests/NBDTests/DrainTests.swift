@@ -139,6 +139,24 @@ struct DrainTests {
         #expect(Self.cookies(ofRepliesIn: try connection.received()) == [2])
         connection.expectClosedOnceQuiet()
     }
+
+    @Test("a second Drain starts no second chain of quiet checks: the connection closes a whole period after its last request")
+    func secondDrain() throws {
+        let connection = try Connection()
+        let period = quietPeriods(1)
+        connection.drain()  // checks at 1, 2, 3… periods from now
+        connection.wait(.nanoseconds(period.nanoseconds * 2 / 5))
+        connection.drain()  // a second chain would check at 1.4, 2.4… periods
+        connection.wait(.nanoseconds(period.nanoseconds * 2 / 5))
+        // A request at 0.8 periods: the check at 1 sees it and clears the
+        // mark; a second chain's check at 1.4 would see 0.4 periods of quiet
+        // and close.
+        try connection.send(Self.write(cookie: 1, byte: 1))
+        #expect(Self.cookies(ofRepliesIn: try connection.received()) == [1])
+        connection.wait(.nanoseconds(period.nanoseconds * 7 / 10))  // 1.5 periods
+        #expect(connection.channel.isActive, "closed less than a quiet period after a request")
+        connection.expectClosedOnceQuiet()
+    }
 }
 
 /// `count` of the connection's quiet periods.
