@@ -153,7 +153,7 @@ final class ChunkedTable: @unchecked Sendable {
                 }
                 if let made { ids.chunks.append(made) }
                 guard let id else { break }
-                buffer[taken] = id
+                (buffer + taken).initialize(to: id)
                 taken += 1
             }
             // The allocator's first choice is handed out first: reverse.
@@ -321,7 +321,7 @@ final class IdCaches: @unchecked Sendable {
             cache.lock.lock()
             var spilled = 0
             if cache.count == Self.capacity {
-                base.update(from: cache.ids, count: Self.batch)
+                base.initialize(from: cache.ids, count: Self.batch)
                 cache.ids.update(from: cache.ids + Self.batch, count: Self.capacity - Self.batch)
                 cache.count -= Self.batch
                 spilled = Self.batch
