@@ -12,33 +12,21 @@ import Synchronization
 public final class ShardedCounters: @unchecked Sendable {
     // @unchecked: the storage is only reached through Atomic operations.
 
-    /// 128 bytes: one cache line plus the adjacent-line prefetcher's pair.
-    private static let shardAlignment = 128
     public let count: Int
-    private let shardCount: Int
-    private let shardStride: Int
-    private let storage: UnsafeMutableRawPointer
+    private let shards: PerCPUShards
 
     public init(count: Int) {
         precondition(count > 0)
         self.count = count
-        shardCount = CurrentCPU.shardCount
-        let bytes = count * MemoryLayout<Atomic<Int>>.stride
-        shardStride = (bytes + Self.shardAlignment - 1) / Self.shardAlignment * Self.shardAlignment
-        storage = .allocate(byteCount: shardStride * shardCount, alignment: Self.shardAlignment)
-        for shard in 0..<shardCount {
-            let counters = (storage + shard * shardStride).bindMemory(to: Atomic<Int>.self, capacity: count)
+        shards = PerCPUShards(bytesPerShard: count * MemoryLayout<Atomic<Int>>.stride) { shard in
+            let counters = shard.bindMemory(to: Atomic<Int>.self, capacity: count)
             for index in 0..<count { (counters + index).initialize(to: Atomic(0)) }
         }
     }
 
-    deinit {
-        storage.deallocate()
-    }
-
     @inline(__always)
-    private func counter(_ index: Int, shard: Int) -> UnsafeMutablePointer<Atomic<Int>> {
-        (storage + shard * shardStride).assumingMemoryBound(to: Atomic<Int>.self) + index
+    private func counter(_ index: Int, in shard: UnsafeMutableRawPointer) -> UnsafeMutablePointer<Atomic<Int>> {
+        shard.assumingMemoryBound(to: Atomic<Int>.self) + index
     }
 
     /// Adds `delta` to counter `index` in the calling CPU's shard. A thread
@@ -46,16 +34,47 @@ public final class ShardedCounters: @unchecked Sendable {
     /// for a moment; the sum stays exact.
     @inline(__always)
     public func add(_ index: Int, _ delta: Int) {
-        let shard = CurrentCPU.index & (shardCount - 1)
-        counter(index, shard: shard).pointee.add(delta, ordering: .relaxed)
+        counter(index, in: shards.local).pointee.add(delta, ordering: .relaxed)
     }
 
     /// The sum of counter `index` over all shards.
     public func load(_ index: Int) -> Int {
         var total = 0
-        for shard in 0..<shardCount { total &+= counter(index, shard: shard).pointee.load(ordering: .relaxed) }
+        for shard in 0..<shards.count { total &+= counter(index, in: shards[shard]).pointee.load(ordering: .relaxed) }
         return total
     }
+}
+
+/// One run of memory per CPU, each aligned to 128 bytes (a cache line plus
+/// the adjacent-line prefetcher's pair) so that threads on different CPUs
+/// never write the same line: the layout under ShardedCounters and ZSPool's
+/// id caches. The owner binds and initialises each shard in `prepare`, and
+/// keeps using only atomics or its own lock in it, since a thread may move
+/// to another CPU between picking `local` and using it.
+public struct PerCPUShards: ~Copyable {
+    private static let alignment = 128
+    /// Shards: `CurrentCPU.shardCount`.
+    public let count: Int
+    private let stride: Int
+    private let storage: UnsafeMutableRawPointer
+
+    public init(bytesPerShard: Int, prepare: (UnsafeMutableRawPointer) -> Void) {
+        count = CurrentCPU.shardCount
+        stride = (max(1, bytesPerShard) + Self.alignment - 1) / Self.alignment * Self.alignment
+        storage = .allocate(byteCount: stride * count, alignment: Self.alignment)
+        for index in 0..<count { prepare(storage + index * stride) }
+    }
+
+    deinit {
+        storage.deallocate()
+    }
+
+    @inline(__always)
+    public subscript(index: Int) -> UnsafeMutableRawPointer { storage + index * stride }
+
+    /// The calling CPU's shard.
+    @inline(__always)
+    public var local: UnsafeMutableRawPointer { self[CurrentCPU.index & (count - 1)] }
 }
 
 /// The CPU a thread runs on, for data split per CPU (counters, id caches).

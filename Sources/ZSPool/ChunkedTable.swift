@@ -157,8 +157,8 @@ final class ChunkedTable: @unchecked Sendable {
                 taken += 1
             }
             // The allocator's first choice is handed out first: reverse.
-            var taken_ = UnsafeMutableBufferPointer(start: buffer, count: taken)
-            taken_.reverse()
+            var filled = UnsafeMutableBufferPointer(start: buffer, count: taken)
+            filled.reverse()
             return taken
         }
     }
@@ -210,13 +210,13 @@ final class IdCaches: @unchecked Sendable {
     /// Half the capacity: a full cache gives back its older half.
     static let batch = capacity / 2
 
-    /// One cache: lock word, live count, count of ids held, then the ids,
-    /// padded to a multiple of 128 bytes so no two CPUs share a line pair.
+    /// One cache (a per-CPU shard): lock word, live count, count of ids
+    /// held, then the ids.
     private struct Shard {
         static let liveOffset = 8
         static let countOffset = 16
         static let idsOffset = 24
-        static let stride = (idsOffset + IdCaches.capacity * 4 + 127) / 128 * 128
+        static let bytes = idsOffset + IdCaches.capacity * MemoryLayout<UInt32>.stride
 
         let base: UnsafeMutableRawPointer
 
@@ -232,6 +232,14 @@ final class IdCaches: @unchecked Sendable {
         }
         var ids: UnsafeMutablePointer<UInt32> { (base + Self.idsOffset).assumingMemoryBound(to: UInt32.self) }
 
+        /// Binds and zeroes a fresh shard.
+        static func prepare(_ base: UnsafeMutableRawPointer) {
+            base.bindMemory(to: Atomic<UInt64>.self, capacity: 1).initialize(to: Atomic(0))
+            (base + liveOffset).bindMemory(to: Atomic<Int>.self, capacity: 1).initialize(to: Atomic(0))
+            base.storeBytes(of: 0, toByteOffset: countOffset, as: Int.self)
+            _ = (base + idsOffset).bindMemory(to: UInt32.self, capacity: IdCaches.capacity)
+        }
+
         /// Takes the newest id held, counting it live. Caller holds the lock.
         func pop() -> UInt32? {
             guard count > 0 else { return nil }
@@ -241,27 +249,9 @@ final class IdCaches: @unchecked Sendable {
         }
     }
 
-    private let shardCount = CurrentCPU.shardCount
-    private let storage: UnsafeMutableRawPointer
+    private let shards = PerCPUShards(bytesPerShard: Shard.bytes, prepare: Shard.prepare)
 
-    init() {
-        storage = .allocate(byteCount: Shard.stride * shardCount, alignment: 128)
-        for index in 0..<shardCount {
-            let base = storage + index * Shard.stride
-            base.bindMemory(to: Atomic<UInt64>.self, capacity: 1).initialize(to: Atomic(0))
-            (base + Shard.liveOffset).bindMemory(to: Atomic<Int>.self, capacity: 1).initialize(to: Atomic(0))
-            base.storeBytes(of: 0, toByteOffset: Shard.countOffset, as: Int.self)
-            _ = (base + Shard.idsOffset).bindMemory(to: UInt32.self, capacity: Self.capacity)
-        }
-    }
-
-    deinit {
-        storage.deallocate()
-    }
-
-    private func shard(_ index: Int) -> Shard { Shard(base: storage + index * Shard.stride) }
-
-    private var local: Shard { shard(CurrentCPU.index & (shardCount - 1)) }
+    private var local: Shard { Shard(base: shards.local) }
 
     /// An id from this CPU's cache. An empty cache is refilled by
     /// `refill(buffer, batch)`, which stores up to `batch` ids (the first to
@@ -301,8 +291,8 @@ final class IdCaches: @unchecked Sendable {
     /// other CPUs' caches. Takes one lock at a time, so two threads that both
     /// get here cannot wait for each other.
     private func takeFromAnyCache() -> UInt32? {
-        for index in 0..<shardCount {
-            let cache = shard(index)
+        for index in 0..<shards.count {
+            let cache = Shard(base: shards[index])
             cache.lock.lock()
             let id = cache.pop()
             cache.lock.unlock()
@@ -337,7 +327,7 @@ final class IdCaches: @unchecked Sendable {
     /// Ids handed out and not released, over all CPUs.
     var live: Int {
         var total = 0
-        for index in 0..<shardCount { total += shard(index).live.pointee.load(ordering: .relaxed) }
+        for index in 0..<shards.count { total += Shard(base: shards[index]).live.pointee.load(ordering: .relaxed) }
         return total
     }
 }
