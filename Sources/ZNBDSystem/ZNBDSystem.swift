@@ -14,8 +14,9 @@
 //                       sleeping locks.
 //   LockLevel,          the one order of the data-path locks, and a small
 //   LockOrder           lockdep that traps on a wrong order in checked builds.
-//   ShardedCounters,    per-CPU statistics counters, and the CPU a thread
-//   CurrentCPU          runs on (which shard of per-CPU data to use).
+//   PerCPUShards,       memory in one shard per CPU, and the CPU a thread
+//   CurrentCPU          runs on (which shard to use).
+//   ShardedCounters     per-CPU statistics counters, on PerCPUShards.
 //   MemoryPressureTrigger  the kernel's memory-pressure signal (PSI), and
 //   Sleeper, BackgroundThread  the wait and the named thread of the
 //                       maintenance loop.
