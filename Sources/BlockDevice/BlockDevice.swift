@@ -76,7 +76,9 @@ public protocol BlockDevice: AnyObject, Sendable {
     /// The allocation status of the range from `offset`, as extents that
     /// cover it in order; at most `maximumExtents` of them, the last of which
     /// may end before `offset + length`.
-    func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError)
+    func allocationExtents(
+        offset: Int, length: Int, maximumExtents: Int
+    ) throws(BlockDeviceError)
         -> [AllocationExtent]
     /// Counts a request its server refused before calling the device, for
     /// its range or its alignment (zram's invalid_io). Does nothing unless

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import Synchronization
 import ZNBDSystem
@@ -130,7 +130,9 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
 
     public func flush() throws(BlockDeviceError) {}
 
-    public func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError)
+    public func allocationExtents(
+        offset: Int, length: Int, maximumExtents: Int
+    ) throws(BlockDeviceError)
         -> [AllocationExtent]
     {
         try validateRange(offset: offset, length: length)

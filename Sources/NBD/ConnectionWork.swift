@@ -38,7 +38,8 @@ final class ConnectionWork: Sendable {
         var open = true
     }
 
-    init(processor: NBDRequestProcessor, allocator: ByteBufferAllocator, scheduleDrain: @escaping @Sendable () -> Void) {
+    init(processor: NBDRequestProcessor, allocator: ByteBufferAllocator, scheduleDrain: @escaping @Sendable () -> Void)
+    {
         self.processor = processor
         self.allocator = allocator
         self.scheduleDrain = scheduleDrain

@@ -14,7 +14,8 @@ public struct NBDRequest: Equatable, Sendable {
     /// thrown away so that the stream stays in step, and the request fails.
     public var payloadDropped = false
 
-    public init(flags: UInt16, type: UInt16, cookie: UInt64, offset: UInt64, length: UInt32, payload: ByteBuffer? = nil) {
+    public init(flags: UInt16, type: UInt16, cookie: UInt64, offset: UInt64, length: UInt32, payload: ByteBuffer? = nil)
+    {
         self.flags = flags
         self.type = type
         self.cookie = cookie
@@ -109,8 +110,9 @@ public struct NBDFrameParser: Sendable {
     }
 
     private mutating func nextOption(_ buffer: inout ByteBuffer) -> Frame? {
-        guard let (magic, code, length) = buffer.getMultipleIntegers(
-            at: buffer.readerIndex, as: (UInt64, UInt32, UInt32).self)
+        guard
+            let (magic, code, length) = buffer.getMultipleIntegers(
+                at: buffer.readerIndex, as: (UInt64, UInt32, UInt32).self)
         else { return nil }
         guard magic == NBDMagic.option else {
             return .protocolError("bad option magic 0x\(String(magic, radix: 16))")

@@ -118,7 +118,9 @@ public struct NBDHandshake: Sendable {
         }
     }
 
-    private mutating func infoOrGo(_ option: NBDOption, data: inout ByteBuffer, into output: inout ByteBuffer)
+    private mutating func infoOrGo(
+        _ option: NBDOption, data: inout ByteBuffer, into output: inout ByteBuffer
+    )
         -> Outcome
     {
         let code = option.rawValue
@@ -202,7 +204,8 @@ public struct NBDHandshake: Sendable {
         }
         // LIST with no queries lists every context; "base:" names the whole
         // namespace when listing. SET selects exactly the contexts it names.
-        let matches = queries.contains(NBDAllocationFlag.contextName)
+        let matches =
+            queries.contains(NBDAllocationFlag.contextName)
             || (option == .listMetaContext && (queries.isEmpty || queries.contains("base:")))
         if option == .setMetaContext { session.allocationContext = matches }
         if matches {

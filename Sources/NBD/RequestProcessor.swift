@@ -187,7 +187,9 @@ public struct NBDRequestProcessor: Sendable {
 
     /// An error: a simple reply, or an ERROR chunk where the command needs a
     /// structured reply (READ and BLOCK_STATUS once negotiated).
-    func errorReply(_ request: NBDRequest, _ error: NBDError, command: NBDCommand?, allocator: ByteBufferAllocator)
+    func errorReply(
+        _ request: NBDRequest, _ error: NBDError, command: NBDCommand?, allocator: ByteBufferAllocator
+    )
         -> ByteBuffer
     {
         guard session.structuredReplies, command == .read || command == .blockStatus else {
@@ -258,7 +260,9 @@ public struct NBDRequestProcessor: Sendable {
         if let failure { throw failure }
     }
 
-    private func blockStatusReply(_ request: NBDRequest, allocator: ByteBufferAllocator) throws(BlockDeviceError)
+    private func blockStatusReply(
+        _ request: NBDRequest, allocator: ByteBufferAllocator
+    ) throws(BlockDeviceError)
         -> ByteBuffer
     {
         let one = request.flags & NBDCommandFlag.requestOne != 0
@@ -269,11 +273,12 @@ public struct NBDRequestProcessor: Sendable {
         writeChunkHeader(&reply, request.cookie, type: NBDChunk.blockStatus, length: 4 + 8 * extents.count)
         reply.writeInteger(NBDHandshake.allocationContextID)
         for extent in extents {
-            let flags: UInt32 = switch extent.status {
-            case .unallocated: NBDAllocationFlag.hole | NBDAllocationFlag.zero
-            case .zero: NBDAllocationFlag.zero
-            case .data: 0
-            }
+            let flags: UInt32 =
+                switch extent.status {
+                case .unallocated: NBDAllocationFlag.hole | NBDAllocationFlag.zero
+                case .zero: NBDAllocationFlag.zero
+                case .data: 0
+                }
             reply.writeMultipleIntegers(UInt32(extent.length), flags)
         }
         return reply

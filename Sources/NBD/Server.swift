@@ -111,7 +111,8 @@ public final class NBDServer: Sendable {
             do {
                 channel = try await bootstrap(tcp: true).bind(host: host, port: configuration.tcpPort).get()
             } catch {
-                let endpoint = host.contains(":") ? "[\(host)]:\(configuration.tcpPort)" : "\(host):\(configuration.tcpPort)"
+                let endpoint =
+                    host.contains(":") ? "[\(host)]:\(configuration.tcpPort)" : "\(host):\(configuration.tcpPort)"
                 throw BindError(endpoint: endpoint, underlying: error)
             }
             track(listener: channel)
@@ -140,7 +141,9 @@ public final class NBDServer: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(
-                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10, maximum: 256 << 10))
+                .recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10, maximum: 256 << 10)
+            )
             .childChannelInitializer { channel in
                 let id = ObjectIdentifier(channel)
                 let stopping = channels.withLockedValue { state in
@@ -151,7 +154,9 @@ public final class NBDServer: Sendable {
                 // nothing would drain or time it out, so refuse it now (the
                 // bootstrap closes a child whose initializer fails).
                 if stopping { return channel.eventLoop.makeFailedFuture(ServerStopping()) }
-                channel.closeFuture.whenComplete { _ in _ = channels.withLockedValue { $0.connections.removeValue(forKey: id) } }
+                channel.closeFuture.whenComplete { _ in
+                    _ = channels.withLockedValue { $0.connections.removeValue(forKey: id) }
+                }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         NBDConnectionHandler(

@@ -38,7 +38,8 @@ public struct LZ4Codec: PageCodec {
         page: UnsafeRawBufferPointer,
         into destination: UnsafeMutableRawBufferPointer
     ) throws(PageCodecError) -> Int {
-        let (source, output) = try compressionBuffers(page: page, destination: destination, worstCase: Self.maxCompressedSize)
+        let (source, output) = try compressionBuffers(
+            page: page, destination: destination, worstCase: Self.maxCompressedSize)
         var compressedLength = 0
         let status = clz4_compress(source, pageSize, output, destination.count, Int32(acceleration), &compressedLength)
         switch Int(status) {

@@ -35,7 +35,8 @@ public struct LZO1X1Codec: PageCodec {
         page: UnsafeRawBufferPointer,
         into destination: UnsafeMutableRawBufferPointer
     ) throws(PageCodecError) -> Int {
-        let (source, output) = try compressionBuffers(page: page, destination: destination, worstCase: Self.maxCompressedSize)
+        let (source, output) = try compressionBuffers(
+            page: page, destination: destination, worstCase: Self.maxCompressedSize)
         var compressedLength = 0
         let status = clzo_lzo1x_1_compress(source, pageSize, output, destination.count, &compressedLength)
         guard Int(status) == CLZO_OK else {

@@ -37,7 +37,8 @@ public struct ZstdCodec: PageCodec {
         page: UnsafeRawBufferPointer,
         into destination: UnsafeMutableRawBufferPointer
     ) throws(PageCodecError) -> Int {
-        let (source, output) = try compressionBuffers(page: page, destination: destination, worstCase: Self.maxCompressedSize)
+        let (source, output) = try compressionBuffers(
+            page: page, destination: destination, worstCase: Self.maxCompressedSize)
         var compressedLength = 0
         var libraryError: Int32 = 0
         let status = czstd_compress(

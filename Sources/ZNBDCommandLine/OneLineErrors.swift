@@ -1,7 +1,7 @@
 public import ArgumentParser
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// An error a command reports as one line, with an exit code of its own

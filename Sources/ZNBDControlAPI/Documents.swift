@@ -86,7 +86,9 @@ public struct ExportSummary: Sendable, Codable, Equatable {
     public var tcpAddress: String?
     public var compaction: String
 
-    public init(name: String, sizeBytes: Int, readOnly: Bool, nbdSocket: String?, tcpAddress: String?, compaction: String) {
+    public init(
+        name: String, sizeBytes: Int, readOnly: Bool, nbdSocket: String?, tcpAddress: String?, compaction: String
+    ) {
         self.name = name
         self.sizeBytes = sizeBytes
         self.readOnly = readOnly

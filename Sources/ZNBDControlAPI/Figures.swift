@@ -80,8 +80,10 @@ public struct DeviceFigures: Sendable, Codable, Equatable {
 
     /// The nine mm_stat figures in the kernel's order.
     public var mmStat: [Int] {
-        [origDataSize, comprDataSize, memUsedTotal, memLimit, memUsedMax, samePages, pagesCompacted, hugePages,
-         hugePagesSince]
+        [
+            origDataSize, comprDataSize, memUsedTotal, memLimit, memUsedMax, samePages, pagesCompacted, hugePages,
+            hugePagesSince,
+        ]
     }
 
     /// The four io_stat figures in the kernel's order.

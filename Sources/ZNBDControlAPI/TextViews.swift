@@ -5,11 +5,14 @@ public enum TextViews {
     public static func statsTable(_ stats: StatsDocument) -> String {
         let device = stats.device
         let ratio = device.comprDataSize > 0 ? Double(device.origDataSize) / Double(device.comprDataSize) : 0
-        let header = ["NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "RATIO", "MEM-LIMIT", "MEM-USED",
-                      "SAME", "HUGE", "COMPACTED", "RSS"]
+        let header = [
+            "NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "RATIO", "MEM-LIMIT", "MEM-USED",
+            "SAME", "HUGE", "COMPACTED", "RSS",
+        ]
         let row = [
             stats.export.name.isEmpty ? "(default)" : stats.export.name, algorithmName(stats.compression),
-            ByteSize.format(device.diskSize), ByteSize.format(device.origDataSize), ByteSize.format(device.comprDataSize),
+            ByteSize.format(device.diskSize), ByteSize.format(device.origDataSize),
+            ByteSize.format(device.comprDataSize),
             ByteSize.format(device.memUsedTotal), formatRatio(ratio),
             device.memLimit == 0 ? "-" : ByteSize.format(device.memLimit), ByteSize.format(device.memUsedMax),
             "\(device.samePages)", "\(device.hugePages)", "\(device.pagesCompacted)", ByteSize.format(stats.rssBytes),
@@ -70,18 +73,26 @@ public enum TextViews {
     /// zsmalloc's classes file: one row per class in use (every class with
     /// `all`), then the totals.
     public static func classesTable(_ classes: [ClassFigures], all: Bool) -> String {
-        let header = ["class", "size", "huge", "frames/zspage", "objs/zspage", "zspages", "almost_empty", "almost_full",
-                      "full", "obj_allocated", "obj_used", "frames_used", "freeable"]
+        let header = [
+            "class", "size", "huge", "frames/zspage", "objs/zspage", "zspages", "almost_empty", "almost_full",
+            "full", "obj_allocated", "obj_used", "frames_used", "freeable",
+        ]
         var rows = [header]
         var totals = [Int](repeating: 0, count: 8)
         for entry in classes where all || entry.zspages > 0 {
-            let freeable = entry.objectsPerZspage > 0
+            let freeable =
+                entry.objectsPerZspage > 0
                 ? (entry.objectsAllocated - entry.objectsUsed) / entry.objectsPerZspage * entry.framesPerZspage : 0
-            let figures = [entry.zspages, entry.almostEmpty, entry.almostFull, entry.full, entry.objectsAllocated,
-                           entry.objectsUsed, entry.framesUsed, freeable]
+            let figures = [
+                entry.zspages, entry.almostEmpty, entry.almostFull, entry.full, entry.objectsAllocated,
+                entry.objectsUsed, entry.framesUsed, freeable,
+            ]
             for (index, figure) in figures.enumerated() { totals[index] += figure }
-            rows.append(["\(entry.index)", "\(entry.size)", entry.isHuge ? "Y" : "", "\(entry.framesPerZspage)",
-                         "\(entry.objectsPerZspage)"] + figures.map { "\($0)" })
+            rows.append(
+                [
+                    "\(entry.index)", "\(entry.size)", entry.isHuge ? "Y" : "", "\(entry.framesPerZspage)",
+                    "\(entry.objectsPerZspage)",
+                ] + figures.map { "\($0)" })
         }
         rows.append(["Total", "", "", "", ""] + totals.map { "\($0)" })
         return table(rows, leftAligned: 0)
@@ -100,7 +111,8 @@ public enum TextViews {
         let most = max(1, frames.blockOccupancy.max() ?? 1)
         let framesPerBlock = frames.blockSize / frames.frameSize
         for (eighths, count) in frames.blockOccupancy.enumerated() {
-            let label = eighths == 0 ? "empty" : "\((eighths - 1) * framesPerBlock / 8 + 1)-\(eighths * framesPerBlock / 8)"
+            let label =
+                eighths == 0 ? "empty" : "\((eighths - 1) * framesPerBlock / 8 + 1)-\(eighths * framesPerBlock / 8)"
             let bar = String(repeating: "#", count: count == 0 ? 0 : max(1, count * 40 / most))
             text += "  " + pad(label, 7, left: true) + pad("\(count)", 7, left: false) + " |" + bar + "\n"
         }
@@ -126,7 +138,8 @@ public enum TextViews {
     }
 
     public static func memLimitLine(_ limit: MemLimitDocument) -> String {
-        "mem_limit " + (limit.memLimit == 0 ? "none" : "\(ByteSize.format(limit.memLimit)) (\(limit.memLimit) bytes)") + "\n"
+        "mem_limit " + (limit.memLimit == 0 ? "none" : "\(ByteSize.format(limit.memLimit)) (\(limit.memLimit) bytes)")
+            + "\n"
     }
 
     /// The maintenance thread's totals, a few lines.

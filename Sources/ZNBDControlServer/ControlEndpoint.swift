@@ -1,7 +1,7 @@
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 public import NBD
 public import ZNBDControlAPI
@@ -87,7 +87,8 @@ public final class ControlEndpoint: Sendable {
             return Self.error(404, "no such endpoint: \(request.path) (endpoints: \(known))")
         }
         guard methods.contains(request.method) else {
-            var response = Self.error(405, "\(request.method) is not allowed on \(request.path); use \(methods.joined(separator: " or "))")
+            var response = Self.error(
+                405, "\(request.method) is not allowed on \(request.path); use \(methods.joined(separator: " or "))")
             response.allow = methods
             return response
         }
@@ -112,7 +113,8 @@ public final class ControlEndpoint: Sendable {
             let pool = device.poolStats()
             let text = PrometheusExposition.render(
                 stats: stats(pool: pool), classes: ClassesDocument(pool), frames: FramesDocument(pool))
-            return ControlResponse(status: 200, contentType: ControlResponse.prometheusText, body: Array(text.utf8), allow: [])
+            return ControlResponse(
+                status: 200, contentType: ControlResponse.prometheusText, body: Array(text.utf8), allow: [])
         }
     }
 
@@ -171,7 +173,9 @@ public final class ControlEndpoint: Sendable {
             request = try Self.parseRecompression(body)
         } catch {
             return Self.error(
-                400, "\(error.description); send type=idle|huge|huge_idle|all threshold=BYTES max_pages=N, or the same as JSON")
+                400,
+                "\(error.description); send type=idle|huge|huge_idle|all threshold=BYTES max_pages=N, or the same as JSON"
+            )
         }
         guard let algorithm = device.recompressionAlgorithm else {
             return Self.error(409, RecompressionRefused.unavailable.description)
@@ -184,7 +188,8 @@ public final class ControlEndpoint: Sendable {
             return Self.document(
                 RecompressDocument(
                     type: request.type.rawValue, threshold: request.thresholdBytes, maxPages: request.maxPages,
-                    algorithm: algorithm.description, result: RecompressionFigures(result, scanned: true, finished: result.finished),
+                    algorithm: algorithm.description,
+                    result: RecompressionFigures(result, scanned: true, finished: result.finished),
                     seconds: (clock.now - start).seconds, memUsedTotalBefore: before,
                     memUsedTotalAfter: device.stats().memUsedTotal))
         } catch {
@@ -225,7 +230,8 @@ public final class ControlEndpoint: Sendable {
             }
             return number
         }
-        return RecompressionRequest(type: type, thresholdBytes: try count("threshold"), maxPages: try count("max_pages"))
+        return RecompressionRequest(
+            type: type, thresholdBytes: try count("threshold"), maxPages: try count("max_pages"))
     }
 
     private func setMemLimit(body: [UInt8]) -> ControlResponse {
@@ -233,7 +239,8 @@ public final class ControlEndpoint: Sendable {
         do {
             limit = try Self.parseMemLimit(body)
         } catch {
-            return Self.error(400, "\(error); send {\"mem_limit\": BYTES}, {\"mem_limit\": \"512M\"} or 512M (0: no limit)")
+            return Self.error(
+                400, "\(error); send {\"mem_limit\": BYTES}, {\"mem_limit\": \"512M\"} or 512M (0: no limit)")
         }
         device.memLimitBytes = limit == 0 ? nil : limit
         return Self.document(MemLimitDocument(memLimit: device.memLimitBytes ?? 0))
@@ -262,7 +269,8 @@ public final class ControlEndpoint: Sendable {
     /// Pretty, sorted (stable for diffs and eyes), paths left as written.
     private static func encoder(pretty: Bool) -> JSONEncoder {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.withoutEscapingSlashes]
+        encoder.outputFormatting =
+            pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.withoutEscapingSlashes]
         return encoder
     }
 
@@ -277,7 +285,10 @@ public final class ControlEndpoint: Sendable {
     }
 
     public static func error(_ status: Int, _ message: String) -> ControlResponse {
-        let body = (try? encoder(pretty: false).encode(ErrorDocument(error: message))).map { [UInt8]($0) + [UInt8(ascii: "\n")] }
-        return ControlResponse(status: status, contentType: ControlResponse.json, body: body ?? Array("{}\n".utf8), allow: [])
+        let body = (try? encoder(pretty: false).encode(ErrorDocument(error: message))).map {
+            [UInt8]($0) + [UInt8(ascii: "\n")]
+        }
+        return ControlResponse(
+            status: status, contentType: ControlResponse.json, body: body ?? Array("{}\n".utf8), allow: [])
     }
 }

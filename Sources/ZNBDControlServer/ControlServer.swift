@@ -39,7 +39,8 @@ public final class ControlServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(ControlHTTPHandler(endpoint: endpoint, worker: worker))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ControlHTTPHandler(endpoint: endpoint, worker: worker))
                 }
             }
             .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true).get()
@@ -102,8 +103,9 @@ final class ControlHTTPHandler: ChannelInboundHandler {
         let keepAlive = requestHead.isKeepAlive
         if bodyTooLarge {
             let limit = ControlEndpoint.maximumBodyBytes
-            write(ControlEndpoint.error(413, "the body is over \(limit) bytes"), version: requestHead.version,
-                  keepAlive: false, context: context)
+            write(
+                ControlEndpoint.error(413, "the body is over \(limit) bytes"), version: requestHead.version,
+                keepAlive: false, context: context)
             return
         }
         let request = ControlRequest(method: requestHead.method.rawValue, target: requestHead.uri, body: body)
@@ -117,13 +119,16 @@ final class ControlHTTPHandler: ChannelInboundHandler {
             }
     }
 
-    private func write(_ response: ControlResponse, version: HTTPVersion, keepAlive: Bool, context: ChannelHandlerContext) {
+    private func write(
+        _ response: ControlResponse, version: HTTPVersion, keepAlive: Bool, context: ChannelHandlerContext
+    ) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: String(response.body.count))
         if !response.allow.isEmpty { headers.add(name: "Allow", value: response.allow.joined(separator: ", ")) }
         if !keepAlive { headers.add(name: "Connection", value: "close") }
-        let head = HTTPResponseHead(version: version, status: HTTPResponseStatus(statusCode: response.status), headers: headers)
+        let head = HTTPResponseHead(
+            version: version, status: HTTPResponseStatus(statusCode: response.status), headers: headers)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         var buffer = context.channel.allocator.buffer(capacity: response.body.count)
         buffer.writeBytes(response.body)

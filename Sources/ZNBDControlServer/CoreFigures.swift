@@ -133,8 +133,10 @@ extension CompressionFigures {
             algorithm: stats.algorithm.algorithm.description, algorithmParams: stats.algorithm.params,
             recompressAlgorithm: stats.recompressionAlgorithm?.algorithm.description,
             recompressAlgorithmParams: stats.recompressionAlgorithm?.params,
-            pagesByAlgorithm: Dictionary(uniqueKeysWithValues: stats.pagesByAlgorithm.map { ($0.key.description, $0.value) }),
-            idlePages: stats.idlePages, recompression: RecompressionFigures(stats.recompression, scanned: false, finished: nil))
+            pagesByAlgorithm: Dictionary(
+                uniqueKeysWithValues: stats.pagesByAlgorithm.map { ($0.key.description, $0.value) }),
+            idlePages: stats.idlePages,
+            recompression: RecompressionFigures(stats.recompression, scanned: false, finished: nil))
     }
 }
 

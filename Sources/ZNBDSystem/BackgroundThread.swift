@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 internal import CLinux
 
@@ -16,12 +16,14 @@ public final class BackgroundThread: @unchecked Sendable {
     /// 15 bytes at most).
     public init(name: String, _ body: @escaping @Sendable () -> Void) {
         let start = Unmanaged.passRetained(Start(name: name, body: body)).toOpaque()
-        let status = pthread_create(&thread, nil, { argument in
-            let start = Unmanaged<Start>.fromOpaque(argument!).takeRetainedValue()
-            clinux_name_this_thread(start.name)
-            start.body()
-            return nil
-        }, start)
+        let status = pthread_create(
+            &thread, nil,
+            { argument in
+                let start = Unmanaged<Start>.fromOpaque(argument!).takeRetainedValue()
+                clinux_name_this_thread(start.name)
+                start.body()
+                return nil
+            }, start)
         precondition(status == 0, "pthread_create failed with \(status)")
     }
 

@@ -43,9 +43,9 @@ public enum LockLevel: UInt8, Sendable, Comparable {
 /// lock in class order). Tries are always allowed and are recorded.
 public enum LockOrder {
     #if DEBUG || ZNBD_LOCKDEP
-    public static let isChecking = true
+        public static let isChecking = true
     #else
-    public static let isChecking = false
+        public static let isChecking = false
     #endif
 
     /// Before waiting for a lock.
@@ -54,21 +54,22 @@ public enum LockOrder {
         for level: LockLevel, rank: Int = 0, identity: UnsafeRawPointer, ordered: Bool = false
     ) {
         #if DEBUG || ZNBD_LOCKDEP
-        guard level != .unchecked else { return }
-        var count: Int32 = 0
-        let held = clinux_lockdep_held(&count)!
-        for index in 0..<Int(count) {
-            let other = held[index]
-            guard let otherLevel = LockLevel(rawValue: other.level) else { continue }
-            let allowed = otherLevel < level || (ordered && otherLevel == level && Int(other.rank) < rank)
-            guard !allowed else { continue }
-            if UInt(bitPattern: identity) == other.identity {
-                preconditionFailure("lock order: waiting for a \(level) lock this thread already holds (self-deadlock)")
+            guard level != .unchecked else { return }
+            var count: Int32 = 0
+            let held = clinux_lockdep_held(&count)!
+            for index in 0..<Int(count) {
+                let other = held[index]
+                guard let otherLevel = LockLevel(rawValue: other.level) else { continue }
+                let allowed = otherLevel < level || (ordered && otherLevel == level && Int(other.rank) < rank)
+                guard !allowed else { continue }
+                if UInt(bitPattern: identity) == other.identity {
+                    preconditionFailure(
+                        "lock order: waiting for a \(level) lock this thread already holds (self-deadlock)")
+                }
+                preconditionFailure(
+                    "lock order: waiting for a \(level) lock (rank \(rank)) while holding a \(otherLevel) lock (rank \(other.rank)); "
+                        + "a thread may only wait for locks below those it holds (see LockLevel)")
             }
-            preconditionFailure(
-                "lock order: waiting for a \(level) lock (rank \(rank)) while holding a \(otherLevel) lock (rank \(other.rank)); "
-                    + "a thread may only wait for locks below those it holds (see LockLevel)")
-        }
         #endif
     }
 
@@ -76,10 +77,10 @@ public enum LockOrder {
     @inline(__always)
     public static func didAcquire(_ level: LockLevel, rank: Int = 0, identity: UnsafeRawPointer) {
         #if DEBUG || ZNBD_LOCKDEP
-        guard level != .unchecked else { return }
-        precondition(
-            clinux_lockdep_push(level.rawValue, Int32(truncatingIfNeeded: rank), UInt(bitPattern: identity)) == 0,
-            "lock order: more than \(CLINUX_LOCKDEP_DEPTH) locks held by one thread")
+            guard level != .unchecked else { return }
+            precondition(
+                clinux_lockdep_push(level.rawValue, Int32(truncatingIfNeeded: rank), UInt(bitPattern: identity)) == 0,
+                "lock order: more than \(CLINUX_LOCKDEP_DEPTH) locks held by one thread")
         #endif
     }
 
@@ -87,21 +88,21 @@ public enum LockOrder {
     @inline(__always)
     public static func willRelease(_ level: LockLevel, identity: UnsafeRawPointer) {
         #if DEBUG || ZNBD_LOCKDEP
-        guard level != .unchecked else { return }
-        precondition(
-            clinux_lockdep_remove(UInt(bitPattern: identity)) == 0,
-            "lock order: releasing a \(level) lock this thread does not hold")
+            guard level != .unchecked else { return }
+            precondition(
+                clinux_lockdep_remove(UInt(bitPattern: identity)) == 0,
+                "lock order: releasing a \(level) lock this thread does not hold")
         #endif
     }
 
     /// Checked locks the calling thread holds now (0 in unchecked builds).
     public static var heldCount: Int {
         #if DEBUG || ZNBD_LOCKDEP
-        var count: Int32 = 0
-        _ = clinux_lockdep_held(&count)
-        return Int(count)
+            var count: Int32 = 0
+            _ = clinux_lockdep_held(&count)
+            return Int(count)
         #else
-        return 0
+            return 0
         #endif
     }
 }

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 public import SystemPackage
 
@@ -113,7 +113,8 @@ public final class Sleeper: @unchecked Sendable {
     public func sleep(for duration: Duration) -> WakeReason {
         var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
         if let pressure { fds.append(pollfd(fd: pressure.descriptor, events: Int16(POLLPRI), revents: 0)) }
-        let milliseconds = max(0, duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
+        let milliseconds = max(
+            0, duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
         let ready = poll(&fds, nfds_t(fds.count), CInt(clamping: milliseconds))
         guard ready > 0 else { return .deadline }
         if fds.count > 1, fds[1].revents & Int16(POLLPRI) != 0 { return .pressure }

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 internal import CLinux
 
@@ -47,8 +47,10 @@ public enum ProcessProtection {
         /// warning (it was asked for explicitly).
         public var oomScoreRequired: Bool
 
-        public init(ioFlusher: Choice = .auto, lockMemory: Choice = .auto,
-                    oomScoreAdjustment: Int? = -1000, oomScoreRequired: Bool = false) {
+        public init(
+            ioFlusher: Choice = .auto, lockMemory: Choice = .auto,
+            oomScoreAdjustment: Int? = -1000, oomScoreRequired: Bool = false
+        ) {
             self.ioFlusher = ioFlusher
             self.lockMemory = lockMemory
             self.oomScoreAdjustment = oomScoreAdjustment
@@ -90,9 +92,11 @@ public enum ProcessProtection {
                 note("I/O flusher: on (the daemon's allocations never start swap I/O)")
             } else {
                 let error = errno
-                let why = error == EPERM ? "needs CAP_SYS_RESOURCE" : error == EINVAL ? "needs Linux 5.6" : describe(error)
-                refuse("not an I/O flusher (prctl PR_SET_IO_FLUSHER: \(why)): as the swap device of this machine znbd could deadlock under memory pressure",
-                       required: request.ioFlusher == .on)
+                let why =
+                    error == EPERM ? "needs CAP_SYS_RESOURCE" : error == EINVAL ? "needs Linux 5.6" : describe(error)
+                refuse(
+                    "not an I/O flusher (prctl PR_SET_IO_FLUSHER: \(why)): as the swap device of this machine znbd could deadlock under memory pressure",
+                    required: request.ioFlusher == .on)
             }
         }
 
@@ -103,14 +107,16 @@ public enum ProcessProtection {
             var limit: UInt64 = 0
             let unlimited = clinux_memlock_limit(&limit) == 0 && limit == UInt64.max
             if !(hasEffectiveCapability(14 /* CAP_IPC_LOCK */) || unlimited) {
-                refuse("memory not locked: RLIMIT_MEMLOCK is \(limit >> 10) KiB and there is no CAP_IPC_LOCK "
-                    + "(LimitMEMLOCK=infinity in the unit, ulimit -l unlimited, or AmbientCapabilities=CAP_IPC_LOCK)",
+                refuse(
+                    "memory not locked: RLIMIT_MEMLOCK is \(limit >> 10) KiB and there is no CAP_IPC_LOCK "
+                        + "(LimitMEMLOCK=infinity in the unit, ulimit -l unlimited, or AmbientCapabilities=CAP_IPC_LOCK)",
                     required: request.lockMemory == .on)
             } else if clinux_lock_all_on_fault() == 0 {
                 note("memory lock: on (pages are locked as they are touched)")
             } else {
-                refuse("memory not locked (mlockall: \(describe(errno))): the daemon's pages can be swapped out",
-                       required: request.lockMemory == .on)
+                refuse(
+                    "memory not locked (mlockall: \(describe(errno))): the daemon's pages can be swapped out",
+                    required: request.lockMemory == .on)
             }
         }
 
@@ -120,8 +126,9 @@ public enum ProcessProtection {
             } else {
                 let error = errno
                 let why = error == EACCES || error == EPERM ? "lowering it needs CAP_SYS_RESOURCE" : describe(error)
-                refuse("oom_score_adj not set to \(adjustment) (\(why)): OOMScoreAdjust=\(adjustment) in the unit does it",
-                       required: request.oomScoreRequired)
+                refuse(
+                    "oom_score_adj not set to \(adjustment) (\(why)): OOMScoreAdjust=\(adjustment) in the unit does it",
+                    required: request.oomScoreRequired)
             }
         }
         return outcome
@@ -143,7 +150,8 @@ public enum ProcessProtection {
             // counted from the last ')'. The flags are the 9th field, the
             // 7th after it.
             guard name.first?.isNumber == true, let stat = readSmallFile("/proc/self/task/\(name)/stat"),
-                  let close = stat.lastIndex(of: ")") else { continue }
+                let close = stat.lastIndex(of: ")")
+            else { continue }
             let fields = stat[stat.index(after: close)...].split(separator: " ")
             guard fields.count > 6, let flags = UInt(fields[6]) else { continue }
             threads += 1

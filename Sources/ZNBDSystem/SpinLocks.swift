@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 public import Synchronization
 
@@ -136,7 +136,9 @@ public struct ReaderWriterSpinLock: @unchecked Sendable {
     /// Takes the write hold if nobody holds the lock; never waits.
     @inline(__always)
     public func tryLockExclusive() -> Bool {
-        guard word.pointee.compareExchange(expected: 0, desired: -1, ordering: .acquiring).exchanged else { return false }
+        guard word.pointee.compareExchange(expected: 0, desired: -1, ordering: .acquiring).exchanged else {
+            return false
+        }
         LockOrder.didAcquire(level, identity: word)
         return true
     }

@@ -1,6 +1,6 @@
 import DequeModule
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A fixed set of named threads that take jobs from one FIFO queue and run

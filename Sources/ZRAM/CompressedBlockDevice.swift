@@ -234,7 +234,9 @@ public final class CompressedBlockDevice: BlockDevice {
         counters.add(.invalidIO)
     }
 
-    public func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError)
+    public func allocationExtents(
+        offset: Int, length: Int, maximumExtents: Int
+    ) throws(BlockDeviceError)
         -> [AllocationExtent]
     {
         try checkRange(offset: offset, length: length)
@@ -300,7 +302,8 @@ public final class CompressedBlockDevice: BlockDevice {
         case .object(let handle, let length, let encoding):
             let failure: PageCodecError?
             do {
-                failure = try pool.withObjectBytes(ZSHandle(rawValue: handle), count: length) { (stored) -> PageCodecError? in
+                failure = try pool.withObjectBytes(ZSHandle(rawValue: handle), count: length) {
+                    (stored) -> PageCodecError? in
                     guard case .compressed(let algorithm) = encoding else {
                         destination.copyMemory(from: stored)
                         return nil

@@ -359,7 +359,9 @@ public final class DeviceMaintenance: Sendable {
             pass.compaction.finished = compacted
             pass.defragmentation.finished = migrated
             pass.heapTrimmed = lastHeapTrim.withLock { last in
-                guard trigger == .pressure || trigger == .manual || last.map({ clock.now - $0 >= policy.heapTrimInterval }) ?? true
+                guard
+                    trigger == .pressure || trigger == .manual
+                        || last.map({ clock.now - $0 >= policy.heapTrimInterval }) ?? true
                 else { return false }
                 last = clock.now
                 return HeapPolicy.trim()

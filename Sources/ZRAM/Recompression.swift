@@ -138,7 +138,9 @@ extension CompressedBlockDevice {
         return CompressionStats(
             algorithm: algorithm, recompressionAlgorithm: recompressionAlgorithm,
             pagesByAlgorithm: Dictionary(
-                uniqueKeysWithValues: CompressionAlgorithm.allCases.map { ($0, counters.load(DeviceCounters.pages(of: $0))) }),
+                uniqueKeysWithValues: CompressionAlgorithm.allCases.map {
+                    ($0, counters.load(DeviceCounters.pages(of: $0)))
+                }),
             idlePages: slots.idlePages, recompression: result)
     }
 

@@ -48,13 +48,16 @@ extension CompressedBlockDevice {
         }
         let figures = stats()
         let compression = compressionStats()
-        let recount = [pagesStored * pageSize, compressedBytes, samePages, hugePages, idle]
+        let recount =
+            [pagesStored * pageSize, compressedBytes, samePages, hugePages, idle]
             + CompressionAlgorithm.allCases.map { byAlgorithm[$0, default: 0] }
-        let running = [figures.origDataSize, figures.comprDataSize, figures.samePages, figures.hugePages, compression.idlePages]
+        let running =
+            [figures.origDataSize, figures.comprDataSize, figures.samePages, figures.hugePages, compression.idlePages]
             + CompressionAlgorithm.allCases.map { compression.pagesByAlgorithm[$0, default: 0] }
         guard recount == running else {
             throw DeviceCorruption(
-                description: "figures \(running) (orig, compr, same, huge, idle, lzo, lz4, zstd) but the slots hold \(recount)")
+                description:
+                    "figures \(running) (orig, compr, same, huge, idle, lzo, lz4, zstd) but the slots hold \(recount)")
         }
         let live = pool.stats().liveObjects
         guard live == objects else {

@@ -97,7 +97,8 @@ final class ChunkedTable: @unchecked Sendable {
         directorySize = max(1, (capacity + (1 << chunkShift) - 1) >> chunkShift)
         directory = .allocate(capacity: directorySize)
         for index in 0..<directorySize { (directory + index).initialize(to: Atomic(0)) }
-        ids = Locked(Ids(allocator: ChunkedIdAllocator(chunkShift: chunkShift, chunkCount: directorySize)), level: .idAllocator)
+        ids = Locked(
+            Ids(allocator: ChunkedIdAllocator(chunkShift: chunkShift, chunkCount: directorySize)), level: .idAllocator)
     }
 
     deinit {

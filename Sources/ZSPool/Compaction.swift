@@ -113,9 +113,10 @@ extension ZSPool {
         var compactable = 0
         for state in classStates {
             // In the huge class only the spare is freeable (compact() frees it).
-            compactable += state.lists.withLock {
-                state.spec.isHuge ? ($0.spare == nil ? 0 : 1) : Self.freeableZspages($0, spec: state.spec)
-            } * state.spec.framesPerZspage
+            compactable +=
+                state.lists.withLock {
+                    state.spec.isHuge ? ($0.spare == nil ? 0 : 1) : Self.freeableZspages($0, spec: state.spec)
+                } * state.spec.framesPerZspage
         }
         let (residentFrames, usedFrames) = arena.residency()
         return Reclaimable(
@@ -147,7 +148,9 @@ extension ZSPool {
 
     /// Moves every object of `source` it can pin into the fullest other
     /// zspages. Caller holds the class lock.
-    private func drain(_ source: UInt32, spec: SizeClassSpec, _ lists: inout ClassLists, into result: inout CompactionResult) {
+    private func drain(
+        _ source: UInt32, spec: SizeClassSpec, _ lists: inout ClassLists, into result: inout CompactionResult
+    ) {
         let sourceRecord = zspages.record(source)
         let sourceSlots = sourceRecord.slots.unsafelyUnwrapped
         for index in 0..<spec.objectsPerZspage where sourceRecord.inuse > 0 {

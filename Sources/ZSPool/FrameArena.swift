@@ -92,10 +92,12 @@ final class FrameArena: @unchecked Sendable {
             }
             nonmutating set {
                 assert(frame >= 0 && frame < count, "frame \(frame) outside the arena")
-                entries[frame] = newValue == .free
+                entries[frame] =
+                    newValue == .free
                     ? Entry(zspagePlusOne: 0, classIndex: 0, index: 0, firstObjectOffset: 0)
-                    : Entry(zspagePlusOne: newValue.zspage + 1, classIndex: newValue.classIndex, index: newValue.index,
-                            firstObjectOffset: newValue.firstObjectOffset)
+                    : Entry(
+                        zspagePlusOne: newValue.zspage + 1, classIndex: newValue.classIndex, index: newValue.index,
+                        firstObjectOffset: newValue.firstObjectOffset)
             }
         }
     }
@@ -429,7 +431,8 @@ final class FrameArena: @unchecked Sendable {
                     used += state.usedBits[block * Self.wordsPerBlock + wordIndex].nonzeroBitCount
                 }
                 guard used == Int(state.usedInBlock[block]) else {
-                    throw PoolCorruption("block \(block): bitmap has \(used) used, count says \(state.usedInBlock[block])")
+                    throw PoolCorruption(
+                        "block \(block): bitmap has \(used) used, count says \(state.usedInBlock[block])")
                 }
                 guard used == 0 || state.resident[block] else {
                     throw PoolCorruption("block \(block) has \(used) used frames but is not resident")
@@ -437,7 +440,8 @@ final class FrameArena: @unchecked Sendable {
                 totalUsed += used
             }
             guard totalUsed == usedFrameCount.load(ordering: .relaxed) else {
-                throw PoolCorruption("arena: \(totalUsed) frames in bitmaps, counter says \(usedFrameCount.load(ordering: .relaxed))")
+                throw PoolCorruption(
+                    "arena: \(totalUsed) frames in bitmaps, counter says \(usedFrameCount.load(ordering: .relaxed))")
             }
             let resident = state.resident.count { $0 }
             guard resident == state.residentBlocks else {

@@ -135,7 +135,8 @@ final class HandleTable: @unchecked Sendable {
         let slot = entry(id)
         let word = slot.pointee.load(ordering: .relaxed)
         precondition(word & Self.pinBit != 0, "relocating an unpinned handle")
-        slot.pointee.store(Self.pack(location, generation: Self.generation(of: word)) | Self.pinBit, ordering: .releasing)
+        slot.pointee.store(
+            Self.pack(location, generation: Self.generation(of: word)) | Self.pinBit, ordering: .releasing)
     }
 
     /// Ends a pinned handle's life: bumps the generation, clears PIN and

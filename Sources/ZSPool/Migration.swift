@@ -78,7 +78,9 @@ extension ZSPool {
             let (usage, current) = arena.residentBlockUsage()
             let partial = usage.filter { $0.usedFrames > 0 && $0.usedFrames < FrameArena.framesPerBlock }
                 .sorted { ($0.usedFrames, $0.block) < ($1.usedFrames, $1.block) }
-            guard let sourcePosition = partial.firstIndex(where: { !keptBlocks.contains($0.block) && $0.block != current })
+            guard
+                let sourcePosition = partial.firstIndex(where: { !keptBlocks.contains($0.block) && $0.block != current }
+                )
             else { break }
             let source = partial[sourcePosition]
             // Destinations: every block denser than the source, fullest first.

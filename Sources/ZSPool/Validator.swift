@@ -20,16 +20,22 @@ extension ZSPool {
                 for group in 0..<FullnessGroup.count {
                     let members = classLists.members(of: group, table: zspages)
                     guard members.count == classLists.groupCounts[group] else {
-                        throw PoolCorruption("class \(spec.size): list \(group) has \(members.count), count says \(classLists.groupCounts[group])")
+                        throw PoolCorruption(
+                            "class \(spec.size): list \(group) has \(members.count), count says \(classLists.groupCounts[group])"
+                        )
                     }
                     for zspage in members {
-                        try validate(zspage: zspage, group: group, spec: spec, owners: owners, framesSeen: &framesSeen, checkObject: checkObject)
+                        try validate(
+                            zspage: zspage, group: group, spec: spec, owners: owners, framesSeen: &framesSeen,
+                            checkObject: checkObject)
                         zspageCount += 1
                         objectCount += Int(zspages.record(zspage).inuse)
                     }
                 }
                 guard zspageCount == classLists.zspageCount, objectCount == classLists.objectsUsed else {
-                    throw PoolCorruption("class \(spec.size): lists hold \(zspageCount) zspages / \(objectCount) objects, counters say \(classLists.zspageCount) / \(classLists.objectsUsed)")
+                    throw PoolCorruption(
+                        "class \(spec.size): lists hold \(zspageCount) zspages / \(objectCount) objects, counters say \(classLists.zspageCount) / \(classLists.objectsUsed)"
+                    )
                 }
                 totalObjects += objectCount
                 totalZspages += zspageCount
@@ -68,7 +74,8 @@ extension ZSPool {
                 zspage: zspage, classIndex: UInt16(spec.index), index: UInt8(index),
                 firstObjectOffset: UInt16(spec.firstObjectOffsets[index]))
             guard owners[frame] == expected else {
-                throw PoolCorruption("\(name): frame \(frame) at \(index) has owner \(String(describing: owners[frame]))")
+                throw PoolCorruption(
+                    "\(name): frame \(frame) at \(index) has owner \(String(describing: owners[frame]))")
             }
             guard framesSeen.insert(frame).inserted else { throw PoolCorruption("frame \(frame) in two zspages") }
         }
@@ -95,15 +102,19 @@ extension ZSPool {
                 let intact = withUnsafeTemporaryAllocation(byteCount: spec.size, alignment: 16) { copy in
                     copy.copyMemory(from: UnsafeRawBufferPointer(first))
                     if let second {
-                        UnsafeMutableRawBufferPointer(rebasing: copy[first.count...]).copyMemory(from: UnsafeRawBufferPointer(second))
+                        UnsafeMutableRawBufferPointer(rebasing: copy[first.count...]).copyMemory(
+                            from: UnsafeRawBufferPointer(second))
                     }
                     return checkObject(entry.handle, UnsafeRawBufferPointer(copy))
                 }
-                guard intact else { throw PoolCorruption("\(name): object \(entry.handle) at slot \(index) is not intact") }
+                guard intact else {
+                    throw PoolCorruption("\(name): object \(entry.handle) at slot \(index) is not intact")
+                }
             }
         }
         guard live == Int(record.inuse), freeCount == objects - live else {
-            throw PoolCorruption("\(name): \(live) live and \(freeCount) free slots, inuse \(record.inuse) of \(objects)")
+            throw PoolCorruption(
+                "\(name): \(live) live and \(freeCount) free slots, inuse \(record.inuse) of \(objects)")
         }
     }
 
@@ -117,7 +128,8 @@ extension ZSPool {
                 try body(held)
                 return
             }
-            try classStates[index].lists.withLock(ordered: true) { (lists: inout ClassLists) throws(PoolCorruption) -> Void in
+            try classStates[index].lists.withLock(ordered: true) {
+                (lists: inout ClassLists) throws(PoolCorruption) -> Void in
                 try withUnsafeMutablePointer(to: &lists) { (pointer) throws(PoolCorruption) -> Void in
                     try lock(from: index + 1, held + [pointer])
                 }

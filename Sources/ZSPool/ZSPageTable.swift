@@ -215,7 +215,8 @@ final class ZSPageTable: @unchecked Sendable {
     /// words, counts and list pointers are zero bits, valid as they are).
     private static func prepareChunk(_ storage: UnsafeMutableRawPointer) {
         _ = (storage + ZSPageRecord.Layout.lock).bindMemory(to: Atomic<Int32>.self, capacity: chunkSize)
-        _ = (storage + ZSPageRecord.Layout.inline).bindMemory(to: UInt32.self, capacity: chunkSize * ZSPageRecord.inlineWords)
+        _ = (storage + ZSPageRecord.Layout.inline).bindMemory(
+            to: UInt32.self, capacity: chunkSize * ZSPageRecord.inlineWords)
         for slot in 0..<chunkSize {
             let record = ZSPageRecord(chunk: storage, slot: slot)
             record.freeHead = endOfFreeList

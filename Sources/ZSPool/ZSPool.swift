@@ -118,9 +118,9 @@ public final class ZSPool: Sendable {
     public static let blockSize = FrameArena.blockSize
 
     #if DEBUG
-    public static let isDebugBuild = true
+        public static let isDebugBuild = true
     #else
-    public static let isDebugBuild = false
+        public static let isDebugBuild = false
     #endif
 
     public let configuration: Configuration
@@ -271,7 +271,9 @@ public final class ZSPool: Sendable {
     }
 
     /// Copies `buffer.count` bytes of the object, from `offset`, into `buffer`.
-    public func read(_ handle: ZSHandle, into buffer: UnsafeMutableRawBufferPointer, from offset: Int = 0)
+    public func read(
+        _ handle: ZSHandle, into buffer: UnsafeMutableRawBufferPointer, from offset: Int = 0
+    )
         throws(ZSPoolError)
     {
         try withObjectSegments(handle, offset: offset, count: buffer.count) { first, second in
@@ -294,7 +296,8 @@ public final class ZSPool: Sendable {
             guard let second else { return body(UnsafeRawBufferPointer(first)) }
             return withUnsafeTemporaryAllocation(byteCount: count, alignment: 16) { copy in
                 copy.copyMemory(from: UnsafeRawBufferPointer(first))
-                UnsafeMutableRawBufferPointer(rebasing: copy[first.count...]).copyMemory(from: UnsafeRawBufferPointer(second))
+                UnsafeMutableRawBufferPointer(rebasing: copy[first.count...]).copyMemory(
+                    from: UnsafeRawBufferPointer(second))
                 return body(UnsafeRawBufferPointer(copy))
             }
         }
@@ -333,7 +336,9 @@ public final class ZSPool: Sendable {
         _ record: ZSPageRecord, index: Int, size: Int, offset: Int = 0, count: Int
     ) -> (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer?) {
         assert(index >= 0 && index < Int(record.objectsPerZspage), "object \(index) outside its zspage")
-        assert(offset >= 0 && count >= 0 && offset + count <= size, "bytes \(offset)+\(count) outside a \(size)-byte object")
+        assert(
+            offset >= 0 && count >= 0 && offset + count <= size,
+            "bytes \(offset)+\(count) outside a \(size)-byte object")
         let start = index * size + offset
         let frameIndex = start >> FrameArena.frameShift
         let inFrame = start & (FrameArena.frameSize - 1)

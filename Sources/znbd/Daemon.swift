@@ -10,7 +10,7 @@ import ZNBDSystem
 import ZRAM
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The daemon's life: check the sockets, build the device, start the NBD
@@ -87,26 +87,32 @@ final class Daemon: Service {
 
         let device: CompressedBlockDevice
         do {
-            device = try CompressedBlockDevice(.init(
-                byteCount: configuration.sizeBytes, maxChain: configuration.maxChain,
-                memLimitBytes: configuration.memLimitBytes, algorithm: configuration.algorithm,
-                recompressionAlgorithm: configuration.recompressionAlgorithm))
+            device = try CompressedBlockDevice(
+                .init(
+                    byteCount: configuration.sizeBytes, maxChain: configuration.maxChain,
+                    memLimitBytes: configuration.memLimitBytes, algorithm: configuration.algorithm,
+                    recompressionAlgorithm: configuration.recompressionAlgorithm))
         } catch {
-            throw StartupError(description: "cannot create a \(ByteSize.format(configuration.sizeBytes)) device: \(error)")
+            throw StartupError(
+                description: "cannot create a \(ByteSize.format(configuration.sizeBytes)) device: \(error)")
         }
         let export = NBDExport(
-            name: configuration.name, description: "znbd compressed RAM disk, \(ByteSize.format(configuration.sizeBytes))",
+            name: configuration.name,
+            description: "znbd compressed RAM disk, \(ByteSize.format(configuration.sizeBytes))",
             device: device, readOnly: configuration.readOnly)
-        let server = NBDServer(export: export, configuration: .init(
-            unixSocketPath: configuration.socketPath, tcpHost: configuration.tcp?.host,
-            tcpPort: configuration.tcp?.port ?? 0, workerThreads: configuration.workers))
+        let server = NBDServer(
+            export: export,
+            configuration: .init(
+                unixSocketPath: configuration.socketPath, tcpHost: configuration.tcp?.host,
+                tcpPort: configuration.tcp?.port ?? 0, workerThreads: configuration.workers))
         let addresses: [SocketAddress]
         do {
             addresses = try await server.start()
         } catch {
             await server.shutdown(drainTimeout: .zero)
             SocketFile.remove(configuration.socketPath)
-            throw StartupError(description: "cannot listen on \(error.endpoint): \(SocketFile.describe(error.underlying))")
+            throw StartupError(
+                description: "cannot listen on \(error.endpoint): \(SocketFile.describe(error.underlying))")
         }
         var tcpAddress: String?
         if configuration.tcp != nil, let address = addresses.last, let port = address.port {
@@ -133,7 +139,8 @@ final class Daemon: Service {
             await control.shutdown()
             await server.shutdown(drainTimeout: .zero)
             SocketFile.remove(configuration.socketPath)
-            throw StartupError(description: "cannot listen on \(configuration.controlPath): \(SocketFile.describe(error))")
+            throw StartupError(
+                description: "cannot listen on \(configuration.controlPath): \(SocketFile.describe(error))")
         }
         maintenance.start()
         for line in protection.lines {
@@ -145,11 +152,15 @@ final class Daemon: Service {
         }
         if configuration.maintenance.automatic {
             let source = maintenance.stats().pressureSource
-            logger.info("maintenance: compaction auto, migration \(configuration.maintenance.migration ? "auto" : "off"), memory pressure \(source.map { "from \($0)" } ?? "not watched (no PSI here)")")
+            logger.info(
+                "maintenance: compaction auto, migration \(configuration.maintenance.migration ? "auto" : "off"), memory pressure \(source.map { "from \($0)" } ?? "not watched (no PSI here)")"
+            )
         }
         var codecs = "algorithm \(configuration.algorithm)"
         if let recompression = configuration.recompressionAlgorithm {
-            let age = configuration.maintenance.recompressIdleAge.map { "pages idle \($0.components.seconds) s, at most \(configuration.maintenance.recompressPagesPerSecond) a second" }
+            let age = configuration.maintenance.recompressIdleAge.map {
+                "pages idle \($0.components.seconds) s, at most \(configuration.maintenance.recompressPagesPerSecond) a second"
+            }
             codecs += ", recompression \(recompression) (automatic: \(age ?? "off; znbdctl recompress"))"
         }
         logger.info("\(codecs)")
@@ -178,7 +189,10 @@ final class Daemon: Service {
 
     static func shellQuoted(_ text: String) -> String {
         let plain = text.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_./:@".contains($0)) }
-        return plain && !text.isEmpty ? text : "'" + text.split(separator: "'", omittingEmptySubsequences: false)
-            .joined(separator: "'\\''") + "'"
+        return plain && !text.isEmpty
+            ? text
+            : "'"
+                + text.split(separator: "'", omittingEmptySubsequences: false)
+                .joined(separator: "'\\''") + "'"
     }
 }

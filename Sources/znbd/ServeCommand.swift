@@ -1,8 +1,8 @@
 import ArgumentParser
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 import Logging
 import NIOCore
@@ -15,7 +15,7 @@ import ZRAM
 import ZSPool
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `znbd` with no subcommand serves, as `znbd serve` does.
@@ -71,12 +71,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Export name clients ask for (default: empty, the default export).")
     var name = ""
 
-    @Option(help: ArgumentHelp(
-        "Unix socket for NBD clients (default: /run/znbd/nbd.sock for root, else $XDG_RUNTIME_DIR/znbd/nbd.sock).",
-        valueName: "path"))
+    @Option(
+        help: ArgumentHelp(
+            "Unix socket for NBD clients (default: /run/znbd/nbd.sock for root, else $XDG_RUNTIME_DIR/znbd/nbd.sock).",
+            valueName: "path"))
     var socket: String?
 
-    @Option(help: ArgumentHelp("Also listen for NBD on TCP (off unless given; [::1]:PORT for IPv6).", valueName: "host:port"))
+    @Option(
+        help: ArgumentHelp(
+            "Also listen for NBD on TCP (off unless given; [::1]:PORT for IPv6).", valueName: "host:port"))
     var listen: String?
 
     @Flag(help: "Serve the export read-only.")
@@ -88,68 +91,83 @@ struct Serve: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Most frames per zspage, 1-\(SizeClassTable.maxChainLimit).", valueName: "n"))
     var maxChain = SizeClassTable.defaultMaxChain
 
-    @Option(help: ArgumentHelp("The codec every write uses, as zram's comp_algorithm: lzo (LZO1X-1), lz4 or zstd.",
-                               valueName: "name"))
+    @Option(
+        help: ArgumentHelp(
+            "The codec every write uses, as zram's comp_algorithm: lzo (LZO1X-1), lz4 or zstd.",
+            valueName: "name"))
     var algorithm = "lzo"
 
-    @Option(help: ArgumentHelp(
-        "The codec's parameter, as zram's algorithm_params: level=N for zstd (\(ZstdCodec.levelRange.lowerBound) to \(ZstdCodec.levelRange.upperBound), default \(ZstdCodec.defaultLevel)); level=N or acceleration=N for lz4 (default 1).",
-        valueName: "params"))
+    @Option(
+        help: ArgumentHelp(
+            "The codec's parameter, as zram's algorithm_params: level=N for zstd (\(ZstdCodec.levelRange.lowerBound) to \(ZstdCodec.levelRange.upperBound), default \(ZstdCodec.defaultLevel)); level=N or acceleration=N for lz4 (default 1).",
+            valueName: "params"))
     var algorithmParams = ""
 
-    @Option(help: ArgumentHelp(
-        "A second, stronger codec for idle and huge pages, as zram's recomp_algorithm: zstd, zstd:LEVEL, lz4 or lzo. znbdctl recompress runs it; the maintenance thread runs it on pages idle for --recompress-idle-age.",
-        valueName: "name[:level]"))
+    @Option(
+        help: ArgumentHelp(
+            "A second, stronger codec for idle and huge pages, as zram's recomp_algorithm: zstd, zstd:LEVEL, lz4 or lzo. znbdctl recompress runs it; the maintenance thread runs it on pages idle for --recompress-idle-age.",
+            valueName: "name[:level]"))
     var recompressAlgorithm: String?
 
-    @Option(help: ArgumentHelp(
-        "With --recompress-algorithm: the maintenance thread recompresses pages not read or written for this long (seconds, or with s, m, h or d; default 1h); off: only znbdctl recompress does.",
-        valueName: "age|off"))
+    @Option(
+        help: ArgumentHelp(
+            "With --recompress-algorithm: the maintenance thread recompresses pages not read or written for this long (seconds, or with s, m, h or d; default 1h); off: only znbdctl recompress does.",
+            valueName: "age|off"))
     var recompressIdleAge: String?
 
     @Option(help: ArgumentHelp("The most pages per second the maintenance thread recompresses.", valueName: "pages"))
     var recompressRate = MaintenancePolicy().recompressPagesPerSecond
 
-    @Option(help: ArgumentHelp(
-        "auto: a maintenance thread compacts the pool and gives memory back by itself, after discards, when waste grows, and under memory pressure; off: only znbdctl compact does.",
-        valueName: "auto|off"))
+    @Option(
+        help: ArgumentHelp(
+            "auto: a maintenance thread compacts the pool and gives memory back by itself, after discards, when waste grows, and under memory pressure; off: only znbdctl compact does.",
+            valueName: "auto|off"))
     var compaction = "auto"
 
-    @Option(help: ArgumentHelp(
-        "auto: maintenance also moves frames out of sparse 2 MiB blocks so that emptied blocks return to the OS; off: compaction only.",
-        valueName: "auto|off"))
+    @Option(
+        help: ArgumentHelp(
+            "auto: maintenance also moves frames out of sparse 2 MiB blocks so that emptied blocks return to the OS; off: compaction only.",
+            valueName: "auto|off"))
     var migration = "auto"
 
-    @Option(help: ArgumentHelp(
-        "Reclaimable memory that starts a maintenance pass (default: 10% of pool memory, at least 16M).",
-        valueName: "size"))
+    @Option(
+        help: ArgumentHelp(
+            "Reclaimable memory that starts a maintenance pass (default: 10% of pool memory, at least 16M).",
+            valueName: "size"))
     var wasteThreshold: String?
 
-    @Option(help: ArgumentHelp(
-        "auto: every daemon thread is an I/O flusher where permitted (CAP_SYS_RESOURCE), so that as this machine's swap it never waits on its own device; on: exit if not permitted; off: do not.",
-        valueName: "auto|on|off"))
+    @Option(
+        help: ArgumentHelp(
+            "auto: every daemon thread is an I/O flusher where permitted (CAP_SYS_RESOURCE), so that as this machine's swap it never waits on its own device; on: exit if not permitted; off: do not.",
+            valueName: "auto|on|off"))
     var ioFlusher = "auto"
 
-    @Option(help: ArgumentHelp(
-        "auto: lock the daemon's memory as it is touched (mlockall) where permitted (CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK), so none of it is swapped out; on: exit if not permitted; off: do not.",
-        valueName: "auto|on|off"))
+    @Option(
+        help: ArgumentHelp(
+            "auto: lock the daemon's memory as it is touched (mlockall) where permitted (CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK), so none of it is swapped out; on: exit if not permitted; off: do not.",
+            valueName: "auto|on|off"))
     var lockMemory = "auto"
 
-    @Option(parsing: .unconditional, help: ArgumentHelp(
-        "The daemon's oom_score_adj, -1000 to 1000, or keep (default: -1000 where permitted, so the OOM killer spares the process that holds the disk; a value given here must be set or znbd exits).",
-        valueName: "n|keep"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "The daemon's oom_score_adj, -1000 to 1000, or keep (default: -1000 where permitted, so the OOM killer spares the process that holds the disk; a value given here must be set or znbd exits).",
+            valueName: "n|keep"))
     var oomScoreAdj: String?
 
-    @Option(help: ArgumentHelp("Control socket for znbdctl (default: next to the NBD socket, NAME-control.sock).",
-                               valueName: "path"))
+    @Option(
+        help: ArgumentHelp(
+            "Control socket for znbdctl (default: next to the NBD socket, NAME-control.sock).",
+            valueName: "path"))
     var control: String?
 
     @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel = "info"
 
-    @Option(help: ArgumentHelp(
-        "Threads that compress written pages (default: one per core); 0 runs writes on the connection's event loop thread, as every other request runs.",
-        valueName: "n"))
+    @Option(
+        help: ArgumentHelp(
+            "Threads that compress written pages (default: one per core); 0 runs writes on the connection's event loop thread, as every other request runs.",
+            valueName: "n"))
     var workers = System.coreCount
 
     /// The options, checked and turned into what the daemon needs. Called
@@ -180,7 +198,9 @@ struct Serve: AsyncParsableCommand {
         }
         var maintenance = MaintenancePolicy()
         for (option, value) in [("--compaction", compaction), ("--migration", migration)] {
-            guard value == "auto" || value == "off" else { throw ValidationError("\(option) \(value): must be auto or off") }
+            guard value == "auto" || value == "off" else {
+                throw ValidationError("\(option) \(value): must be auto or off")
+            }
         }
         maintenance.automatic = compaction == "auto"
         maintenance.migration = migration == "auto"
@@ -205,9 +225,12 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--recompress-idle-age \(recompressIdleAge): needs --recompress-algorithm")
         }
         if recompression != nil {
-            maintenance.recompressIdleAge = try Self.parseAge(recompressIdleAge ?? (maintenance.automatic ? "1h" : "off"))
+            maintenance.recompressIdleAge = try Self.parseAge(
+                recompressIdleAge ?? (maintenance.automatic ? "1h" : "off"))
             if maintenance.recompressIdleAge != nil && !maintenance.automatic {
-                throw ValidationError("--recompress-idle-age \(recompressIdleAge ?? ""): the maintenance thread runs it; it needs --compaction auto")
+                throw ValidationError(
+                    "--recompress-idle-age \(recompressIdleAge ?? ""): the maintenance thread runs it; it needs --compaction auto"
+                )
             }
         }
         guard (1...1_000_000).contains(recompressRate) else {
@@ -233,7 +256,8 @@ struct Serve: AsyncParsableCommand {
             }
         }
         guard let level = Logger.Level(rawValue: logLevel) else {
-            throw ValidationError("--log-level \(logLevel): must be trace, debug, info, notice, warning, error or critical")
+            throw ValidationError(
+                "--log-level \(logLevel): must be trace, debug, info, notice, warning, error or critical")
         }
         guard (0...256).contains(workers) else { throw ValidationError("--workers \(workers): must be 0 to 256") }
         guard name.utf8.count <= 4096 else { throw ValidationError("--name: at most 4096 bytes (the NBD limit)") }
@@ -259,7 +283,8 @@ struct Serve: AsyncParsableCommand {
         return DaemonConfiguration(
             sizeBytes: sizeBytes, name: name, socketPath: socketPath, tcp: tcp, readOnly: readOnly,
             memLimitBytes: memLimitBytes, maxChain: maxChain, algorithm: codec, recompressionAlgorithm: recompression,
-            controlPath: controlPath, logLevel: level, workers: workers, maintenance: maintenance, protection: protection)
+            controlPath: controlPath, logLevel: level, workers: workers, maintenance: maintenance,
+            protection: protection)
     }
 
     /// `off`, or whole seconds with an optional unit: 90, 90s, 15m, 1h, 2d.

@@ -3,7 +3,7 @@ import NIOPosix
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The daemon's Unix socket files: make their directory, refuse one a live
@@ -16,7 +16,8 @@ enum SocketFile {
         case .missing:
             return
         case .other:
-            throw StartupError(description: "\(role) \(path) exists and is not a socket; remove it or choose another path")
+            throw StartupError(
+                description: "\(role) \(path) exists and is not a socket; remove it or choose another path")
         case .socket:
             break
         }

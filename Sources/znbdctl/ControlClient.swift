@@ -4,7 +4,7 @@ import NIOPosix
 import ZNBDCommandLine
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Why znbdctl could not get an answer, each with the exit code a script
@@ -38,7 +38,9 @@ struct ControlClient {
         var body: [UInt8]
     }
 
-    func request(_ method: HTTPMethod, _ path: String, body: [UInt8] = [], timeout: TimeAmount = .seconds(30))
+    func request(
+        _ method: HTTPMethod, _ path: String, body: [UInt8] = [], timeout: TimeAmount = .seconds(30)
+    )
         async throws(ControlClientError) -> Response
     {
         try checkPath()
@@ -94,7 +96,8 @@ struct ControlClient {
 
     private func permissionDenied() -> ControlClientError {
         ControlClientError(
-            description: "permission denied on \(socketPath) (znbd's sockets belong to the user that started it; try as that user or root)",
+            description:
+                "permission denied on \(socketPath) (znbd's sockets belong to the user that started it; try as that user or root)",
             exitCode: ControlClientError.permission)
     }
 
@@ -111,13 +114,15 @@ struct ControlClient {
                 description: "cannot connect to \(socketPath): \(String(cString: strerror(code)))",
                 exitCode: ControlClientError.unavailable)
         case nil:
-            return ControlClientError(description: "cannot connect to \(socketPath): \(error)", exitCode: ControlClientError.unavailable)
+            return ControlClientError(
+                description: "cannot connect to \(socketPath): \(error)", exitCode: ControlClientError.unavailable)
         }
     }
 
     private func notControlEndpoint(_ detail: String) -> ControlClientError {
         ControlClientError(
-            description: "\(socketPath) did not answer as znbd's control endpoint (\(detail)); is it the NBD socket? The control socket is NAME-control.sock beside it",
+            description:
+                "\(socketPath) did not answer as znbd's control endpoint (\(detail)); is it the NBD socket? The control socket is NAME-control.sock beside it",
             exitCode: ControlClientError.protocolError)
     }
 }
@@ -146,7 +151,8 @@ private final class ExchangeHandler: ChannelInboundHandler {
     func channelActive(context: ChannelHandlerContext) {
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         if !body.isEmpty {
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+            context.write(
+                wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
         }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         context.fireChannelActive()

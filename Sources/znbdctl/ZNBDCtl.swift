@@ -5,12 +5,12 @@ import ZNBDCommandLine
 import ZNBDControlAPI
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// znbdctl: figures and control of a running znbd, through its control
@@ -34,14 +34,17 @@ struct ZNBDCtl: AsyncParsableCommand {
 
 /// --control, accepted before or after the subcommand.
 struct ControlOptions: ParsableArguments {
-    @Option(help: ArgumentHelp(
-        "znbd's control socket (default: /run/znbd/nbd-control.sock for root, else $XDG_RUNTIME_DIR/znbd/nbd-control.sock).",
-        valueName: "path"))
+    @Option(
+        help: ArgumentHelp(
+            "znbd's control socket (default: /run/znbd/nbd-control.sock for root, else $XDG_RUNTIME_DIR/znbd/nbd-control.sock).",
+            valueName: "path"))
     var control: String?
 
     var client: ControlClient {
-        ControlClient(socketPath: control ?? ControlPaths.defaultControlSocket(
-            userID: getuid(), environment: ProcessInfo.processInfo.environment))
+        ControlClient(
+            socketPath: control
+                ?? ControlPaths.defaultControlSocket(
+                    userID: getuid(), environment: ProcessInfo.processInfo.environment))
     }
 
     /// GET or send `path`, and decode the 200 answer as `Document`; an error
@@ -55,7 +58,8 @@ struct ControlOptions: ParsableArguments {
         guard response.status == 200 else {
             let message = (try? JSONDecoder().decode(ErrorDocument.self, from: Data(response.body)))?.error
             throw ControlClientError(
-                description: "znbd answered \(response.status): \(message ?? String(decoding: response.body, as: UTF8.self))",
+                description:
+                    "znbd answered \(response.status): \(message ?? String(decoding: response.body, as: UTF8.self))",
                 exitCode: ControlClientError.refused)
         }
         do {
@@ -120,10 +124,15 @@ struct Stats: AsyncParsableCommand {
         let clearScreen = watch != nil && !json && !raw && isatty(STDOUT_FILENO) == 1
         while true {
             let (stats, body) = try await options.fetch(StatsDocument.self, .GET, "/v1/stats")
-            let text = json ? String(decoding: body, as: UTF8.self)
-                : raw ? TextViews.mmStatLine(stats)
-                : TextViews.statsTable(stats)
-                    + (details ? "\n" + TextViews.compressionView(stats.compression) + TextViews.maintenanceView(stats.maintenance) : "")
+            let text =
+                json
+                ? String(decoding: body, as: UTF8.self)
+                : raw
+                    ? TextViews.mmStatLine(stats)
+                    : TextViews.statsTable(stats)
+                        + (details
+                            ? "\n" + TextViews.compressionView(stats.compression)
+                                + TextViews.maintenanceView(stats.maintenance) : "")
             printOut((clearScreen ? "\u{1B}[H\u{1B}[2J" : "") + text)
             guard let watch else { return }
             try await Task.sleep(for: .seconds(watch))
@@ -132,7 +141,8 @@ struct Stats: AsyncParsableCommand {
 }
 
 struct Classes: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The pool's size classes, as zsmalloc's debugfs classes file.")
+    static let configuration = CommandConfiguration(
+        abstract: "The pool's size classes, as zsmalloc's debugfs classes file.")
 
     @OptionGroup var options: ControlOptions
 
@@ -183,8 +193,10 @@ struct Idle: AsyncParsableCommand {
 
     @OptionGroup var options: ControlOptions
 
-    @Argument(help: ArgumentHelp("Only pages not accessed for this many seconds; omit (or all) for every page.",
-                                 valueName: "seconds"))
+    @Argument(
+        help: ArgumentHelp(
+            "Only pages not accessed for this many seconds; omit (or all) for every page.",
+            valueName: "seconds"))
     var age: String?
 
     @Flag(help: "The /v1/idle JSON.")
@@ -197,8 +209,9 @@ struct Idle: AsyncParsableCommand {
     }
 
     func run() async throws {
-        try await options.show(IdleDocument.self, .POST, "/v1/idle", body: Array((age ?? "all").utf8), json: json,
-                               view: TextViews.idleLine)
+        try await options.show(
+            IdleDocument.self, .POST, "/v1/idle", body: Array((age ?? "all").utf8), json: json,
+            view: TextViews.idleLine)
     }
 }
 
@@ -208,14 +221,18 @@ struct Recompress: AsyncParsableCommand {
 
     @OptionGroup var options: ControlOptions
 
-    @Option(help: ArgumentHelp("Which pages: idle (marked with znbdctl idle), huge (stored raw), huge_idle, or all.",
-                               valueName: "type"))
+    @Option(
+        help: ArgumentHelp(
+            "Which pages: idle (marked with znbdctl idle), huge (stored raw), huge_idle, or all.",
+            valueName: "type"))
     var type = "all"
 
     @Option(help: ArgumentHelp("Only pages stored in at least this many bytes (zram's threshold).", valueName: "bytes"))
     var threshold: Int?
 
-    @Option(name: .customLong("max-pages"), help: ArgumentHelp("Stop after compressing this many pages again.", valueName: "n"))
+    @Option(
+        name: .customLong("max-pages"),
+        help: ArgumentHelp("Stop after compressing this many pages again.", valueName: "n"))
     var maxPages: Int?
 
     @Flag(help: "The /v1/recompress JSON.")
@@ -235,8 +252,9 @@ struct Recompress: AsyncParsableCommand {
         if let maxPages { body += " max_pages=\(maxPages)" }
         // A run over a large device takes minutes (zstd compresses some
         // 40,000 pages a second per core); it is not cut short here.
-        try await options.show(RecompressDocument.self, .POST, "/v1/recompress", body: Array(body.utf8),
-                               timeout: .hours(24), json: json, view: TextViews.recompressSummary)
+        try await options.show(
+            RecompressDocument.self, .POST, "/v1/recompress", body: Array(body.utf8),
+            timeout: .hours(24), json: json, view: TextViews.recompressSummary)
     }
 }
 
@@ -259,8 +277,10 @@ struct MemLimit: AsyncParsableCommand {
             } catch {
                 throw ValidationError("mem-limit \(size): \(error)")  // usage: exit 64
             }
-            document = try await options.fetch(MemLimitDocument.self, .PUT, "/v1/mem-limit",
-                                               body: Array("{\"mem_limit\": \(bytes)}".utf8)).document
+            document = try await options.fetch(
+                MemLimitDocument.self, .PUT, "/v1/mem-limit",
+                body: Array("{\"mem_limit\": \(bytes)}".utf8)
+            ).document
         } else {
             document = try await options.fetch(MemLimitDocument.self, .GET, "/v1/mem-limit").document
         }

@@ -9,12 +9,17 @@ struct ControlClientTests {
     }
 
     static func expectOneLine(
-        _ result: CommandResult, status: Int32, contains message: String, sourceLocation: SourceLocation = #_sourceLocation
+        _ result: CommandResult, status: Int32, contains message: String,
+        sourceLocation: SourceLocation = #_sourceLocation
     ) {
-        #expect(result.status == status, "exit \(result.status): \(result.standardError)", sourceLocation: sourceLocation)
-        #expect(result.standardError.split(separator: "\n").count == 1, "\(result.standardError)", sourceLocation: sourceLocation)
-        #expect(result.standardError.hasPrefix("znbdctl: ") && result.standardError.contains(message),
-                "\(result.standardError)", sourceLocation: sourceLocation)
+        #expect(
+            result.status == status, "exit \(result.status): \(result.standardError)", sourceLocation: sourceLocation)
+        #expect(
+            result.standardError.split(separator: "\n").count == 1, "\(result.standardError)",
+            sourceLocation: sourceLocation)
+        #expect(
+            result.standardError.hasPrefix("znbdctl: ") && result.standardError.contains(message),
+            "\(result.standardError)", sourceLocation: sourceLocation)
         #expect(result.standardOutput.isEmpty, sourceLocation: sourceLocation)
     }
 
@@ -37,7 +42,8 @@ struct ControlClientTests {
         Self.expectOneLine(try znbdctl(file, ["stats", "--json", "--raw"]), status: 64, contains: "choose one")
 
         try await withDaemon(["--size", "16M"]) { daemon in
-            Self.expectOneLine(try znbdctl(daemon.socketPath), status: 76, contains: "did not answer as znbd's control endpoint")
+            Self.expectOneLine(
+                try znbdctl(daemon.socketPath), status: 76, contains: "did not answer as znbd's control endpoint")
         }
     }
 
@@ -59,7 +65,10 @@ struct ControlClientTests {
             try FileManager.default.copyItem(atPath: try DaemonProcess.executable("znbdctl"), toPath: copy)
             chmod(copy, 0o755)
             let result = try runCommand(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", copy, "--control", daemon.controlPath, "stats"],
+                [
+                    "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", copy, "--control",
+                    daemon.controlPath, "stats",
+                ],
                 timeout: 30)
             Self.expectOneLine(result, status: 77, contains: "permission denied")
         }

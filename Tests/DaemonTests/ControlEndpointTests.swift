@@ -10,22 +10,29 @@ import ZRAM
 struct ControlEndpointTests {
     @Test("sizes parse as memparse reads them and print as zramctl does")
     func byteSizes() throws {
-        let good: [(String, Int)] = [("4096", 4096), ("4K", 4096), ("4k", 4096), ("512M", 512 << 20), ("1G", 1 << 30),
-                                     ("1.5G", 3 << 29), ("2TiB", 2 << 40), ("64MB", 64 << 20), (" 8M ", 8 << 20), ("0", 0),
-                                     ("9007199254740993", 9_007_199_254_740_993)]
+        let good: [(String, Int)] = [
+            ("4096", 4096), ("4K", 4096), ("4k", 4096), ("512M", 512 << 20), ("1G", 1 << 30),
+            ("1.5G", 3 << 29), ("2TiB", 2 << 40), ("64MB", 64 << 20), (" 8M ", 8 << 20), ("0", 0),
+            ("9007199254740993", 9_007_199_254_740_993),
+        ]
         for (text, bytes) in good { #expect(try ByteSize.parse(text) == bytes, "\(text)") }
         for text in ["", "G", "1X", "1.3K", "-4K", "1GG", "12 M B", "9999999T"] {
             #expect(throws: ByteSize.ParseError.self, "\(text)") { try ByteSize.parse(text) }
         }
-        let printed: [(Int, String)] = [(0, "0B"), (512, "512B"), (4096, "4K"), (1536 << 10, "1.5M"),
-                                         (68_678_494, "65.5M"), (1 << 30, "1G"), (3 << 39, "1.5T")]
+        let printed: [(Int, String)] = [
+            (0, "0B"), (512, "512B"), (4096, "4K"), (1536 << 10, "1.5M"),
+            (68_678_494, "65.5M"), (1 << 30, "1G"), (3 << 39, "1.5T"),
+        ]
         for (bytes, text) in printed { #expect(ByteSize.format(bytes) == text, "\(bytes)") }
     }
 
     @Test("default sockets: /run/znbd for root, XDG_RUNTIME_DIR or /tmp for others; control beside NBD")
     func defaultPaths() {
-        #expect(ControlPaths.defaultNBDSocket(userID: 0, environment: ["XDG_RUNTIME_DIR": "/run/user/0"]) == "/run/znbd/nbd.sock")
-        #expect(ControlPaths.defaultNBDSocket(userID: 1000, environment: ["XDG_RUNTIME_DIR": "/run/user/1000"])
+        #expect(
+            ControlPaths.defaultNBDSocket(userID: 0, environment: ["XDG_RUNTIME_DIR": "/run/user/0"])
+                == "/run/znbd/nbd.sock")
+        #expect(
+            ControlPaths.defaultNBDSocket(userID: 1000, environment: ["XDG_RUNTIME_DIR": "/run/user/1000"])
                 == "/run/user/1000/znbd/nbd.sock")
         #expect(ControlPaths.defaultNBDSocket(userID: 1000, environment: [:]) == "/tmp/znbd-1000/nbd.sock")
         #expect(ControlPaths.controlSocket(nextTo: "/run/znbd/nbd.sock") == "/run/znbd/nbd-control.sock")
@@ -36,8 +43,9 @@ struct ControlEndpointTests {
 
     func endpoint() throws -> ControlEndpoint {
         let device = try CompressedBlockDevice(.init(byteCount: 8 << 20))
-        let export = ExportSummary(name: "t", sizeBytes: 8 << 20, readOnly: false, nbdSocket: nil, tcpAddress: nil,
-                                   compaction: "off")
+        let export = ExportSummary(
+            name: "t", sizeBytes: 8 << 20, readOnly: false, nbdSocket: nil, tcpAddress: nil,
+            compaction: "off")
         return ControlEndpoint(
             maintenance: try DeviceMaintenance(device: device, policy: .manualOnly), export: export,
             nbdStats: { NBDServerStatsFixture.sample })
@@ -63,7 +71,8 @@ struct ControlEndpointTests {
         #expect(compact.status == 200)
         #expect(try JSONDecoder().decode(CompactDocument.self, from: Data(compact.body)).pass.trigger == "manual")
         let after = try JSONDecoder().decode(
-            StatsDocument.self, from: Data(endpoint.respond(to: ControlRequest(method: "GET", target: "/v1/stats")).body))
+            StatsDocument.self,
+            from: Data(endpoint.respond(to: ControlRequest(method: "GET", target: "/v1/stats")).body))
         #expect(after.maintenance.passes["manual"] == 1 && after.maintenance.compaction == "off")
 
         let missing = endpoint.respond(to: ControlRequest(method: "GET", target: "/v2/stats"))
@@ -71,15 +80,19 @@ struct ControlEndpointTests {
         let wrongMethod = endpoint.respond(to: ControlRequest(method: "POST", target: "/v1/stats"))
         #expect(wrongMethod.status == 405 && wrongMethod.allow == ["GET"])
 
-        for (body, limit) in [("{\"mem_limit\": 1048576}", 1 << 20), ("{\"mem_limit\": \"2M\"}", 2 << 20), ("3M\n", 3 << 20),
-                              ("0", 0)] {
-            let answer = endpoint.respond(to: ControlRequest(method: "PUT", target: "/v1/mem-limit", body: Array(body.utf8)))
+        for (body, limit) in [
+            ("{\"mem_limit\": 1048576}", 1 << 20), ("{\"mem_limit\": \"2M\"}", 2 << 20), ("3M\n", 3 << 20),
+            ("0", 0),
+        ] {
+            let answer = endpoint.respond(
+                to: ControlRequest(method: "PUT", target: "/v1/mem-limit", body: Array(body.utf8)))
             #expect(answer.status == 200, "\(body)")
             #expect(try JSONDecoder().decode(MemLimitDocument.self, from: Data(answer.body)).memLimit == limit)
             #expect((endpoint.device.memLimitBytes ?? 0) == limit)
         }
         for body in ["", "{}", "{\"mem_limit\": -1}", "{\"mem_limit\": \"lots\"}", "[1]", "5Q"] {
-            let answer = endpoint.respond(to: ControlRequest(method: "PUT", target: "/v1/mem-limit", body: Array(body.utf8)))
+            let answer = endpoint.respond(
+                to: ControlRequest(method: "PUT", target: "/v1/mem-limit", body: Array(body.utf8)))
             #expect(answer.status == 400, "\(body)")
         }
         #expect(endpoint.device.memLimitBytes == nil)
@@ -93,18 +106,24 @@ struct ControlEndpointTests {
         try generator.bytes(8192).withUnsafeBytes { try endpoint.device.write($0, at: 8192) }
         let stats = endpoint.stats(pool: endpoint.device.poolStats())
         // The kernel prints mm_stat with "%8llu %8llu %8llu %8lu %8ld %8llu %8lu %8llu %8llu\n".
-        let expected = stats.mmStat.map { String(repeating: " ", count: max(0, 8 - String($0).count)) + String($0) }
+        let expected =
+            stats.mmStat.map { String(repeating: " ", count: max(0, 8 - String($0).count)) + String($0) }
             .joined(separator: " ") + "\n"
         #expect(TextViews.mmStatLine(stats) == expected)
-        #expect(stats.mmStat == [3 * 4096, 2 * 4096, stats.device.memUsedTotal, 0, stats.device.memUsedMax, 1, 0, 2, 2])
+        #expect(
+            stats.mmStat == [3 * 4096, 2 * 4096, stats.device.memUsedTotal, 0, stats.device.memUsedMax, 1, 0, 2, 2])
 
         let table = TextViews.statsTable(stats).split(separator: "\n")
         #expect(table.count == 2)
-        #expect(table.first?.split(separator: " ").map(String.init)
-                == ["NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "RATIO", "MEM-LIMIT", "MEM-USED", "SAME",
-                    "HUGE", "COMPACTED", "RSS"])
+        #expect(
+            table.first?.split(separator: " ").map(String.init)
+                == [
+                    "NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "RATIO", "MEM-LIMIT", "MEM-USED", "SAME",
+                    "HUGE", "COMPACTED", "RSS",
+                ])
         let row = table.last?.split(separator: " ").map(String.init) ?? []
-        #expect(Array(row.prefix(7)) == ["t", "lzo", "8M", "12K", "8K", ByteSize.format(stats.device.memUsedTotal), "1.50"])
+        #expect(
+            Array(row.prefix(7)) == ["t", "lzo", "8M", "12K", "8K", ByteSize.format(stats.device.memUsedTotal), "1.50"])
 
         let classes = TextViews.classesTable(ClassesDocument(endpoint.device.poolStats()).classes, all: false)
             .split(separator: "\n")
@@ -116,7 +135,9 @@ struct ControlEndpointTests {
     func prometheusText() throws {
         var exposition = PrometheusExposition()
         exposition.family("x_total", .counter, help: "a \\ b\nc", samples: [([("k", "q\"u\\o\nte")], 3)])
-        #expect(exposition.text == "# HELP x_total a \\\\ b\\nc\n# TYPE x_total counter\nx_total{k=\"q\\\"u\\\\o\\nte\"} 3\n")
+        #expect(
+            exposition.text
+                == "# HELP x_total a \\\\ b\\nc\n# TYPE x_total counter\nx_total{k=\"q\\\"u\\\\o\\nte\"} 3\n")
 
         let metrics = try endpoint().respond(to: ControlRequest(method: "GET", target: "/metrics"))
         #expect(metrics.contentType.hasPrefix("text/plain; version=0.0.4"))

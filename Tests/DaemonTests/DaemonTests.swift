@@ -16,8 +16,10 @@ struct KnownData {
 
     init(seed: UInt64) {
         var generator = SeededRandom(seed: seed)
-        let words = ["the", "compressed", "page", "is", "stored", "in", "a", "zspage", "of", "frames", "and",
-                     "discard", "frees", "its", "handle", "at", "once", "while", "compaction", "moves", "objects"]
+        let words = [
+            "the", "compressed", "page", "is", "stored", "in", "a", "zspage", "of", "frames", "and",
+            "discard", "frees", "its", "handle", "at", "once", "while", "compaction", "moves", "objects",
+        ]
         var text: [UInt8] = []
         while text.count < Self.textPages * 4096 {
             text += Array(words[Int(generator.next() % UInt64(words.count))].utf8) + [UInt8(ascii: " ")]
@@ -61,8 +63,10 @@ struct DaemonFiguresTests {
             #expect(json.status == 0, "\(json.standardError)")
             let object = try #require(
                 try JSONSerialization.jsonObject(with: Data(json.standardOutput.utf8)) as? [String: Any])
-            for key in ["orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max", "same_pages",
-                        "pages_compacted", "huge_pages", "huge_pages_since", "rss_bytes"] {
+            for key in [
+                "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max", "same_pages",
+                "pages_compacted", "huge_pages", "huge_pages_since", "rss_bytes",
+            ] {
                 #expect(object[key] is Int, "key \(key) in \(json.standardOutput.prefix(200))")
             }
             let stats = try JSONDecoder().decode(StatsDocument.self, from: Data(json.standardOutput.utf8))
@@ -85,7 +89,10 @@ struct DaemonFiguresTests {
             let figures = lines.first.map { $0.split(separator: " ").compactMap { Int($0) } } ?? []
             #expect(figures.count == 9 && raw.standardOutput.split(separator: " ").count == 9)
             #expect(figures == stats.mmStat, "raw \(raw.standardOutput)")
-            #expect(Array(figures.prefix(3)) == [stats.device.origDataSize, stats.device.comprDataSize, stats.device.memUsedTotal])
+            #expect(
+                Array(figures.prefix(3)) == [
+                    stats.device.origDataSize, stats.device.comprDataSize, stats.device.memUsedTotal,
+                ])
 
             let table = try daemon.znbdctl(["stats"])
             #expect(table.status == 0)
@@ -102,7 +109,8 @@ struct DaemonFiguresTests {
 
             let compact = try daemon.znbdctl(["compact"])
             #expect(compact.status == 0, "\(compact.standardError)")
-            #expect(compact.standardOutput.contains("compaction:") && compact.standardOutput.contains("defragmentation:"))
+            #expect(
+                compact.standardOutput.contains("compaction:") && compact.standardOutput.contains("defragmentation:"))
             #expect(try client.read(count: data.random.count, at: 4 << 20) == data.random)
 
             try checkMetrics(daemon, stats: stats)
@@ -131,14 +139,19 @@ struct DaemonFiguresTests {
         let values = parsed.standardOutput.split(separator: "\n").compactMap { Int($0) }
         #expect(values.count == 4)
         #expect(values.first ?? 0 > 50, "samples parsed: \(values.first ?? 0)")
-        #expect(Array(values.dropFirst()) == [stats.device.samePages, stats.device.origDataSize, stats.device.hugePages])
+        #expect(
+            Array(values.dropFirst()) == [stats.device.samePages, stats.device.origDataSize, stats.device.hugePages])
     }
 
-    @Test("codecs through the CLI: lz4 writes, zstd recompresses; znbdctl idle and recompress, the figures in stats, the table and /metrics")
+    @Test(
+        "codecs through the CLI: lz4 writes, zstd recompresses; znbdctl idle and recompress, the figures in stats, the table and /metrics"
+    )
     func codecsThroughTheCLI() async throws {
         let data = KnownData(seed: 17)
-        let arguments = ["--size", "64M", "--algorithm", "lz4", "--algorithm-params", "acceleration=2",
-                         "--recompress-algorithm", "zstd:7", "--recompress-idle-age", "off"]
+        let arguments = [
+            "--size", "64M", "--algorithm", "lz4", "--algorithm-params", "acceleration=2",
+            "--recompress-algorithm", "zstd:7", "--recompress-idle-age", "off",
+        ]
         try await withDaemon(arguments) { daemon in
             let client = try LibNBDClient(uri: daemon.uri)
             try client.write(data.text, at: 0)
@@ -149,23 +162,31 @@ struct DaemonFiguresTests {
             }
             let before = try stats()
             #expect(before.compression.algorithm == "lz4" && before.compression.algorithmParams == "level=2")
-            #expect(before.compression.recompressAlgorithm == "zstd" && before.compression.recompressAlgorithmParams == "level=7")
+            #expect(
+                before.compression.recompressAlgorithm == "zstd"
+                    && before.compression.recompressAlgorithmParams == "level=7")
             #expect(before.compression.pagesByAlgorithm["lz4"] == KnownData.textPages)
             #expect(before.device.hugePages == KnownData.randomPages)
             #expect(before.maintenance.recompressIdleAgeSeconds == nil)
             let table = try daemon.znbdctl(["stats", "--details"])
-            #expect(table.standardOutput.split(separator: "\n").dropFirst().first?.contains(" lz4:2 ") == true, "\(table.standardOutput)")
+            #expect(
+                table.standardOutput.split(separator: "\n").dropFirst().first?.contains(" lz4:2 ") == true,
+                "\(table.standardOutput)")
             #expect(table.standardOutput.contains("recompression zstd:7"))
 
             let idle = try daemon.znbdctl(["idle"])
-            #expect(idle.status == 0 && idle.standardOutput.hasPrefix("\(KnownData.textPages + KnownData.randomPages) pages marked idle"),
-                    "\(idle.standardOutput)")
+            #expect(
+                idle.status == 0
+                    && idle.standardOutput.hasPrefix("\(KnownData.textPages + KnownData.randomPages) pages marked idle"),
+                "\(idle.standardOutput)")
             #expect(try daemon.znbdctl(["idle", "3600"]).standardOutput.hasPrefix("0 pages marked"))
             #expect(try client.read(count: 4096, at: 0) == Array(data.text.prefix(4096)))  // page 0: no longer idle
 
             let huge = try daemon.znbdctl(["recompress", "--type", "huge", "--json"])
             let hugeRun = try JSONDecoder().decode(RecompressDocument.self, from: Data(huge.standardOutput.utf8))
-            #expect(hugeRun.result.pagesTried == KnownData.randomPages && hugeRun.result.pagesIncompressible == KnownData.randomPages)
+            #expect(
+                hugeRun.result.pagesTried == KnownData.randomPages
+                    && hugeRun.result.pagesIncompressible == KnownData.randomPages)
             let run = try daemon.znbdctl(["recompress", "--type", "idle", "--max-pages", "100"])
             #expect(run.status == 0 && run.standardOutput.contains("100 tried"), "\(run.standardOutput)")
             let rest = try daemon.znbdctl(["recompress", "--type", "idle", "--json"])
@@ -175,7 +196,8 @@ struct DaemonFiguresTests {
             let after = try stats()
             let totals = after.compression.recompression
             #expect(totals.pagesTried == KnownData.randomPages + KnownData.textPages - 1)
-            #expect(after.compression.pagesByAlgorithm["zstd"] == totals.pagesRecompressed && totals.pagesRecompressed > 0)
+            #expect(
+                after.compression.pagesByAlgorithm["zstd"] == totals.pagesRecompressed && totals.pagesRecompressed > 0)
             #expect(after.compression.pagesByAlgorithm["lz4"] == KnownData.textPages - totals.pagesRecompressed)
             #expect(after.device.comprDataSize == before.device.comprDataSize - totals.bytesBefore + totals.bytesAfter)
             #expect(try client.read(count: data.text.count, at: 0) == data.text)
@@ -183,7 +205,9 @@ struct DaemonFiguresTests {
 
             let metrics = try daemon.curl("GET", "/metrics").body
             #expect(metrics.contains("znbd_codec_info{role=\"recompression\",algorithm=\"zstd\",params=\"level=7\"} 1"))
-            #expect(metrics.contains("znbd_recompression_pages_total{outcome=\"recompressed\"} \(totals.pagesRecompressed)"))
+            #expect(
+                metrics.contains("znbd_recompression_pages_total{outcome=\"recompressed\"} \(totals.pagesRecompressed)")
+            )
             #expect(metrics.contains("znbd_pages_by_algorithm{algorithm=\"zstd\"} \(totals.pagesRecompressed)"))
 
             let bad = try daemon.curl("POST", "/v1/recompress", body: "type=cold")
@@ -192,7 +216,9 @@ struct DaemonFiguresTests {
         // Without a recompression codec the daemon says what to start it with.
         try await withDaemon(["--size", "16M"]) { daemon in
             let refused = try daemon.znbdctl(["recompress"])
-            #expect(refused.status == 1 && refused.standardError.contains("--recompress-algorithm"), "\(refused.standardError)")
+            #expect(
+                refused.status == 1 && refused.standardError.contains("--recompress-algorithm"),
+                "\(refused.standardError)")
         }
     }
 

@@ -25,8 +25,9 @@ struct DaemonLifecycleTests {
             // read's expected data must not depend on a write beside it.
             let readRegion = 128 << 20
             for (index, payload) in payloads.enumerated() {
-                try client.sendRequest(type: NBDCommand.write.rawValue, cookie: UInt64(1_000 + index),
-                                       offset: UInt64(readRegion + index * chunk), length: UInt32(chunk), payload: payload)
+                try client.sendRequest(
+                    type: NBDCommand.write.rawValue, cookie: UInt64(1_000 + index),
+                    offset: UInt64(readRegion + index * chunk), length: UInt32(chunk), payload: payload)
                 #expect(try client.receiveSimpleReply().error == 0)
             }
             // 192 writes of 128 KiB (24 MiB to compress) and a read after every
@@ -36,13 +37,15 @@ struct DaemonLifecycleTests {
             var cookie: UInt64 = 0
             for index in 0..<192 {
                 let payload = payloads[index % payloads.count]
-                batch += RawClient.request(type: NBDCommand.write.rawValue, cookie: cookie, offset: UInt64(index * chunk),
-                                           length: UInt32(chunk), payload: payload)
+                batch += RawClient.request(
+                    type: NBDCommand.write.rawValue, cookie: cookie, offset: UInt64(index * chunk),
+                    length: UInt32(chunk), payload: payload)
                 cookie += 1
                 if index % 4 == 3 {
                     let target = (index / 4) % payloads.count
-                    batch += RawClient.request(type: NBDCommand.read.rawValue, cookie: cookie,
-                                               offset: UInt64(readRegion + target * chunk), length: UInt32(chunk))
+                    batch += RawClient.request(
+                        type: NBDCommand.read.rawValue, cookie: cookie,
+                        offset: UInt64(readRegion + target * chunk), length: UInt32(chunk))
                     expectedReads[cookie] = payloads[target]
                     cookie += 1
                 }
@@ -72,29 +75,37 @@ struct DaemonLifecycleTests {
         }
     }
 
-    @Test("bad arguments: exit 64 and one line on stderr", arguments: [
-        (["--size", "0"], "at least one 4 KiB page"),
-        (["--size", "1000"], "not a multiple of 4 KiB"),
-        (["--size", "12X"], "unknown unit"),
-        (["--size", "lots"], "not a size"),
-        (["--mem-limit", "1Q"], "unknown unit"),
-        (["--max-chain", "99"], "must be 1 to 16"),
-        (["--compaction", "sometimes"], "must be auto or off"),
-        (["--lock-memory", "maybe"], "must be auto, on or off"),
-        (["--io-flusher", "yes"], "must be auto, on or off"),
-        (["--oom-score-adj", "-2000"], "must be -1000 to 1000, or keep"),
-        (["--listen", "localhost"], "expected HOST:PORT"),
-        (["--log-level", "loud"], "must be trace"),
-        (["--algorithm", "zlib"], "unknown algorithm 'zlib'"),
-        (["--algorithm", "zstd", "--algorithm-params", "level=99"], "zstd level must be in"),
-        (["--algorithm-params", "level=3"], "lzo takes no parameters"),
-        (["--recompress-algorithm", "zstd:x"], "is not a whole number"),
-        (["--recompress-idle-age", "1h"], "needs --recompress-algorithm"),
-        (["--recompress-algorithm", "zstd", "--recompress-idle-age", "soon"], "seconds, or a number with s, m, h or d"),
-        (["--recompress-algorithm", "zstd", "--recompress-idle-age", "60", "--compaction", "off"], "needs --compaction auto"),
-        (["--recompress-rate", "0"], "must be 1 to 1000000"),
-        (["--no-such-option"], "Unknown option"),
-    ])
+    @Test(
+        "bad arguments: exit 64 and one line on stderr",
+        arguments: [
+            (["--size", "0"], "at least one 4 KiB page"),
+            (["--size", "1000"], "not a multiple of 4 KiB"),
+            (["--size", "12X"], "unknown unit"),
+            (["--size", "lots"], "not a size"),
+            (["--mem-limit", "1Q"], "unknown unit"),
+            (["--max-chain", "99"], "must be 1 to 16"),
+            (["--compaction", "sometimes"], "must be auto or off"),
+            (["--lock-memory", "maybe"], "must be auto, on or off"),
+            (["--io-flusher", "yes"], "must be auto, on or off"),
+            (["--oom-score-adj", "-2000"], "must be -1000 to 1000, or keep"),
+            (["--listen", "localhost"], "expected HOST:PORT"),
+            (["--log-level", "loud"], "must be trace"),
+            (["--algorithm", "zlib"], "unknown algorithm 'zlib'"),
+            (["--algorithm", "zstd", "--algorithm-params", "level=99"], "zstd level must be in"),
+            (["--algorithm-params", "level=3"], "lzo takes no parameters"),
+            (["--recompress-algorithm", "zstd:x"], "is not a whole number"),
+            (["--recompress-idle-age", "1h"], "needs --recompress-algorithm"),
+            (
+                ["--recompress-algorithm", "zstd", "--recompress-idle-age", "soon"],
+                "seconds, or a number with s, m, h or d"
+            ),
+            (
+                ["--recompress-algorithm", "zstd", "--recompress-idle-age", "60", "--compaction", "off"],
+                "needs --compaction auto"
+            ),
+            (["--recompress-rate", "0"], "must be 1 to 1000000"),
+            (["--no-such-option"], "Unknown option"),
+        ])
     func badArguments(arguments: [String], message: String) throws {
         let directory = try makeTemporaryDirectory("znbd-args")
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -104,12 +115,15 @@ struct DaemonLifecycleTests {
         #expect(!FileManager.default.fileExists(atPath: directory.path + "/nbd.sock"))
     }
 
-    static func expectUsageError(_ result: CommandResult, contains message: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    static func expectUsageError(
+        _ result: CommandResult, contains message: String, sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         #expect(result.status == 64, "exit \(result.status): \(result.standardError)", sourceLocation: sourceLocation)
         let lines = result.standardError.split(separator: "\n")
         #expect(lines.count == 1, "stderr: \(result.standardError)", sourceLocation: sourceLocation)
-        #expect(result.standardError.hasPrefix("znbd: ") && result.standardError.contains(message),
-                "stderr: \(result.standardError)", sourceLocation: sourceLocation)
+        #expect(
+            result.standardError.hasPrefix("znbd: ") && result.standardError.contains(message),
+            "stderr: \(result.standardError)", sourceLocation: sourceLocation)
         #expect(!result.timedOut, sourceLocation: sourceLocation)
     }
 
@@ -118,14 +132,16 @@ struct DaemonLifecycleTests {
         let znbd = try DaemonProcess.executable("znbd")
         try await withDaemon(["--size", "16M", "--listen", "127.0.0.1:0"]) { live in
             // The socket a running daemon answers on.
-            let clash = try runCommand([znbd, "--socket", live.socketPath, "--control", live.directory.path + "/b.sock"],
-                                       timeout: 20)
+            let clash = try runCommand(
+                [znbd, "--socket", live.socketPath, "--control", live.directory.path + "/b.sock"],
+                timeout: 20)
             Self.expectUsageError(clash, contains: "in use by a running server")
             #expect(!FileManager.default.fileExists(atPath: live.directory.path + "/b.sock"))
 
             // The TCP address it listens on.
-            let stats = try JSONSerialization.jsonObject(
-                with: Data(try live.znbdctl(["stats", "--json"]).standardOutput.utf8)) as? [String: Any]
+            let stats =
+                try JSONSerialization.jsonObject(
+                    with: Data(try live.znbdctl(["stats", "--json"]).standardOutput.utf8)) as? [String: Any]
             let address = try #require((stats?["export"] as? [String: Any])?["tcp_address"] as? String)
             let other = try makeTemporaryDirectory("znbd-args")
             defer { try? FileManager.default.removeItem(at: other) }
@@ -192,9 +208,13 @@ final class ReplyCollector: @unchecked Sendable {
         do {
             while replies < count {
                 let header = try client.receive(16)
-                guard header.be32(0) == NBDMagic.simpleReply else { throw RawClient.Failure(description: "bad reply magic") }
+                guard header.be32(0) == NBDMagic.simpleReply else {
+                    throw RawClient.Failure(description: "bad reply magic")
+                }
                 let cookie = header.be64(8)
-                guard seen.insert(cookie).inserted else { throw RawClient.Failure(description: "cookie \(cookie) answered twice") }
+                guard seen.insert(cookie).inserted else {
+                    throw RawClient.Failure(description: "cookie \(cookie) answered twice")
+                }
                 replies += 1
                 progress.store(replies, ordering: .relaxed)
                 if header.be32(4) != 0 {

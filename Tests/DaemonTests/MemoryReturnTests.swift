@@ -39,20 +39,23 @@ struct MemoryReturnTests {
                 }
             }
             let elapsed = ContinuousClock.now - start
-            print("memoryBackAfterDiscard: compressed \(written.device.comprDataSize) -> \(settled.device.comprDataSize); "
-                  + "mem_used_total \(written.device.memUsedTotal) -> \(trimmed.device.memUsedTotal) after the trims -> "
-                  + "\(settled.device.memUsedTotal) after \(elapsed); RSS \(written.rssBytes) -> \(trimmed.rssBytes) -> "
-                  + "\(settled.rssBytes); passes \(settled.maintenance.passes)")
+            print(
+                "memoryBackAfterDiscard: compressed \(written.device.comprDataSize) -> \(settled.device.comprDataSize); "
+                    + "mem_used_total \(written.device.memUsedTotal) -> \(trimmed.device.memUsedTotal) after the trims -> "
+                    + "\(settled.device.memUsedTotal) after \(elapsed); RSS \(written.rssBytes) -> \(trimmed.rssBytes) -> "
+                    + "\(settled.rssBytes); passes \(settled.maintenance.passes)")
             #expect(settled.maintenance.passes["discard", default: 0] > 0, "no discard pass within 10 s")
-            #expect(Double(settled.device.memUsedTotal) <= 1.1 * Double(settled.device.comprDataSize),
-                    "mem_used_total \(settled.device.memUsedTotal) for \(settled.device.comprDataSize) compressed")
+            #expect(
+                Double(settled.device.memUsedTotal) <= 1.1 * Double(settled.device.comprDataSize),
+                "mem_used_total \(settled.device.memUsedTotal) for \(settled.device.comprDataSize) compressed")
             let freed = trimmed.device.memUsedTotal - settled.device.memUsedTotal
             #expect(freed > 0)
             // The pool's frames went back to the kernel too, not only to the
             // pool: RSS fell by at least most of what the pool let go.
             if ProcessInfo.processInfo.environment["ZNBD_SANITIZER"] == nil {
-                #expect(trimmed.rssBytes - settled.rssBytes >= freed * 3 / 4,
-                        "RSS \(trimmed.rssBytes) -> \(settled.rssBytes) while the pool freed \(freed)")
+                #expect(
+                    trimmed.rssBytes - settled.rssBytes >= freed * 3 / 4,
+                    "RSS \(trimmed.rssBytes) -> \(settled.rssBytes) while the pool freed \(freed)")
             }
             #expect(settled.maintenance.blocksReleased > 0 && settled.maintenance.pagesCompacted > 0)
             // Nothing was lost on the way.

@@ -3,7 +3,7 @@ import Testing
 import TestSupport
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// ProcessProtection as the daemon applies it: what a process with the
@@ -108,12 +108,15 @@ struct ProtectionTests {
             let directory = try makeTemporaryDirectory("znbd-protection")
             defer { try? FileManager.default.removeItem(at: directory) }
             let result = try runCommand(
-                dropped + [try DaemonProcess.executable("znbd"), "--socket", directory.path + "/nbd.sock", option, "on"],
+                dropped + [
+                    try DaemonProcess.executable("znbd"), "--socket", directory.path + "/nbd.sock", option, "on",
+                ],
                 timeout: 20)
             #expect(result.status == 77, "\(option) on: exit \(result.status): \(result.standardError)")
             #expect(result.standardError.split(separator: "\n").count == 1, "\(result.standardError)")
-            #expect(result.standardError.hasPrefix("znbd: ") && result.standardError.contains(message),
-                    "\(result.standardError)")
+            #expect(
+                result.standardError.hasPrefix("znbd: ") && result.standardError.contains(message),
+                "\(result.standardError)")
             #expect(!FileManager.default.fileExists(atPath: directory.path + "/nbd.sock"))
         }
         // An OOM score asked for explicitly is required too: raising it is
@@ -121,16 +124,20 @@ struct ProtectionTests {
         let directory = try makeTemporaryDirectory("znbd-protection")
         defer { try? FileManager.default.removeItem(at: directory) }
         let lowered = try runCommand(
-            dropped + [try DaemonProcess.executable("znbd"), "--socket", directory.path + "/nbd.sock",
-                       "--oom-score-adj", "-500"],
+            dropped + [
+                try DaemonProcess.executable("znbd"), "--socket", directory.path + "/nbd.sock",
+                "--oom-score-adj", "-500",
+            ],
             timeout: 20)
-        #expect(lowered.status == 77 && lowered.standardError.contains("oom_score_adj not set to -500"),
-                "exit \(lowered.status): \(lowered.standardError)")
+        #expect(
+            lowered.status == 77 && lowered.standardError.contains("oom_score_adj not set to -500"),
+            "exit \(lowered.status): \(lowered.standardError)")
     }
 
     @Test("--oom-score-adj N is set, keep leaves it, and off switches the other two off")
     func explicitChoices() async throws {
-        try await withDaemon(["--size", "64M", "--oom-score-adj", "300", "--lock-memory", "off", "--io-flusher", "off"]) {
+        try await withDaemon(["--size", "64M", "--oom-score-adj", "300", "--lock-memory", "off", "--io-flusher", "off"])
+        {
             daemon in
             let pid = daemon.processIdentifier
             #expect(Self.oomScoreAdjustment(pid: pid) == 300)

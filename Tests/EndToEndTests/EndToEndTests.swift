@@ -16,13 +16,17 @@ enum Machine {
 
     static let missing: String? = {
         if getuid() != 0 { return "end-to-end: needs root (mount, loop devices, FUSE); not run" }
-        if !FileManager.default.fileExists(atPath: "/dev/fuse") && !FileManager.default.fileExists(atPath: "/dev/nbd0") {
+        if !FileManager.default.fileExists(atPath: "/dev/fuse") && !FileManager.default.fileExists(atPath: "/dev/nbd0")
+        {
             return "end-to-end: neither /dev/fuse (for nbdfuse) nor /dev/nbd0 (for nbd-client) exists; not run"
         }
-        if !FileManager.default.fileExists(atPath: "/dev/loop-control") && !FileManager.default.fileExists(atPath: "/dev/nbd0") {
+        if !FileManager.default.fileExists(atPath: "/dev/loop-control")
+            && !FileManager.default.fileExists(atPath: "/dev/nbd0")
+        {
             return "end-to-end: no loop devices (/dev/loop-control) to mount nbdfuse's file; not run"
         }
-        for tool in ["nbdfuse", "fusermount3", "mkfs.ext4", "e2fsck", "fstrim", "sha256sum"] where executable(tool) == nil {
+        for tool in ["nbdfuse", "fusermount3", "mkfs.ext4", "e2fsck", "fstrim", "sha256sum"]
+        where executable(tool) == nil {
             return "end-to-end: \(tool) is not installed (tools/setup installs it); not run"
         }
         return nil
@@ -31,26 +35,34 @@ enum Machine {
 
 @Suite("End to end: znbd attached, mkfs, mount, copy, drop caches, verify, delete, fstrim, fsck", .serialized)
 struct EndToEndTests {
-    @Test("ext4 with /usr/share/doc and /usr/lib/python3", .enabled(if: Machine.missing == nil, "\(Machine.missing ?? "")"))
+    @Test(
+        "ext4 with /usr/share/doc and /usr/lib/python3",
+        .enabled(if: Machine.missing == nil, "\(Machine.missing ?? "")"))
     func ext4() async throws {
         try await runEndToEnd(
             makeFilesystem: ["mkfs.ext4", "-q", "-F"], check: ["e2fsck", "-fn"],
             trees: ["/usr/share/doc", "/usr/lib/python3"])
     }
 
-    @Test("xfs as a second filesystem, with /usr/lib/python3",
-          .enabled(if: Machine.missing == nil && Machine.executable("mkfs.xfs") != nil,
-                   "\(Machine.missing ?? "end-to-end xfs: mkfs.xfs is not installed; not run")"))
+    @Test(
+        "xfs as a second filesystem, with /usr/lib/python3",
+        .enabled(
+            if: Machine.missing == nil && Machine.executable("mkfs.xfs") != nil,
+            "\(Machine.missing ?? "end-to-end xfs: mkfs.xfs is not installed; not run")"))
     func xfs() async throws {
-        try await runEndToEnd(makeFilesystem: ["mkfs.xfs", "-q", "-f"], check: ["xfs_repair", "-n"], trees: ["/usr/lib/python3"])
+        try await runEndToEnd(
+            makeFilesystem: ["mkfs.xfs", "-q", "-f"], check: ["xfs_repair", "-n"], trees: ["/usr/lib/python3"])
     }
 
-    @Test("btrfs as another filesystem, with /usr/lib/python3",
-          .enabled(if: Machine.missing == nil && Machine.executable("mkfs.btrfs") != nil,
-                   "\(Machine.missing ?? "end-to-end btrfs: mkfs.btrfs is not installed; not run")"))
+    @Test(
+        "btrfs as another filesystem, with /usr/lib/python3",
+        .enabled(
+            if: Machine.missing == nil && Machine.executable("mkfs.btrfs") != nil,
+            "\(Machine.missing ?? "end-to-end btrfs: mkfs.btrfs is not installed; not run")"))
     func btrfs() async throws {
         try await runEndToEnd(
-            makeFilesystem: ["mkfs.btrfs", "-q", "-f"], check: ["btrfs", "check", "--readonly"], trees: ["/usr/lib/python3"])
+            makeFilesystem: ["mkfs.btrfs", "-q", "-f"], check: ["btrfs", "check", "--readonly"],
+            trees: ["/usr/lib/python3"])
     }
 
     /// The whole path a user takes, every step checked, everything undone
@@ -59,7 +71,8 @@ struct EndToEndTests {
         // Room for the trees, which differ in size from machine to machine,
         // and the filesystem's own: half again, and 512 MiB at least.
         let usage = try runCommand(["du", "-scb"] + trees, timeout: 120)
-        let treeBytes = usage.standardOutput.split(separator: "\n").last.flatMap { Int($0.split(separator: "\t")[0]) } ?? 0
+        let treeBytes =
+            usage.standardOutput.split(separator: "\n").last.flatMap { Int($0.split(separator: "\t")[0]) } ?? 0
         let mebibytes = max(512, (treeBytes + treeBytes / 2) >> 20 + 64)
         let daemon = try DaemonProcess(["--size", "\(mebibytes)M"])
         defer { daemon.cleanUp() }
@@ -83,8 +96,12 @@ struct EndToEndTests {
             let parent = (tree as NSString).deletingLastPathComponent
             let name = (tree as NSString).lastPathComponent
             try shell(["cp", "-a", tree, mountPoint + "/"], timeout: 600)
-            try shell(["sh", "-c", "cd '\(parent)' && find '\(name)' -type f -print0 | sort -z | xargs -0 sha256sum >> '\(sums)'"],
-                      timeout: 600)
+            try shell(
+                [
+                    "sh", "-c",
+                    "cd '\(parent)' && find '\(name)' -type f -print0 | sort -z | xargs -0 sha256sum >> '\(sums)'",
+                ],
+                timeout: 600)
         }
         let fileCount = try String(contentsOfFile: sums, encoding: .utf8).split(separator: "\n").count
         #expect(fileCount > 500, "only \(fileCount) files copied")
@@ -96,20 +113,27 @@ struct EndToEndTests {
 
         // Delete every second file, trim, and see the pool let go of the pages.
         let kept = daemon.directory.appendingPathComponent("kept.txt").path
-        try shell(["sh", "-c", """
-            cd '\(mountPoint)' && awk 'NR % 2 == 0 { print substr($0, 67) }' '\(sums)' | tr '\\n' '\\0' | xargs -0 rm -f -- \
-            && awk 'NR % 2 == 1' '\(sums)' > '\(kept)'
-            """], timeout: 600)
+        try shell(
+            [
+                "sh", "-c",
+                """
+                cd '\(mountPoint)' && awk 'NR % 2 == 0 { print substr($0, 67) }' '\(sums)' | tr '\\n' '\\0' | xargs -0 rm -f -- \
+                && awk 'NR % 2 == 1' '\(sums)' > '\(kept)'
+                """,
+            ], timeout: 600)
         try shell(["sync"], timeout: 120)
         try shell(["fstrim", mountPoint], timeout: 300)
         let trimmed = try stats(daemon)
-        #expect(trimmed.device.origDataSize < written.device.origDataSize,
-                "orig_data_size \(written.device.origDataSize) -> \(trimmed.device.origDataSize) after deleting half and fstrim")
+        #expect(
+            trimmed.device.origDataSize < written.device.origDataSize,
+            "orig_data_size \(written.device.origDataSize) -> \(trimmed.device.origDataSize) after deleting half and fstrim"
+        )
         #expect(trimmed.device.notifyFree > written.device.notifyFree)
         #expect(trimmed.nbd.commands["trim"]?.requests ?? 0 > 0)
-        print("end-to-end \(makeFilesystem[0]): \(fileCount) files; orig_data_size \(written.device.origDataSize) -> "
-              + "\(trimmed.device.origDataSize), compr_data_size \(written.device.comprDataSize) -> "
-              + "\(trimmed.device.comprDataSize), notify_free \(trimmed.device.notifyFree)")
+        print(
+            "end-to-end \(makeFilesystem[0]): \(fileCount) files; orig_data_size \(written.device.origDataSize) -> "
+                + "\(trimmed.device.origDataSize), compr_data_size \(written.device.comprDataSize) -> "
+                + "\(trimmed.device.comprDataSize), notify_free \(trimmed.device.notifyFree)")
 
         // What was kept is intact after the trim, read from the device again.
         try dropCaches()
@@ -125,7 +149,9 @@ struct EndToEndTests {
 
     func stats(_ daemon: DaemonProcess) throws -> StatsDocument {
         let result = try daemon.znbdctl(["stats", "--json"])
-        guard result.status == 0 else { throw DaemonProcess.Failure(description: "znbdctl stats: \(result.standardError)") }
+        guard result.status == 0 else {
+            throw DaemonProcess.Failure(description: "znbdctl stats: \(result.standardError)")
+        }
         return try JSONDecoder().decode(StatsDocument.self, from: Data(result.standardOutput.utf8))
     }
 
@@ -139,10 +165,11 @@ struct EndToEndTests {
 func shell(_ arguments: [String], timeout: Double) throws -> CommandResult {
     let result = try runCommand(arguments, timeout: timeout)
     guard result.status == 0, !result.timedOut else {
-        throw DaemonProcess.Failure(description: """
-            \(arguments.joined(separator: " ")) exited \(result.status)\(result.timedOut ? " (timed out)" : ""): \
-            \(result.standardError.suffix(2000)) \(result.standardOutput.suffix(2000))
-            """)
+        throw DaemonProcess.Failure(
+            description: """
+                \(arguments.joined(separator: " ")) exited \(result.status)\(result.timedOut ? " (timed out)" : ""): \
+                \(result.standardError.suffix(2000)) \(result.standardOutput.suffix(2000))
+                """)
     }
     return result
 }
@@ -184,7 +211,8 @@ final class Attachment {
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
             if let pid = try? String(contentsOfFile: pidFile, encoding: .utf8), !pid.isEmpty,
-               FileManager.default.fileExists(atPath: device) {
+                FileManager.default.fileExists(atPath: device)
+            {
                 return
             }
             if !process.isRunning { break }

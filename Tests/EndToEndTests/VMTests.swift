@@ -24,7 +24,9 @@ enum VirtualMachine {
         }
         let kernels = ((try? FileManager.default.contentsOfDirectory(atPath: "/boot")) ?? [])
             .filter { $0.hasPrefix("vmlinuz-") }
-            .filter { FileManager.default.fileExists(atPath: "/lib/modules/\($0.dropFirst(8))/kernel/drivers/block/nbd.ko") }
+            .filter {
+                FileManager.default.fileExists(atPath: "/lib/modules/\($0.dropFirst(8))/kernel/drivers/block/nbd.ko")
+            }
         if kernels.isEmpty {
             return "vm: no kernel with nbd.ko in /boot (tools/setup installs linux-image-amd64); not run"
         }
@@ -44,8 +46,9 @@ struct VMTests {
     /// under TCG on a two-core machine, boot included (25-30 s of it).
     /// The swap run (tools/vm --memory 512M swap, 5-8 min under TCG) is not
     /// part of the suite.
-    @Test("nbd-client: attach twice (-C 2), ext4, copy, verify, fstrim, fsck, detach",
-          .enabled(if: VirtualMachine.missing == nil, "\(VirtualMachine.missing ?? "")"))
+    @Test(
+        "nbd-client: attach twice (-C 2), ext4, copy, verify, fstrim, fsck, detach",
+        .enabled(if: VirtualMachine.missing == nil, "\(VirtualMachine.missing ?? "")"))
     func nbdClient() throws {
         let result = try runVM(["nbd"], memory: "1G", timeout: 420)
         let lines = result.output.split(separator: "\n")
@@ -87,8 +90,9 @@ struct VMTests {
                 if finished.wait(timeout: .now() + 20) == .timedOut { kill(process.processIdentifier, SIGKILL) }
             }
             if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
-               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)),
-               (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.hasPrefix("qemu") == true {
+                let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)),
+                (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.hasPrefix("qemu") == true
+            {
                 kill(pid, SIGKILL)
             }
             process.waitUntilExit()
@@ -97,7 +101,8 @@ struct VMTests {
         // tools/vm has its own limit; this one only covers tools/vm itself hanging.
         if finished.wait(timeout: .now() + timeout + 60) == .timedOut {
             let text = (try? String(contentsOf: outputURL, encoding: .utf8)) ?? ""
-            throw DaemonProcess.Failure(description: "tools/vm did not finish within \(Int(timeout) + 60) s:\n\(text.suffix(4000))")
+            throw DaemonProcess.Failure(
+                description: "tools/vm did not finish within \(Int(timeout) + 60) s:\n\(text.suffix(4000))")
         }
         let text = (try? String(contentsOf: outputURL, encoding: .utf8)) ?? ""
         if process.terminationStatus == 125 {

@@ -35,10 +35,15 @@ final class GatedDevice: BlockDevice, @unchecked Sendable {
         condition.unlock()
         try inner.write(bytes, at: offset)
     }
-    func discard(offset: Int, length: Int) throws(BlockDeviceError) { try inner.discard(offset: offset, length: length) }
-    func writeZeroes(offset: Int, length: Int) throws(BlockDeviceError) { try inner.writeZeroes(offset: offset, length: length) }
+    func discard(offset: Int, length: Int) throws(BlockDeviceError) {
+        try inner.discard(offset: offset, length: length)
+    }
+    func writeZeroes(offset: Int, length: Int) throws(BlockDeviceError) {
+        try inner.writeZeroes(offset: offset, length: length)
+    }
     func flush() throws(BlockDeviceError) {}
-    func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError) -> [AllocationExtent] {
+    func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError) -> [AllocationExtent]
+    {
         try inner.allocationExtents(offset: offset, length: length, maximumExtents: maximumExtents)
     }
 }
@@ -60,8 +65,9 @@ struct BackPressureTests {
                 // Blocks once the server stops reading; the gate opens later.
                 for index in 0..<count {
                     do {
-                        try client.sendRequest(type: NBDCommand.write.rawValue, cookie: UInt64(index),
-                                               offset: UInt64(index) * 65536, length: 65536, payload: payload)
+                        try client.sendRequest(
+                            type: NBDCommand.write.rawValue, cookie: UInt64(index),
+                            offset: UInt64(index) * 65536, length: 65536, payload: payload)
                         sent.add(1, ordering: .relaxed)
                     } catch {
                         return
@@ -74,7 +80,8 @@ struct BackPressureTests {
             let acceptedWhileStalled = sent.load(ordering: .relaxed)
             // The server holds at most 128 requests (8 MiB here) plus socket
             // buffers; the client could not push the rest.
-            #expect(acceptedWhileStalled < count / 2, "\(acceptedWhileStalled) of \(count) writes went out while stalled")
+            #expect(
+                acceptedWhileStalled < count / 2, "\(acceptedWhileStalled) of \(count) writes went out while stalled")
             #expect(stalledGrowth < 48 << 20, "RSS grew \(stalledGrowth) bytes while stalled")
             #expect(device.writesEntered.load(ordering: .relaxed) <= 2)
             device.openGate()
@@ -107,9 +114,10 @@ struct BackPressureTests {
             let count = 200
             var batch: [UInt8] = []
             for index in 0..<count {
-                batch += RawClient.request(type: NBDCommand.write.rawValue, cookie: UInt64(index),
-                                           offset: UInt64(index) * 512, length: 512,
-                                           payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 512))
+                batch += RawClient.request(
+                    type: NBDCommand.write.rawValue, cookie: UInt64(index),
+                    offset: UInt64(index) * 512, length: 512,
+                    payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 512))
             }
             try client.send(batch)
             client.finishSending()
@@ -140,9 +148,10 @@ struct BackPressureTests {
         // connection closed.
         let count = 400
         let batch = (0..<count).flatMap { index in
-            RawClient.request(type: NBDCommand.write.rawValue, cookie: UInt64(index),
-                              offset: UInt64(index) * 4096, length: 4096,
-                              payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 4096))
+            RawClient.request(
+                type: NBDCommand.write.rawValue, cookie: UInt64(index),
+                offset: UInt64(index) * 4096, length: 4096,
+                payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 4096))
         }
         let sent = Atomic<Bool>(false)
         let sender = Thread {
@@ -179,13 +188,15 @@ struct BackPressureTests {
             }
             var batch: [UInt8] = []
             for index in 0..<130 {
-                batch += RawClient.request(type: NBDCommand.write.rawValue, cookie: UInt64(index),
-                                           offset: UInt64(index) * 4096, length: 4096,
-                                           payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 4096))
+                batch += RawClient.request(
+                    type: NBDCommand.write.rawValue, cookie: UInt64(index),
+                    offset: UInt64(index) * 4096, length: 4096,
+                    payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 4096))
             }
             for index in 0..<5 {
-                batch += RawClient.request(type: NBDCommand.read.rawValue, cookie: UInt64(1000 + index),
-                                           offset: UInt64(200 + index) * 4096, length: 4096)
+                batch += RawClient.request(
+                    type: NBDCommand.read.rawValue, cookie: UInt64(1000 + index),
+                    offset: UInt64(200 + index) * 4096, length: 4096)
             }
             try client.send(batch)
             try await Task.sleep(for: .milliseconds(100))

@@ -20,7 +20,10 @@ struct BadInputTests {
                 ("read past the end", C.read.rawValue, 0, size - 512, 1024, [], .einval),
                 ("trim past the end", C.trim.rawValue, 0, size, 512, [], .einval),
                 ("cache past the end", C.cache.rawValue, 0, size, 4096, [], .einval),
-                ("write past the end", C.write.rawValue, 0, size - 512, 1024, [UInt8](repeating: 1, count: 1024), .enospc),
+                (
+                    "write past the end", C.write.rawValue, 0, size - 512, 1024, [UInt8](repeating: 1, count: 1024),
+                    .enospc
+                ),
                 ("write-zeroes past the end", C.writeZeroes.rawValue, 0, size, 4096, [], .enospc),
                 ("misaligned read", C.read.rawValue, 0, 100, 512, [], .einval),
                 ("misaligned write", C.write.rawValue, 0, 512, 100, [UInt8](repeating: 1, count: 100), .einval),
@@ -62,7 +65,8 @@ struct BadInputTests {
             try client.handshake()
             for (cookie, type) in [NBDCommand.write, .trim, .writeZeroes].enumerated() {
                 let payload: [UInt8] = type == .write ? [UInt8](repeating: 7, count: 4096) : []
-                try client.sendRequest(type: type.rawValue, cookie: UInt64(cookie), offset: 0, length: 4096, payload: payload)
+                try client.sendRequest(
+                    type: type.rawValue, cookie: UInt64(cookie), offset: 0, length: 4096, payload: payload)
                 #expect(try client.receiveSimpleReply().error == NBDError.eperm.rawValue, "\(type)")
             }
             let libnbd = try served.client()
@@ -76,8 +80,11 @@ struct BadInputTests {
             let client = try RawClient(socketPath: served.socketPath)
             try client.handshake()
             let big = [UInt8](repeating: 0x55, count: 1 << 20)
-            try client.sendRequest(type: NBDCommand.write.rawValue, cookie: 1, offset: 0, length: UInt32(big.count), payload: big)
-            try client.sendRequest(type: NBDCommand.write.rawValue, cookie: 2, offset: 0, length: 4096, payload: [UInt8](repeating: 9, count: 4096))
+            try client.sendRequest(
+                type: NBDCommand.write.rawValue, cookie: 1, offset: 0, length: UInt32(big.count), payload: big)
+            try client.sendRequest(
+                type: NBDCommand.write.rawValue, cookie: 2, offset: 0, length: 4096,
+                payload: [UInt8](repeating: 9, count: 4096))
             var replies: [UInt64: UInt32] = [:]
             for _ in 0..<2 {
                 let reply = try client.receiveSimpleReply()
@@ -115,10 +122,12 @@ struct BadInputTests {
             let result = try runCommand(["nbdsh", "-c", script], timeout: 60)
             #expect(!result.timedOut && result.status == 0, "\(result.standardError)")
             let lines = Set(result.standardOutput.split(separator: "\n").map(String.init))
-            #expect(lines == [
-                "read-past-end EINVAL", "write-past-end ENOSPC", "zero-past-end ENOSPC", "trim-past-end EINVAL",
-                "misaligned-read EINVAL", "misaligned-write EINVAL", "block-status-past-end EINVAL", "still-alive 4096",
-            ], "\(result.standardOutput)\(result.standardError)")
+            #expect(
+                lines == [
+                    "read-past-end EINVAL", "write-past-end ENOSPC", "zero-past-end ENOSPC", "trim-past-end EINVAL",
+                    "misaligned-read EINVAL", "misaligned-write EINVAL", "block-status-past-end EINVAL",
+                    "still-alive 4096",
+                ], "\(result.standardOutput)\(result.standardError)")
         }
     }
 
@@ -158,8 +167,9 @@ struct BadInputTests {
             do {
                 let client = try RawClient(socketPath: served.socketPath)
                 try client.handshake()
-                try client.sendRequest(type: NBDCommand.write.rawValue, cookie: 1, offset: 0, length: 1 << 20,
-                                       payload: [UInt8](repeating: 9, count: 1 << 19))
+                try client.sendRequest(
+                    type: NBDCommand.write.rawValue, cookie: 1, offset: 0, length: 1 << 20,
+                    payload: [UInt8](repeating: 9, count: 1 << 19))
             }
             // Unknown options are refused and the handshake goes on.
             do {
@@ -170,7 +180,8 @@ struct BadInputTests {
                 #expect(try client.receiveOptionReply().type == NBDOptionReply.errUnsupported.rawValue)
                 try client.sendOption(NBDOption.startTLS.rawValue, data: [])
                 #expect(try client.receiveOptionReply().type == NBDOptionReply.errUnsupported.rawValue)
-                try client.sendOption(NBDOption.go.rawValue, data: UInt32(7).bigEndianBytes + Array("missing".utf8) + [0, 0])
+                try client.sendOption(
+                    NBDOption.go.rawValue, data: UInt32(7).bigEndianBytes + Array("missing".utf8) + [0, 0])
                 #expect(try client.receiveOptionReply().type == NBDOptionReply.errUnknown.rawValue)
                 try client.sendOption(NBDOption.list.rawValue, data: [])
                 let list = try client.receiveOptionReplies()
@@ -191,50 +202,83 @@ struct BadInputTests {
     static let abortStages: [(String, @Sendable (RawClient) throws -> Void)] = [
         ("before the greeting", { _ in }),
         ("after the greeting", { client in _ = try client.receive(18) }),
-        ("inside the client flags", { client in
-            _ = try client.receive(18)
-            try client.send([0, 0])
-        }),
-        ("inside an option header", { client in
-            _ = try client.receive(18)
-            try client.send(UInt32(NBDClientFlag.fixedNewstyle).bigEndianBytes + NBDMagic.option.bigEndianBytes)
-        }),
-        ("inside an option's data", { client in
-            _ = try client.receive(18)
-            try client.send(UInt32(NBDClientFlag.fixedNewstyle).bigEndianBytes)
-            try client.send(NBDMagic.option.bigEndianBytes + NBDOption.go.rawValue.bigEndianBytes
-                            + UInt32(100).bigEndianBytes + [UInt8](repeating: 0, count: 50))
-        }),
-        ("after NBD_OPT_ABORT", { client in
-            _ = try client.receive(18)
-            try client.send(UInt32(NBDClientFlag.fixedNewstyle).bigEndianBytes)
-            try client.sendOption(NBDOption.abort.rawValue, data: [])
-            _ = try client.receiveOptionReply()
-        }),
-        ("after GO", { client in try client.handshake() }),
-        ("inside a request header", { client in
-            try client.handshake()
-            try client.send(Array(RawClient.request(type: NBDCommand.read.rawValue, cookie: 1, offset: 0, length: 4096).prefix(14)))
-        }),
-        ("inside a write's payload", { client in
-            try client.handshake()
-            try client.sendRequest(type: NBDCommand.write.rawValue, cookie: 1, offset: 0, length: 65536,
-                                   payload: [UInt8](repeating: 5, count: 30000))
-        }),
-        ("with a 1 MiB read unread", { client in
-            try client.handshake()
-            try client.sendRequest(type: NBDCommand.read.rawValue, cookie: 1, offset: 0, length: 1 << 20)
-        }),
-        ("with structured 4 MiB reads unread", { client in
-            try client.handshake(structuredReplies: true)
-            for cookie in 0..<4 {
-                try client.sendRequest(type: NBDCommand.read.rawValue, cookie: UInt64(cookie), offset: 0, length: 4 << 20)
+        (
+            "inside the client flags",
+            { client in
+                _ = try client.receive(18)
+                try client.send([0, 0])
             }
-        }),
-        ("after NBD_CMD_DISC", { client in
-            try client.handshake()
-            try client.sendRequest(type: NBDCommand.disconnect.rawValue, cookie: 1, offset: 0, length: 0)
-        }),
+        ),
+        (
+            "inside an option header",
+            { client in
+                _ = try client.receive(18)
+                try client.send(UInt32(NBDClientFlag.fixedNewstyle).bigEndianBytes + NBDMagic.option.bigEndianBytes)
+            }
+        ),
+        (
+            "inside an option's data",
+            { client in
+                _ = try client.receive(18)
+                try client.send(UInt32(NBDClientFlag.fixedNewstyle).bigEndianBytes)
+                try client.send(
+                    NBDMagic.option.bigEndianBytes + NBDOption.go.rawValue.bigEndianBytes
+                        + UInt32(100).bigEndianBytes + [UInt8](repeating: 0, count: 50))
+            }
+        ),
+        (
+            "after NBD_OPT_ABORT",
+            { client in
+                _ = try client.receive(18)
+                try client.send(UInt32(NBDClientFlag.fixedNewstyle).bigEndianBytes)
+                try client.sendOption(NBDOption.abort.rawValue, data: [])
+                _ = try client.receiveOptionReply()
+            }
+        ),
+        ("after GO", { client in try client.handshake() }),
+        (
+            "inside a request header",
+            { client in
+                try client.handshake()
+                try client.send(
+                    Array(
+                        RawClient.request(type: NBDCommand.read.rawValue, cookie: 1, offset: 0, length: 4096).prefix(14)
+                    ))
+            }
+        ),
+        (
+            "inside a write's payload",
+            { client in
+                try client.handshake()
+                try client.sendRequest(
+                    type: NBDCommand.write.rawValue, cookie: 1, offset: 0, length: 65536,
+                    payload: [UInt8](repeating: 5, count: 30000))
+            }
+        ),
+        (
+            "with a 1 MiB read unread",
+            { client in
+                try client.handshake()
+                try client.sendRequest(type: NBDCommand.read.rawValue, cookie: 1, offset: 0, length: 1 << 20)
+            }
+        ),
+        (
+            "with structured 4 MiB reads unread",
+            { client in
+                try client.handshake(structuredReplies: true)
+                for cookie in 0..<4 {
+                    try client.sendRequest(
+                        type: NBDCommand.read.rawValue, cookie: UInt64(cookie), offset: 0, length: 4 << 20)
+                }
+            }
+        ),
+        (
+            "after NBD_CMD_DISC",
+            { client in
+                try client.handshake()
+                try client.sendRequest(type: NBDCommand.disconnect.rawValue, cookie: 1, offset: 0, length: 0)
+            }
+        ),
     ]
 
     static func waitForConnections(_ server: NBDServer, open: Int) async throws {

@@ -20,7 +20,8 @@ struct ClientTests {
             let corpus = try Corpus.pages(64)
             try client.write(corpus.bytes, at: 1 << 20)
             #expect(try client.read(count: corpus.bytes.count, at: 1 << 20) == corpus.bytes)
-            try client.write([UInt8](repeating: 0xAA, count: 1536), at: (1 << 20) + 512, flags: UInt32(LIBNBD_CMD_FLAG_FUA))
+            try client.write(
+                [UInt8](repeating: 0xAA, count: 1536), at: (1 << 20) + 512, flags: UInt32(LIBNBD_CMD_FLAG_FUA))
             var expected = corpus.bytes
             expected.replaceSubrange(512..<2048, with: repeatElement(0xAA, count: 1536))
             #expect(try client.read(count: expected.count, at: 1 << 20) == expected)
@@ -34,7 +35,9 @@ struct ClientTests {
             let extents = try client.blockStatus(count: 16 << 20, at: 0)
             let holeZero = NBDAllocationFlag.hole | NBDAllocationFlag.zero
             let mebibyte: UInt32 = 1 << 20, page: UInt32 = 4096
-            let expectedLengths: [UInt32] = [mebibyte + 16 * page, 8 * page, 40 * page, 16 * mebibyte - mebibyte - 64 * page]
+            let expectedLengths: [UInt32] = [
+                mebibyte + 16 * page, 8 * page, 40 * page, 16 * mebibyte - mebibyte - 64 * page,
+            ]
             #expect(extents.map(\.length) == expectedLengths)
             #expect(extents.map(\.flags) == [holeZero, NBDAllocationFlag.zero, 0, holeZero])
             let one = try client.blockStatus(count: 16 << 20, at: 0, flags: UInt32(LIBNBD_CMD_FLAG_REQ_ONE))
@@ -124,8 +127,10 @@ struct ClientTests {
     @Test("nbdinfo: every --can flag, --list and --map after writes and trims")
     func nbdinfo() async throws {
         try await withServedDevice(mebibytes: 16) { served in
-            let can = ["connect", "read", "write", "flush", "fua", "trim", "zero", "fast-zero", "cache", "multi-conn", "df",
-                       "structured-reply"]
+            let can = [
+                "connect", "read", "write", "flush", "fua", "trim", "zero", "fast-zero", "cache", "multi-conn", "df",
+                "structured-reply",
+            ]
             for flag in can {
                 let result = try runCommand(["nbdinfo", "--can", flag, served.uri], timeout: 30)
                 #expect(result.status == 0, "--can \(flag): \(result.status) \(result.standardError)")
@@ -149,8 +154,11 @@ struct ClientTests {
             let rows = map.standardOutput.split(separator: "\n").map {
                 $0.split(separator: " ", omittingEmptySubsequences: true).prefix(3).joined(separator: " ")
             }
-            #expect(rows == ["0 1048576 0", "1048576 1048576 2", "2097152 524288 3", "2621440 524288 0",
-                             "3145728 13631488 3"], "\(map.standardOutput)")
+            #expect(
+                rows == [
+                    "0 1048576 0", "1048576 1048576 2", "2097152 524288 3", "2621440 524288 0",
+                    "3145728 13631488 3",
+                ], "\(map.standardOutput)")
         }
     }
 
@@ -169,7 +177,8 @@ struct ClientTests {
             let sums = try runCommand(["sha256sum", input.path, output], timeout: 60).standardOutput
                 .split(separator: "\n").map { $0.prefix(64) }
             #expect(sums.count == 2 && sums[0] == sums[1], "\(sums)")
-            let compare = try runCommand(["qemu-img", "compare", "-f", "raw", "-F", "raw", input.path, served.uri], timeout: 120)
+            let compare = try runCommand(
+                ["qemu-img", "compare", "-f", "raw", "-F", "raw", input.path, served.uri], timeout: 120)
             #expect(compare.status == 0, "\(compare.standardOutput)\(compare.standardError)")
             #expect(device.stats().origDataSize > 0)
             try device.validate()

@@ -90,8 +90,9 @@ struct DrainTests {
     }
 
     static func write(cookie: UInt64, byte: UInt8) -> [UInt8] {
-        RawClient.request(type: NBDCommand.write.rawValue, cookie: cookie, offset: cookie * 4096, length: 4096,
-                          payload: [UInt8](repeating: byte, count: 4096))
+        RawClient.request(
+            type: NBDCommand.write.rawValue, cookie: cookie, offset: cookie * 4096, length: 4096,
+            payload: [UInt8](repeating: byte, count: 4096))
     }
 
     /// The cookies of the simple replies in `bytes`, each checked for success.
@@ -140,7 +141,9 @@ struct DrainTests {
         connection.expectClosedOnceQuiet()
     }
 
-    @Test("a second Drain starts no second chain of quiet checks: the connection closes a whole period after its last request")
+    @Test(
+        "a second Drain starts no second chain of quiet checks: the connection closes a whole period after its last request"
+    )
     func secondDrain() throws {
         let connection = try Connection()
         let period = quietPeriods(1)

@@ -44,8 +44,9 @@ struct FuzzTests {
             tally.replyBytes += outcome.replyBytes
             stream += 1
         }
-        print("fuzzedSessions: \(tally.streams) streams, \(tally.transmission) reached transmission, "
-              + "\(tally.closedByServer) closed by the server, \(tally.replyBytes) bytes answered")
+        print(
+            "fuzzedSessions: \(tally.streams) streams, \(tally.transmission) reached transmission, "
+                + "\(tally.closedByServer) closed by the server, \(tally.replyBytes) bytes answered")
         #expect(tally.transmission > tally.streams / 10, "the generator should reach transmission often")
         try device.validate()
     }
@@ -58,14 +59,17 @@ struct FuzzTests {
 
     /// Feeds `bytes` in random pieces, reading every reply as a client that
     /// keeps up would, then ends the input and lets the handler finish.
-    static func run(_ bytes: [UInt8], export: NBDExport, budget: InFlightBudget, random: inout SeededRandom)
+    static func run(
+        _ bytes: [UInt8], export: NBDExport, budget: InFlightBudget, random: inout SeededRandom
+    )
         throws -> Outcome
     {
         let channel = EmbeddedChannel()
         let limits = NBDConnectionHandler.Limits(
             maximumInFlightRequests: 8, maximumInFlightBytes: 1 << 20, inlineLimit: .max, inlineWorkPerPass: 64 << 10)
         try channel.pipeline.syncOperations.addHandler(
-            NBDConnectionHandler(export: export, limits: limits, workers: nil, counters: ServerCounters(), budget: budget))
+            NBDConnectionHandler(
+                export: export, limits: limits, workers: nil, counters: ServerCounters(), budget: budget))
         try channel.connect(to: SocketAddress(unixDomainSocketPath: "/fuzz")).wait()
         var outcome = Outcome()
         func drain() throws {
@@ -140,7 +144,8 @@ struct FuzzTests {
             case 2: option(NBDOption.list.rawValue, ByteBuffer())
             case 3: option(NBDOption.info.rawValue, exportData(infos: [0, 1, 2, 3]))
             case 4: option(UInt32(random.next() % 16), ByteBuffer(bytes: random.bytes(Int(random.next() % 32))))
-            default: option(NBDOption.listMetaContext.rawValue, ByteBuffer(bytes: random.bytes(Int(random.next() % 24))))
+            default:
+                option(NBDOption.listMetaContext.rawValue, ByteBuffer(bytes: random.bytes(Int(random.next() % 24))))
             }
         }
         if random.next() % 5 == 0 {

@@ -38,10 +38,11 @@ struct MaintenanceStressTests {
             }
         }
         let stats = maintenance.stats()
-        print("maintenanceStress: \(operations.withLock { $0 }); passes \(stats.passes); compaction moved "
-              + "\(stats.compaction.objectsMoved) objects (\(stats.compaction.objectsSkipped) busy), migration moved "
-              + "\(stats.defragmentation.framesMigrated) frames (\(stats.defragmentation.framesSkipped) busy), "
-              + "\(stats.defragmentation.blocksReleased) blocks released")
+        print(
+            "maintenanceStress: \(operations.withLock { $0 }); passes \(stats.passes); compaction moved "
+                + "\(stats.compaction.objectsMoved) objects (\(stats.compaction.objectsSkipped) busy), migration moved "
+                + "\(stats.defragmentation.framesMigrated) frames (\(stats.defragmentation.framesSkipped) busy), "
+                + "\(stats.defragmentation.blocksReleased) blocks released")
         #expect(failures.withLock { $0 } == [])
         #expect(stats.passes.values.reduce(0, +) > 50, "maintenance hardly ran: \(stats.passes)")
         #expect(stats.compaction.objectsMoved > 0 && stats.defragmentation.framesMigrated > 0)
@@ -95,7 +96,8 @@ struct MaintenanceStressTests {
             default:
                 let data = try client.read(count: length, at: base + offset)
                 if let at = firstDifference(data, model[offset..<offset + length]) {
-                    throw Mismatch(description: "read of \(length) at \(base + offset): byte \(at) differs (seed \(seed))")
+                    throw Mismatch(
+                        description: "read of \(length) at \(base + offset): byte \(at) differs (seed \(seed))")
                 }
                 counts["read", default: 0] += 1
             }

@@ -38,7 +38,9 @@ struct ProtocolTests {
     func go() throws {
         var handshake = NBDHandshake(export: try Self.export())
         var output = ByteBuffer()
-        #expect(handshake.receive(.clientFlags(NBDClientFlag.fixedNewstyle | NBDClientFlag.noZeroes), into: &output) == .proceed)
+        #expect(
+            handshake.receive(.clientFlags(NBDClientFlag.fixedNewstyle | NBDClientFlag.noZeroes), into: &output)
+                == .proceed)
         #expect(handshake.receive(Self.option(.structuredReply), into: &output) == .proceed)
         let context = Array("base:allocation".utf8)
         var meta = ByteBuffer()
@@ -47,7 +49,8 @@ struct ProtocolTests {
         meta.writeInteger(UInt32(1))
         meta.writeInteger(UInt32(context.count))
         meta.writeBytes(context)
-        #expect(handshake.receive(.option(code: NBDOption.setMetaContext.rawValue, data: meta), into: &output) == .proceed)
+        #expect(
+            handshake.receive(.option(code: NBDOption.setMetaContext.rawValue, data: meta), into: &output) == .proceed)
         let outcome = handshake.receive(Self.option(.go, Self.goData("disk", infos: [1, 2, 3])), into: &output)
         var session = NBDSession()
         session.structuredReplies = true
@@ -70,9 +73,12 @@ struct ProtocolTests {
         #expect(handshake.receive(Self.option(.list, [1]), into: &output) == .proceed)
         #expect(handshake.receive(.oversizedOption(code: 7, length: 1 << 30), into: &output) == .proceed)
         let R = NBDOptionReply.self
-        #expect(Self.replyTypes(output) == [
-            R.errUnsupported, R.errUnknown, R.errInvalid, R.errInvalid, R.errUnsupported, R.errInvalid, R.errTooBig,
-        ].map(\.rawValue))
+        #expect(
+            Self.replyTypes(output)
+                == [
+                    R.errUnsupported, R.errUnknown, R.errInvalid, R.errInvalid, R.errUnsupported, R.errInvalid,
+                    R.errTooBig,
+                ].map(\.rawValue))
         #expect(handshake.receive(Self.option(.abort), into: &output) != .proceed)
     }
 
@@ -81,8 +87,11 @@ struct ProtocolTests {
         for noZeroes in [false, true] {
             var handshake = NBDHandshake(export: try Self.export(readOnly: true))
             var output = ByteBuffer()
-            _ = handshake.receive(.clientFlags(NBDClientFlag.fixedNewstyle | (noZeroes ? NBDClientFlag.noZeroes : 0)), into: &output)
-            #expect(handshake.receive(Self.option(.exportName, Array("disk".utf8)), into: &output) == .transmission(NBDSession()))
+            _ = handshake.receive(
+                .clientFlags(NBDClientFlag.fixedNewstyle | (noZeroes ? NBDClientFlag.noZeroes : 0)), into: &output)
+            #expect(
+                handshake.receive(Self.option(.exportName, Array("disk".utf8)), into: &output)
+                    == .transmission(NBDSession()))
             #expect(output.readableBytes == (noZeroes ? 10 : 134))
             #expect(output.readInteger(as: UInt64.self) == 1 << 20)
             let flags = output.readInteger(as: UInt16.self)!
@@ -91,7 +100,8 @@ struct ProtocolTests {
         var handshake = NBDHandshake(export: try Self.export())
         var output = ByteBuffer()
         _ = handshake.receive(.clientFlags(0), into: &output)
-        if case .close = handshake.receive(Self.option(.exportName, Array("other".utf8)), into: &output) {} else {
+        if case .close = handshake.receive(Self.option(.exportName, Array("other".utf8)), into: &output) {
+        } else {
             Issue.record("an unknown export name must close the connection")
         }
     }
@@ -103,11 +113,14 @@ struct ProtocolTests {
         stream.writeMultipleIntegers(NBDMagic.option, NBDOption.structuredReply.rawValue, UInt32(0))
         stream.writeMultipleIntegers(NBDMagic.option, NBDOption.exportName.rawValue, UInt32(4))
         stream.writeString("disk")
-        stream.writeMultipleIntegers(NBDMagic.request, UInt16(0), NBDCommand.write.rawValue, UInt64(7), UInt64(4096), UInt32(8))
+        stream.writeMultipleIntegers(
+            NBDMagic.request, UInt16(0), NBDCommand.write.rawValue, UInt64(7), UInt64(4096), UInt32(8))
         stream.writeBytes([1, 2, 3, 4, 5, 6, 7, 8])
-        stream.writeMultipleIntegers(NBDMagic.request, UInt16(0), NBDCommand.write.rawValue, UInt64(8), UInt64(0), UInt32(64))
+        stream.writeMultipleIntegers(
+            NBDMagic.request, UInt16(0), NBDCommand.write.rawValue, UInt64(8), UInt64(0), UInt32(64))
         stream.writeRepeatingByte(9, count: 64)  // over a 32-byte limit: skipped
-        stream.writeMultipleIntegers(NBDMagic.request, UInt16(0), NBDCommand.read.rawValue, UInt64(9), UInt64(0), UInt32(512))
+        stream.writeMultipleIntegers(
+            NBDMagic.request, UInt16(0), NBDCommand.read.rawValue, UInt64(9), UInt64(0), UInt32(512))
         let bytes = Array(stream.readableBytesView)
 
         func parse(chunk: Int) -> [NBDFrameParser.Frame] {

@@ -27,8 +27,9 @@ struct ServerLimitsTests {
             try hostile!.handshake()
             var batch: [UInt8] = []
             for index in 0..<300 {
-                batch += RawClient.request(type: NBDCommand.read.rawValue, cookie: UInt64(index),
-                                           offset: UInt64(index % 32) << 25, length: 32 << 20)
+                batch += RawClient.request(
+                    type: NBDCommand.read.rawValue, cookie: UInt64(index),
+                    offset: UInt64(index % 32) << 25, length: 32 << 20)
             }
             try hostile!.send(batch)
             // RSS from /proc every 50 ms; the server's own count once, when
@@ -94,7 +95,9 @@ struct ServerLimitsTests {
                 var figures = try Self.nbdFigures(daemon)
                 var count = openFileDescriptorCount(of: pid)
                 for _ in 0..<100 {
-                    if figures.connectionsOpen == 1, figures.bytesInFlight == 0, descriptors.map({ $0 == count }) ?? true {
+                    if figures.connectionsOpen == 1, figures.bytesInFlight == 0,
+                        descriptors.map({ $0 == count }) ?? true
+                    {
                         break
                     }
                     try await Task.sleep(for: .milliseconds(100))
@@ -127,8 +130,9 @@ struct ServerLimitsTests {
         return try JSONDecoder().decode(StatsDocument.self, from: Data(result.standardOutput.utf8)).nbd
     }
 
-    @Test("zero-length read, write, trim, write-zeroes, block status through libnbd: answered, the connection lives",
-          arguments: [true, false])
+    @Test(
+        "zero-length read, write, trim, write-zeroes, block status through libnbd: answered, the connection lives",
+        arguments: [true, false])
     func zeroLengths(structuredReplies: Bool) async throws {
         let device = try CompressedBlockDevice(.init(byteCount: 16 << 20))
         try await withServedDevice(device: device) { served in
@@ -166,8 +170,9 @@ struct ServerLimitsTests {
                 let offset = round == 0 ? 7 : Int(random.next() % UInt64(size - length))
                 let bytes = random.bytes(length)
                 if round % 2 == 0 {
-                    try oldStyle.sendRequest(type: NBDCommand.write.rawValue, cookie: UInt64(round),
-                                             offset: UInt64(offset), length: UInt32(length), payload: bytes)
+                    try oldStyle.sendRequest(
+                        type: NBDCommand.write.rawValue, cookie: UInt64(round),
+                        offset: UInt64(offset), length: UInt32(length), payload: bytes)
                     #expect(try oldStyle.receiveSimpleReply().error == 0, "write \(length) at \(offset)")
                 } else {
                     try goWithoutSizes.write(bytes, at: offset)
@@ -175,12 +180,16 @@ struct ServerLimitsTests {
                 model.replaceSubrange(offset..<offset + length, with: bytes)
                 let start = Int(random.next() % UInt64(size - 30_000))
                 let count = 1 + Int(random.next() % 29_999)
-                try oldStyle.sendRequest(type: NBDCommand.read.rawValue, cookie: 1_000_000, offset: UInt64(start),
-                                         length: UInt32(count))
+                try oldStyle.sendRequest(
+                    type: NBDCommand.read.rawValue, cookie: 1_000_000, offset: UInt64(start),
+                    length: UInt32(count))
                 let read = try oldStyle.receiveSimpleReply(dataLength: count)
-                #expect(read.error == 0 && firstDifference(read.data, model[start..<start + count]) == nil,
-                        "read \(count) at \(start)")
-                #expect(firstDifference(try goWithoutSizes.read(count: count, at: start), model[start..<start + count]) == nil)
+                #expect(
+                    read.error == 0 && firstDifference(read.data, model[start..<start + count]) == nil,
+                    "read \(count) at \(start)")
+                #expect(
+                    firstDifference(try goWithoutSizes.read(count: count, at: start), model[start..<start + count])
+                        == nil)
             }
             #expect(firstDifference(try goWithoutSizes.read(count: size, at: 0), model) == nil)
 
@@ -190,8 +199,9 @@ struct ServerLimitsTests {
             try agreed.handshake(blockSizes: true)
             try agreed.sendRequest(type: NBDCommand.read.rawValue, cookie: 1, offset: 100, length: 512)
             #expect(try agreed.receiveSimpleReply().error == NBDError.einval.rawValue)
-            try agreed.sendRequest(type: NBDCommand.write.rawValue, cookie: 2, offset: 0, length: 100,
-                                   payload: [UInt8](repeating: 1, count: 100))
+            try agreed.sendRequest(
+                type: NBDCommand.write.rawValue, cookie: 2, offset: 0, length: 100,
+                payload: [UInt8](repeating: 1, count: 100))
             #expect(try agreed.receiveSimpleReply().error == NBDError.einval.rawValue)
             try agreed.sendRequest(type: NBDCommand.read.rawValue, cookie: 3, offset: 512, length: 512)
             #expect(firstDifference(try agreed.receiveSimpleReply(dataLength: 512).data, model[512..<1024]) == nil)
@@ -215,7 +225,9 @@ struct ServerLimitsTests {
                 // 256 pages a write; each page its number, then zeroes: a
                 // small pool object, not a same-filled page.
                 for index in 0..<256 {
-                    withUnsafeBytes(of: UInt64(chunk + index)) { page.replaceSubrange(index * 4096..<index * 4096 + 8, with: $0) }
+                    withUnsafeBytes(of: UInt64(chunk + index)) {
+                        page.replaceSubrange(index * 4096..<index * 4096 + 8, with: $0)
+                    }
                 }
                 do {
                     try page.withUnsafeBytes { try device.write($0, at: chunk * 4096) }
@@ -232,7 +244,9 @@ struct ServerLimitsTests {
     func noStalledLoop() async throws {
         let filling = ContinuousClock.now
         let device = try Self.filledDevice(gibibytes: 4)
-        print("noStalledLoop: filled 4 GiB in \(ContinuousClock.now - filling); pool \(device.stats().memUsedTotal) bytes")
+        print(
+            "noStalledLoop: filled 4 GiB in \(ContinuousClock.now - filling); pool \(device.stats().memUsedTotal) bytes"
+        )
         // One event loop: both connections share it, as connections do.
         try await withServedDevice(device: device, workerThreads: 2, eventLoopThreads: 1) { served in
             let heavy = try served.client()
@@ -277,21 +291,23 @@ struct ServerLimitsTests {
             // machine seldom loses it twice.
             var readRuns: [(slowest: Duration, time: Duration)] = []
             for half in 0..<2 {
-                readRuns.append(try probeWhile {
-                    // Four at a time, as a client that pipelines would send them.
-                    for batch in (half * 3)..<(half * 3 + 3) {
-                        try heavy.readConcurrently(count: 32 << 20, at: (0..<4).map { (batch * 4 + $0) << 25 })
-                    }
-                })
+                readRuns.append(
+                    try probeWhile {
+                        // Four at a time, as a client that pipelines would send them.
+                        for batch in (half * 3)..<(half * 3 + 3) {
+                            try heavy.readConcurrently(count: 32 << 20, at: (0..<4).map { (batch * 4 + $0) << 25 })
+                        }
+                    })
             }
             var trimRuns: [(slowest: Duration, time: Duration)] = []
             trimRuns.append(try probeWhile { try heavy.trim(count: 2 << 30, at: 0) })
             trimRuns.append(try probeWhile { try heavy.trim(count: (2 << 30) - (1 << 20), at: 2 << 30) })
             let readSlowest = min(readRuns[0].slowest, readRuns[1].slowest)
             let trimSlowest = min(trimRuns[0].slowest, trimRuns[1].slowest)
-            print("noStalledLoop: 2 × 12 reads of 32 MiB took \(readRuns.map(\.time)), slowest probe reads "
-                  + "\(readRuns.map(\.slowest)); 2 trims of 2 GiB took \(trimRuns.map(\.time)), slowest probe reads "
-                  + "\(trimRuns.map(\.slowest))")
+            print(
+                "noStalledLoop: 2 × 12 reads of 32 MiB took \(readRuns.map(\.time)), slowest probe reads "
+                    + "\(readRuns.map(\.slowest)); 2 trims of 2 GiB took \(trimRuns.map(\.time)), slowest probe reads "
+                    + "\(trimRuns.map(\.slowest))")
             #expect(device.stats().origDataSize == 1 << 20)
             // Measured here, on 2 cores shared with a build: the slowest probe
             // read took 5-6 ms beside the trim and 20-45 ms beside the reads

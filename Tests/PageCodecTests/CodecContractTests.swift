@@ -46,7 +46,8 @@ struct CodecContractTests {
     func kindsOfPage(_ choice: String) throws {
         let codec = try CodecChoice.parse(choice).makeCodec()
         var random = SeededRandom(seed: 7)
-        let text = Array(String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 100).utf8.prefix(pageSize))
+        let text = Array(
+            String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 100).utf8.prefix(pageSize))
         let pages: [(String, [UInt8])] = [
             ("zero", [UInt8](repeating: 0, count: pageSize)),
             ("repeated", (0..<pageSize).map { UInt8(truncatingIfNeeded: $0 % 8 * 37) }),
@@ -109,7 +110,9 @@ struct CodecContractTests {
     @Test("a valid stream of fewer than 4096 bytes is an error, not success")
     func shortStreams() throws {
         // LZO1X's end-of-stream marker alone: a valid stream of zero bytes.
-        #expect(throws: PageCodecError.shortOutput(0)) { _ = try decompressed([0x11, 0x00, 0x00], with: LZO1X1Codec()) }
+        #expect(throws: PageCodecError.shortOutput(0)) {
+            _ = try decompressed([0x11, 0x00, 0x00], with: LZO1X1Codec())
+        }
         // An LZ4 block of one sequence: five literals and no match.
         #expect(throws: PageCodecError.shortOutput(5)) {
             _ = try decompressed([0x50, 1, 2, 3, 4, 5], with: LZ4Codec())
@@ -139,7 +142,9 @@ struct CodecContractTests {
         for bad in ["zlib", "zstd:", "zstd:x", "zstd:99", "lz4:0", "lzo:1", ""] {
             #expect(throws: CodecChoice.Invalid.self, "\(bad)") { _ = try CodecChoice.parse(bad) }
         }
-        for (algorithm, params) in [("lzo", "level=1"), ("zstd", "acceleration=2"), ("zstd", "level"), ("lz4", "dict=x")] {
+        for (algorithm, params) in [
+            ("lzo", "level=1"), ("zstd", "acceleration=2"), ("zstd", "level"), ("lz4", "dict=x"),
+        ] {
             #expect(throws: CodecChoice.Invalid.self, "\(algorithm) \(params)") {
                 _ = try CodecChoice.parse(algorithm: algorithm, params: params)
             }

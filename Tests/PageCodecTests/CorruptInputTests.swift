@@ -62,7 +62,8 @@ struct CorruptInputTests {
             case 3:  // another page's valid stream, its length changed
                 let other = streams[(pick + 1) % streams.count]
                 let delta = Int.random(in: 1...64, using: &random)
-                stream = Bool.random(using: &random)
+                stream =
+                    Bool.random(using: &random)
                     ? Array(other.dropLast(min(delta, other.count - 1)))
                     : other + random.bytes(delta)
             default:  // the head of one stream spliced onto the tail of another

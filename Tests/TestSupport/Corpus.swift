@@ -17,7 +17,8 @@ public enum Corpus {
 
     /// The path of a cached corpus of exactly `byteCount` bytes, building it if needed.
     public static func file(byteCount: Int) throws -> URL {
-        let directory = ProcessInfo.processInfo.environment["ZNBD_CORPUS_DIR"]
+        let directory =
+            ProcessInfo.processInfo.environment["ZNBD_CORPUS_DIR"]
             ?? FileManager.default.temporaryDirectory.path
         let url = URL(fileURLWithPath: directory).appendingPathComponent("znbd-corpus-\(byteCount).tar")
         if let size = try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int, size == byteCount {

@@ -25,11 +25,13 @@ public final class DaemonProcess: @unchecked Sendable {
     /// The directory the test binary was built into, where `swift build`
     /// also put znbd and znbdctl (ZNBD_BIN_DIR overrides).
     public static func executable(_ name: String) throws -> String {
-        let directory = ProcessInfo.processInfo.environment["ZNBD_BIN_DIR"]
+        let directory =
+            ProcessInfo.processInfo.environment["ZNBD_BIN_DIR"]
             ?? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().path
         let path = directory + "/" + name
         guard FileManager.default.isExecutableFile(atPath: path) else {
-            throw Failure(description: "\(path) is not built (swift build --build-tests builds it; or set ZNBD_BIN_DIR)")
+            throw Failure(
+                description: "\(path) is not built (swift build --build-tests builds it; or set ZNBD_BIN_DIR)")
         }
         return path
     }
@@ -44,7 +46,8 @@ public final class DaemonProcess: @unchecked Sendable {
         controlPath = self.directory.appendingPathComponent("nbd-control.sock").path
         standardErrorURL = self.directory.appendingPathComponent("znbd.log")
         _ = FileManager.default.createFile(atPath: standardErrorURL.path, contents: nil)
-        let command = launcher + [try Self.executable("znbd"), "serve", "--socket", socketPath, "--control", controlPath]
+        let command =
+            launcher + [try Self.executable("znbd"), "serve", "--socket", socketPath, "--control", controlPath]
             + arguments
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = command
@@ -110,12 +113,14 @@ public final class DaemonProcess: @unchecked Sendable {
 
     /// curl on the control socket: the answer's body and HTTP status.
     public func curl(_ method: String, _ path: String, body: String? = nil) throws -> (status: Int, body: String) {
-        var arguments = ["curl", "-s", "--max-time", "30", "--unix-socket", controlPath, "-X", method,
-                         "-w", "\n%{http_code}", "http://localhost\(path)"]
+        var arguments = [
+            "curl", "-s", "--max-time", "30", "--unix-socket", controlPath, "-X", method,
+            "-w", "\n%{http_code}", "http://localhost\(path)",
+        ]
         if let body { arguments += ["--data-binary", body] }
         let result = try runCommand(arguments)
         guard result.status == 0, let newline = result.standardOutput.lastIndex(of: "\n"),
-              let status = Int(result.standardOutput[result.standardOutput.index(after: newline)...])
+            let status = Int(result.standardOutput[result.standardOutput.index(after: newline)...])
         else {
             throw Failure(description: "curl \(method) \(path) failed (\(result.status)): \(result.standardError)")
         }
@@ -136,7 +141,9 @@ public func withDaemon<Result>(
     let stop = daemon.signal(SIGTERM)
     guard stop.status == 0 else {
         throw DaemonProcess.Failure(
-            description: "znbd ended with status \(stop.status.map(String.init) ?? "none") at SIGTERM: \(daemon.log.suffix(4000))")
+            description:
+                "znbd ended with status \(stop.status.map(String.init) ?? "none") at SIGTERM: \(daemon.log.suffix(4000))"
+        )
     }
     return result
 }

@@ -12,7 +12,9 @@ public struct CommandResult: Sendable {
 /// output collected in temporary files so a chatty program cannot block on a
 /// full pipe. PATH puts /usr/bin first, so Debian's python3 (which has the
 /// libnbd module nbdsh needs) wins over any other on the machine.
-public func runCommand(_ arguments: [String], timeout: Double = 60, environment: [String: String] = [:]) throws
+public func runCommand(
+    _ arguments: [String], timeout: Double = 60, environment: [String: String] = [:]
+) throws
     -> CommandResult
 {
     let directory = FileManager.default.temporaryDirectory

@@ -94,7 +94,8 @@ public final class LibNBDClient: @unchecked Sendable {
     /// Sends a read of `count` bytes at each offset at once, then waits for
     /// every reply (the data is dropped): reads pipelined on one connection.
     public func readConcurrently(count: Int, at offsets: [Int]) throws {
-        let buffers = offsets.map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, count), alignment: 16) }
+        let buffers = offsets.map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, count), alignment: 16)
+        }
         defer { buffers.forEach { $0.deallocate() } }
         var cookies: [Int64] = []
         for (offset, buffer) in zip(offsets, buffers) {

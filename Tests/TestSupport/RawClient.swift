@@ -2,7 +2,7 @@ import Foundation
 import NBD
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A deliberately simple NBD client on a raw Unix socket, for what libnbd
@@ -105,7 +105,8 @@ public final class RawClient: @unchecked Sendable {
             _ = try receiveOptionReplies()
         }
         var data = UInt32(name.utf8.count).bigEndianBytes + Array(name.utf8)
-        data += blockSizes ? UInt16(1).bigEndianBytes + NBDInfo.blockSize.rawValue.bigEndianBytes : UInt16(0).bigEndianBytes
+        data +=
+            blockSizes ? UInt16(1).bigEndianBytes + NBDInfo.blockSize.rawValue.bigEndianBytes : UInt16(0).bigEndianBytes
         try sendOption(NBDOption.go.rawValue, data: data)
         let replies = try receiveOptionReplies()
         guard replies.last?.type == NBDOptionReply.ack.rawValue else {
@@ -153,14 +154,19 @@ public final class RawClient: @unchecked Sendable {
         }
     }
 
-    public func sendRequest(type: UInt16, flags: UInt16 = 0, cookie: UInt64, offset: UInt64, length: UInt32, payload: [UInt8] = [])
+    public func sendRequest(
+        type: UInt16, flags: UInt16 = 0, cookie: UInt64, offset: UInt64, length: UInt32, payload: [UInt8] = []
+    )
         throws
     {
-        try send(Self.request(type: type, flags: flags, cookie: cookie, offset: offset, length: length, payload: payload))
+        try send(
+            Self.request(type: type, flags: flags, cookie: cookie, offset: offset, length: length, payload: payload))
     }
 
     /// One request's bytes, header and payload, for callers that batch them into one send.
-    public static func request(type: UInt16, flags: UInt16 = 0, cookie: UInt64, offset: UInt64, length: UInt32, payload: [UInt8] = [])
+    public static func request(
+        type: UInt16, flags: UInt16 = 0, cookie: UInt64, offset: UInt64, length: UInt32, payload: [UInt8] = []
+    )
         -> [UInt8]
     {
         NBDMagic.request.bigEndianBytes + flags.bigEndianBytes + type.bigEndianBytes + cookie.bigEndianBytes

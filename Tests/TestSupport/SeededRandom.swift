@@ -46,9 +46,9 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 func getenvString(_ name: String) -> String? {
@@ -61,11 +61,13 @@ func getenvString(_ name: String) -> String? {
 /// should say where data went wrong rather than print megabytes of it.
 public func firstDifference<A: Collection<UInt8>, B: Collection<UInt8>>(_ a: A, _ b: B) -> Int? {
     // Equal in the usual case: compare contiguous bytes at memcmp's speed.
-    let equal = a.count == b.count && a.withContiguousStorageIfAvailable { left in
-        b.withContiguousStorageIfAvailable { right in
-            left.count == 0 || memcmp(left.baseAddress!, right.baseAddress!, left.count) == 0
-        }
-    }.flatMap { $0 } == true
+    let equal =
+        a.count == b.count
+        && a.withContiguousStorageIfAvailable { left in
+            b.withContiguousStorageIfAvailable { right in
+                left.count == 0 || memcmp(left.baseAddress!, right.baseAddress!, left.count) == 0
+            }
+        }.flatMap { $0 } == true
     if equal { return nil }
     var index = 0
     var left = a.makeIterator()

@@ -5,7 +5,7 @@ import TestSupport
 import ZNBDSystem
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite("ZNBDSystem: mappings, spin locks and the lock order")
@@ -25,8 +25,10 @@ struct ZNBDSystemTests {
     }
 
     // The sanitizers' runtime replaces mlock with a no-op that returns 0.
-    @Test("discard gives locked pages back too (the daemon runs under mlockall)",
-          .enabled(if: getenv("ZNBD_SANITIZER") == nil, "under a sanitizer mlock locks nothing: no locked page to discard"))
+    @Test(
+        "discard gives locked pages back too (the daemon runs under mlockall)",
+        .enabled(
+            if: getenv("ZNBD_SANITIZER") == nil, "under a sanitizer mlock locks nothing: no locked page to discard"))
     func discardOfLockedPages() throws {
         let pages = 16
         let mapping = try AnonymousMapping(byteCount: pages * pageSize)

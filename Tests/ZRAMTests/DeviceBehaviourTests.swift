@@ -10,8 +10,9 @@ struct DeviceBehaviourTests {
     func freshDevice() throws {
         let device = try CompressedBlockDevice.make(pages: 64)
         #expect(try device.read(count: 64 * 4096, at: 0) == [UInt8](repeating: 0, count: 64 * 4096))
-        #expect(try device.allocationExtents(offset: 0, length: 64 * 4096, maximumExtents: 10)
-            == [AllocationExtent(length: 64 * 4096, status: .unallocated)])
+        #expect(
+            try device.allocationExtents(offset: 0, length: 64 * 4096, maximumExtents: 10)
+                == [AllocationExtent(length: 64 * 4096, status: .unallocated)])
         #expect(device.stats().memUsedTotal == 0)
     }
 
@@ -25,11 +26,11 @@ struct DeviceBehaviourTests {
             model.replaceSubrange(offset..<offset + bytes.count, with: bytes)
             #expect(try device.read(count: model.count, at: 0) == model, "after writing \(bytes.count) at \(offset)")
         }
-        try write(Array(corpus[3]), at: 4096)                                    // one whole page
-        try write([UInt8](repeating: 7, count: 512), at: 4096 + 1024)            // one sector inside it
-        try write(Array(corpus.bytes[0..<1536]), at: 3 * 4096 - 512)             // straddles two pages
-        try write(Array(corpus.bytes[8192..<8192 + 5 * 4096 + 1024]), at: 6 * 4096 + 512) // many, ragged
-        try write(Array(corpus.bytes[0..<512]), at: 15 * 4096 + 3584)            // last sector of the device
+        try write(Array(corpus[3]), at: 4096)  // one whole page
+        try write([UInt8](repeating: 7, count: 512), at: 4096 + 1024)  // one sector inside it
+        try write(Array(corpus.bytes[0..<1536]), at: 3 * 4096 - 512)  // straddles two pages
+        try write(Array(corpus.bytes[8192..<8192 + 5 * 4096 + 1024]), at: 6 * 4096 + 512)  // many, ragged
+        try write(Array(corpus.bytes[0..<512]), at: 15 * 4096 + 3584)  // last sector of the device
         // Reads at every alignment agree with the model.
         for offset in stride(from: 0, to: 8 * 4096, by: 1536) {
             #expect(try device.read(count: 2560, at: offset)[...] == model[offset..<offset + 2560])
@@ -84,31 +85,35 @@ struct DeviceBehaviourTests {
         var expected = corpus.bytes
         expected.replaceSubrange(2 * 4096..<4 * 4096, with: repeatElement(0, count: 2 * 4096))
         #expect(try device.read(count: 8 * 4096, at: 0) == expected)
-        #expect(try device.allocationExtents(offset: 0, length: 8 * 4096, maximumExtents: 10) == [
-            AllocationExtent(length: 2 * 4096, status: .data),
-            AllocationExtent(length: 2 * 4096, status: .unallocated),
-            AllocationExtent(length: 4 * 4096, status: .data),
-        ])
+        #expect(
+            try device.allocationExtents(offset: 0, length: 8 * 4096, maximumExtents: 10) == [
+                AllocationExtent(length: 2 * 4096, status: .data),
+                AllocationExtent(length: 2 * 4096, status: .unallocated),
+                AllocationExtent(length: 4 * 4096, status: .data),
+            ])
         // Write-zeroes over pages 5 (half) ... 7 (whole): the half is patched,
         // whole pages become zero pages.
         try device.writeZeroes(offset: 5 * 4096 + 2048, length: 2048 + 2 * 4096)
         expected.replaceSubrange(5 * 4096 + 2048..<8 * 4096, with: repeatElement(0, count: 2048 + 2 * 4096))
         #expect(try device.read(count: 8 * 4096, at: 0) == expected)
-        #expect(try device.allocationExtents(offset: 0, length: 8 * 4096, maximumExtents: 10) == [
-            AllocationExtent(length: 2 * 4096, status: .data),
-            AllocationExtent(length: 2 * 4096, status: .unallocated),
-            AllocationExtent(length: 2 * 4096, status: .data),
-            AllocationExtent(length: 2 * 4096, status: .zero),
-        ])
+        #expect(
+            try device.allocationExtents(offset: 0, length: 8 * 4096, maximumExtents: 10) == [
+                AllocationExtent(length: 2 * 4096, status: .data),
+                AllocationExtent(length: 2 * 4096, status: .unallocated),
+                AllocationExtent(length: 2 * 4096, status: .data),
+                AllocationExtent(length: 2 * 4096, status: .zero),
+            ])
         // Extents are capped, and an extent may start mid-page.
-        #expect(try device.allocationExtents(offset: 1024, length: 5 * 4096, maximumExtents: 2) == [
-            AllocationExtent(length: 2 * 4096 - 1024, status: .data),
-            AllocationExtent(length: 2 * 4096, status: .unallocated),
-        ])
+        #expect(
+            try device.allocationExtents(offset: 1024, length: 5 * 4096, maximumExtents: 2) == [
+                AllocationExtent(length: 2 * 4096 - 1024, status: .data),
+                AllocationExtent(length: 2 * 4096, status: .unallocated),
+            ])
         // A non-zero same-filled page is data to base:allocation.
         try device.write([UInt8](repeating: 0xAB, count: 4096), at: 2 * 4096)
-        #expect(try device.allocationExtents(offset: 2 * 4096, length: 4096, maximumExtents: 1)
-            == [AllocationExtent(length: 4096, status: .data)])
+        #expect(
+            try device.allocationExtents(offset: 2 * 4096, length: 4096, maximumExtents: 1)
+                == [AllocationExtent(length: 4096, status: .data)])
         try device.validate()
     }
 

@@ -26,16 +26,18 @@ struct DeviceConcurrencyTests {
     /// workers run, so that every read meets pages of both.
     static let codecVariants = ["lzo", "lz4>zstd:1"]
 
-    @Test("model test: 4 threads of reads, writes, discards and write-zeroes at 512-byte granularity, with maintenance",
-          arguments: codecVariants)
+    @Test(
+        "model test: 4 threads of reads, writes, discards and write-zeroes at 512-byte granularity, with maintenance",
+        arguments: codecVariants)
     func modelWithMaintenance(_ codecs: String) throws {
         // 32 MiB, filled first, so that the pool spans many 2 MiB blocks and
         // discards leave sparse ones for migration to empty.
         let pageCount = 8_192
         let names = codecs.split(separator: ">").map(String.init)
-        let device = try CompressedBlockDevice(.init(
-            byteCount: pageCount * 4096, algorithm: try CodecChoice.parse(names[0]),
-            recompressionAlgorithm: try names.dropFirst().first.map(CodecChoice.parse)))
+        let device = try CompressedBlockDevice(
+            .init(
+                byteCount: pageCount * 4096, algorithm: try CodecChoice.parse(names[0]),
+                recompressionAlgorithm: try names.dropFirst().first.map(CodecChoice.parse)))
         let model = ModelDisk(byteCount: pageCount * 4096)
         let corpus = try Corpus.pages(pageCount)
         try device.write(corpus.bytes, at: 0)
@@ -44,7 +46,8 @@ struct DeviceConcurrencyTests {
         let deadline = Date().addingTimeInterval(Self.stressSeconds)
         let workersLeft = Atomic<Int>(4)
         let operations = Atomic<Int>(0)
-        let maintenance = Locked((passes: 0, framesFreed: 0, objectsMoved: 0, framesMigrated: 0, recompressed: 0, mixed: 0))
+        let maintenance = Locked(
+            (passes: 0, framesFreed: 0, objectsMoved: 0, framesMigrated: 0, recompressed: 0, mixed: 0))
         let (_, baseSeed) = SeededRandom.fromEnvironment(11)
         print("modelWithMaintenance seed \(baseSeed)")
 
@@ -57,7 +60,8 @@ struct DeviceConcurrencyTests {
                         // each step races the workers.
                         device.markIdle()
                         let type = RecompressionType.allCases[maintenance.withLock { $0.passes } % 4]
-                        let recompressed = (try? manual.recompress(RecompressionRequest(type: type)))?.pagesRecompressed ?? 0
+                        let recompressed =
+                            (try? manual.recompress(RecompressionRequest(type: type)))?.pagesRecompressed ?? 0
                         let byAlgorithm = device.compressionStats().pagesByAlgorithm
                         let mixed = byAlgorithm[.lz4, default: 0] > 0 && byAlgorithm[.zstd, default: 0] > 0
                         maintenance.withLock {
@@ -111,7 +115,9 @@ struct DeviceConcurrencyTests {
             }
         }
         let passes = maintenance.withLock { $0 }
-        print("modelWithMaintenance \(codecs): \(operations.load(ordering: .relaxed)) requests; maintenance \(passes); \(device.compressionStats())")
+        print(
+            "modelWithMaintenance \(codecs): \(operations.load(ordering: .relaxed)) requests; maintenance \(passes); \(device.compressionStats())"
+        )
         #expect(failures.all.isEmpty, "\(failures.all)")
         let whole = try device.read(count: pageCount * 4096, at: 0)
         #expect(firstDifference(whole, model.expected(offset: 0, length: pageCount * 4096)) == nil)

@@ -4,7 +4,7 @@ import TestSupport
 import ZRAM
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension CompressedBlockDevice {
@@ -26,11 +26,11 @@ extension CompressedBlockDevice {
 
 /// The kinds of data a disk sees, made to order for a request of `count` bytes.
 enum TestData: CaseIterable {
-    case text       // a slice of the corpus: compresses well
-    case random     // incompressible: stored as huge pages
-    case zeroes     // zero pages: no pool object
-    case sameFilled // one repeated non-zero word
-    case mixed      // corpus with zero sectors in it
+    case text  // a slice of the corpus: compresses well
+    case random  // incompressible: stored as huge pages
+    case zeroes  // zero pages: no pool object
+    case sameFilled  // one repeated non-zero word
+    case mixed  // corpus with zero sectors in it
 
     func bytes(_ count: Int, corpus: PageArray, random: inout SeededRandom) -> [UInt8] {
         switch self {
@@ -94,11 +94,14 @@ final class ModelDisk: @unchecked Sendable {
 
     /// Caller holds the pages' locks (or no other thread runs yet).
     func store(_ data: [UInt8], at offset: Int) {
-        data.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: bytes[offset..<offset + data.count]).copyMemory(from: $0) }
+        data.withUnsafeBytes {
+            UnsafeMutableRawBufferPointer(rebasing: bytes[offset..<offset + data.count]).copyMemory(from: $0)
+        }
     }
 
     func zero(offset: Int, length: Int) {
-        UnsafeMutableRawBufferPointer(rebasing: bytes[offset..<offset + length]).initializeMemory(as: UInt8.self, repeating: 0)
+        UnsafeMutableRawBufferPointer(rebasing: bytes[offset..<offset + length]).initializeMemory(
+            as: UInt8.self, repeating: 0)
     }
 
     /// What discard does: whole pages of the range become zeroes; partial

@@ -36,32 +36,39 @@ struct MaintenanceTests {
         defer { maintenance.stop() }
         let before = device.stats()
         // Every other 64 KiB goes, as an fstrim after deleting files would.
-        for offset in stride(from: 0, to: 96 << 20, by: 128 << 10) { try device.discard(offset: offset, length: 64 << 10) }
+        for offset in stride(from: 0, to: 96 << 20, by: 128 << 10) {
+            try device.discard(offset: offset, length: 64 << 10)
+        }
         let trimmed = device.stats()
         let passed = try await Self.waitFor(10) { maintenance.stats().passes[.discard, default: 0] > 0 }
         #expect(passed, "no discard pass within 10 s")
         let after = device.stats()
         let reclaimable = device.pool.reclaimable()
         let pass = maintenance.stats().lastPass
-        print("discardTrigger: mem_used_total \(before.memUsedTotal) -> \(trimmed.memUsedTotal) after the discards -> "
-              + "\(after.memUsedTotal) after the pass (compressed \(after.comprDataSize)); \(String(describing: pass)); "
-              + "left: \(reclaimable)")
+        print(
+            "discardTrigger: mem_used_total \(before.memUsedTotal) -> \(trimmed.memUsedTotal) after the discards -> "
+                + "\(after.memUsedTotal) after the pass (compressed \(after.comprDataSize)); \(String(describing: pass)); "
+                + "left: \(reclaimable)")
         #expect(pass?.compaction.finished == true && pass?.defragmentation.finished == true)
-        #expect(reclaimable.compactableBytes == 0, "compaction left \(reclaimable.compactableBytes) bytes it could free")
+        #expect(
+            reclaimable.compactableBytes == 0, "compaction left \(reclaimable.compactableBytes) bytes it could free")
         // Compaction finished: every class holds the fewest zspages its
         // objects fit in (what zs_compact can reach at best), so the pool
         // is exactly that many frames.
         let classes = device.poolStats().classes
         for entry in classes where entry.objectsUsed > 0 && !entry.isHuge {
             let fewest = (entry.objectsUsed + entry.objectsPerZspage - 1) / entry.objectsPerZspage
-            #expect(entry.zspages == fewest, "class \(entry.size): \(entry.zspages) zspages for \(entry.objectsUsed) objects")
+            #expect(
+                entry.zspages == fewest,
+                "class \(entry.size): \(entry.zspages) zspages for \(entry.objectsUsed) objects")
         }
         let packed = classes.reduce(0) { total, entry in
             total + (entry.objectsUsed + entry.objectsPerZspage - 1) / entry.objectsPerZspage * entry.framesPerZspage
         }
         #expect(after.memUsedTotal == packed * ZSPool.frameSize)
         #expect((pass?.defragmentation.blocksReleased ?? 0) > 0, "migration released no block")
-        #expect(reclaimable.strandedBytes <= 2 * ZSPool.blockSize, "\(reclaimable.strandedBytes) bytes stranded in blocks")
+        #expect(
+            reclaimable.strandedBytes <= 2 * ZSPool.blockSize, "\(reclaimable.strandedBytes) bytes stranded in blocks")
         try device.validate()
     }
 
@@ -95,11 +102,14 @@ struct MaintenanceTests {
         policy.automatic = false
         let maintenance = try DeviceMaintenance(device: device, policy: policy)
         maintenance.start()  // nothing to start
-        for offset in stride(from: 0, to: 32 << 20, by: 32 << 10) { try device.discard(offset: offset, length: 16 << 10) }
+        for offset in stride(from: 0, to: 32 << 20, by: 32 << 10) {
+            try device.discard(offset: offset, length: 16 << 10)
+        }
         try await Task.sleep(for: .milliseconds(500))
         #expect(maintenance.stats().passes.values.reduce(0, +) == 0, "automatic off: no pass on its own")
         let pass = maintenance.runPass(.manual)
-        #expect(pass.trigger == .manual && pass.compaction.framesFreed > 0 && pass.poolBytesAfter < pass.poolBytesBefore)
+        #expect(
+            pass.trigger == .manual && pass.compaction.framesFreed > 0 && pass.poolBytesAfter < pass.poolBytesBefore)
         #expect(maintenance.stats().passes[.manual] == 1)
         maintenance.stop()
         maintenance.stop()

@@ -12,13 +12,15 @@ struct RecompressionTests {
     static func device(
         pages: Int, _ algorithm: String = "lzo", recompression: String? = "zstd"
     ) throws -> CompressedBlockDevice {
-        try CompressedBlockDevice(.init(
-            byteCount: pages * 4096, algorithm: try CodecChoice.parse(algorithm),
-            recompressionAlgorithm: try recompression.map(CodecChoice.parse)))
+        try CompressedBlockDevice(
+            .init(
+                byteCount: pages * 4096, algorithm: try CodecChoice.parse(algorithm),
+                recompressionAlgorithm: try recompression.map(CodecChoice.parse)))
     }
 
-    @Test("a device of each codec stores the corpus, reads it back, and counts its pages by algorithm",
-          arguments: ["lzo", "lz4", "zstd", "zstd:12"])
+    @Test(
+        "a device of each codec stores the corpus, reads it back, and counts its pages by algorithm",
+        arguments: ["lzo", "lz4", "zstd", "zstd:12"])
     func eachCodec(_ choice: String) throws {
         let device = try Self.device(pages: 2_048, choice, recompression: nil)
         let corpus = try Corpus.pages(2_048)
@@ -100,7 +102,10 @@ struct RecompressionTests {
         let second = Array(corpus.bytes[4096..<8192])
         let codec = try CodecChoice.parse("zstd:1").makeCodec()
         let everything = Selection(RecompressionRequest(type: .all), now: 0)
-        for (index, meanwhile) in [("write", { try! device.write(second, at: 0) }), ("discard", { try! device.discard(offset: 0, length: 4096) })].enumerated() {
+        for (index, meanwhile) in [
+            ("write", { try! device.write(second, at: 0) }),
+            ("discard", { try! device.discard(offset: 0, length: 4096) }),
+        ].enumerated() {
             try device.write(first, at: 0)
             let objectsBefore = device.poolStats().liveObjects
             let outcome = device.withRecompressionBuffers(codec) { buffers in
@@ -146,7 +151,11 @@ struct RecompressionTests {
                 }
                 return
             }
-            defer { if writersLeft.subtract(1, ordering: .releasing).newValue == 0 { stop.store(true, ordering: .releasing) } }
+            defer {
+                if writersLeft.subtract(1, ordering: .releasing).newValue == 0 {
+                    stop.store(true, ordering: .releasing)
+                }
+            }
             var version = role
             while Date() < deadline {
                 version += 2
@@ -248,7 +257,9 @@ struct RecompressionTests {
         }
         let stats = maintenance.stats()
         let compression = device.compressionStats()
-        print("automatic: \(stats.recompression), sweeps \(stats.recompressionSweeps); mem_used_total \(before) -> \(device.stats().memUsedTotal)")
+        print(
+            "automatic: \(stats.recompression), sweeps \(stats.recompressionSweeps); mem_used_total \(before) -> \(device.stats().memUsedTotal)"
+        )
         let finished = done.load(ordering: .relaxed)
         #expect(finished, "within 60 s: every idle page tried, and memory back")
         #expect(stats.recompression.pagesTried == candidates, "all stored pages but page 0, each once")

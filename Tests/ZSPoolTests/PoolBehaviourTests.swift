@@ -61,7 +61,9 @@ struct PoolBehaviourTests {
         }
         #expect(error == .memLimitReached(limitBytes: 1 << 20))
         #expect(pool.usedBytes <= 1 << 20)
-        for (number, handle) in handles.enumerated() { #expect(try pool.holds(handle, size: 2000, seed: UInt64(number))) }
+        for (number, handle) in handles.enumerated() {
+            #expect(try pool.holds(handle, size: 2000, seed: UInt64(number)))
+        }
         pool.memLimitBytes = 2 << 20
         _ = try pool.allocate(size: 2000)
         pool.memLimitBytes = nil
@@ -123,7 +125,10 @@ struct PoolBehaviourTests {
         }
         // Leave two objects, in two different zspages, each otherwise empty.
         let survivor = handles[0]
-        let other = try #require(handles.last { pool.handles.peek(id: $0.id)!.location.zspage != pool.handles.peek(id: survivor.id)!.location.zspage })
+        let other = try #require(
+            handles.last {
+                pool.handles.peek(id: $0.id)!.location.zspage != pool.handles.peek(id: survivor.id)!.location.zspage
+            })
         for handle in handles where handle != survivor && handle != other { #expect(pool.free(handle)) }
         let before = try #require(pool.handles.peek(id: survivor.id)).location
         var compaction = CompactionResult()

@@ -121,7 +121,9 @@ struct PoolConcurrencyTests {
 
         // Slack: one partly filled zspage per class.
         let slack = pool.sizeClasses.classes.reduce(0) { $0 + $1.framesPerZspage * ZSPool.frameSize }
-        print("memoryReallyReturned: live \(liveBytes >> 20) MiB, used \(before.bytesUsed >> 20) → \(after.bytesUsed >> 20) MiB, blocks resident \(before.blocksResident) → \(after.blocksResident), RSS \(residentBefore >> 20) → \(residentAfter >> 20) MiB, \(compaction), \(defragmentation)")
+        print(
+            "memoryReallyReturned: live \(liveBytes >> 20) MiB, used \(before.bytesUsed >> 20) → \(after.bytesUsed >> 20) MiB, blocks resident \(before.blocksResident) → \(after.blocksResident), RSS \(residentBefore >> 20) → \(residentAfter >> 20) MiB, \(compaction), \(defragmentation)"
+        )
         #expect(Double(after.bytesUsed) <= Double(liveBytes) * 1.10 + Double(slack))
         let releasedBytes = (before.blocksResident - after.blocksResident) * ZSPool.blockSize
         #expect(releasedBytes >= 96 << 20, "expected most of the freed half back as whole blocks")

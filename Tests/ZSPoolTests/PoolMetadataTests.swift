@@ -49,7 +49,9 @@ struct PoolMetadataTests {
         let small = try (0..<(spec.objectsPerZspage + 1)).map { _ in try pool.allocate(size: 512) }
         let before = pool.usedBytes
         for handle in small.dropLast() { #expect(pool.free(handle)) }
-        #expect(pool.usedBytes == before - spec.framesPerZspage * frame, "an emptied zspage of \(spec.objectsPerZspage) objects is freed at once")
+        #expect(
+            pool.usedBytes == before - spec.framesPerZspage * frame,
+            "an emptied zspage of \(spec.objectsPerZspage) objects is freed at once")
         for handle in raw.dropFirst() + small.suffix(1) { #expect(pool.free(handle)) }
         #expect(pool.usedBytes == 0)
         try pool.validate()
@@ -65,15 +67,20 @@ struct PoolMetadataTests {
         let onHeap = try pool.allocate(size: 1000)
         try pool.write(onHeap, size: 1000, seed: 7)
         #expect(pool.stats().zspageListBytes == (spec.objectsPerZspage + spec.framesPerZspage) * 4)
-        for (handle, size) in zip(inRecord, [2048, 4096]) { #expect(try pool.holds(handle, size: size, seed: UInt64(size))) }
+        for (handle, size) in zip(inRecord, [2048, 4096]) {
+            #expect(try pool.holds(handle, size: size, seed: UInt64(size)))
+        }
         #expect(try pool.holds(onHeap, size: 1000, seed: 7))
         try pool.validate()
         for handle in inRecord + [onHeap] { #expect(pool.free(handle)) }
         #expect(pool.stats().zspageListBytes == 0)
     }
 
-    @Test("ids cached on one CPU are still handed out, once each, when another CPU runs the table dry",
-          .enabled(if: CurrentCPU.allowedCPUs().count >= 2, "needs two CPUs it may run on: ids parked in one CPU's cache, asked for on another"))
+    @Test(
+        "ids cached on one CPU are still handed out, once each, when another CPU runs the table dry",
+        .enabled(
+            if: CurrentCPU.allowedCPUs().count >= 2,
+            "needs two CPUs it may run on: ids parked in one CPU's cache, asked for on another"))
     func idCachesAcrossCPUs() throws {
         let cpus = CurrentCPU.allowedCPUs()
         let table = ChunkedTable(capacity: 64, chunkShift: 4, chunkBytes: 4096)

@@ -1,7 +1,6 @@
 import TestSupport
 import ZSPool
 
-
 /// Object sizes like those of LZO-compressed 4 KiB pages of a real disk:
 /// mostly 1-3.5 KiB, some small, some incompressible.
 func compressedPageLikeSize(_ random: inout SeededRandom) -> Int {

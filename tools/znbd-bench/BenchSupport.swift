@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import Dispatch
 
@@ -37,12 +37,17 @@ func timeThreads(_ threads: Int, _ body: @escaping @Sendable (Int) -> Void) -> D
     for index in 0..<threads {
         group.enter()
         var thread = pthread_t()
-        let box = Unmanaged.passRetained(ThreadBody { body(index); group.leave() })
-        pthread_create(&thread, nil, { argument in
-            let body = Unmanaged<ThreadBody>.fromOpaque(argument!).takeRetainedValue()
-            body.run()
-            return nil
-        }, box.toOpaque())
+        let box = Unmanaged.passRetained(
+            ThreadBody {
+                body(index); group.leave()
+            })
+        pthread_create(
+            &thread, nil,
+            { argument in
+                let body = Unmanaged<ThreadBody>.fromOpaque(argument!).takeRetainedValue()
+                body.run()
+                return nil
+            }, box.toOpaque())
         pthread_detach(thread)
     }
     group.wait()

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import PageCodec
 import ZNBDSystem
@@ -53,7 +53,9 @@ func runCodecBenchmark(corpusPath: String, passes: Int) {
         bestDecompress = min(bestDecompress, monotonicSeconds() - start)
     }
     let bytes = Double(corpus.count)
-    print("swift \(format(bytes / bestCompress / 1e6)) \(format(bytes / bestDecompress / 1e6)) \(format(bytes / Double(total), 3))")
+    print(
+        "swift \(format(bytes / bestCompress / 1e6)) \(format(bytes / bestDecompress / 1e6)) \(format(bytes / Double(total), 3))"
+    )
 }
 
 func format(_ value: Double, _ decimals: Int = 1) -> String {

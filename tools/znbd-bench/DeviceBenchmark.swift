@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import PageCodec
 import ZNBDSystem
@@ -38,7 +38,9 @@ func runDeviceBenchmark(corpusPath: String, rounds: Int, maxChain: Int, algorith
     }
     let lengths = lengthsStorage
 
-    print("# device: \(corpus.count) pages of \(corpusPath), 4 KiB requests, max chain \(maxChain), algorithm \(algorithm); MB/s of page data (best of \(rounds))")
+    print(
+        "# device: \(corpus.count) pages of \(corpusPath), 4 KiB requests, max chain \(maxChain), algorithm \(algorithm); MB/s of page data (best of \(rounds))"
+    )
     print("threads op codec_MBps device_MBps device/codec")
     for threads in [1, 2] {
         var best = (compress: 0.0, write: 0.0, overwrite: 0.0, decompress: 0.0, read: 0.0)
@@ -54,7 +56,9 @@ func runDeviceBenchmark(corpusPath: String, rounds: Int, maxChain: Int, algorith
             let compress = timeThreads(threads) { worker in
                 withUnsafeTemporaryAllocation(byteCount: bound, alignment: 16) { scratch in
                     for index in corpus.pages(worker: worker, of: threads) {
-                        do { _ = try codec.compress(page: corpus.page(index), into: scratch) } catch { fail("\(error)") }
+                        do { _ = try codec.compress(page: corpus.page(index), into: scratch) } catch {
+                            fail("\(error)")
+                        }
                     }
                 }
             }
@@ -95,9 +99,11 @@ func runDeviceBenchmark(corpusPath: String, rounds: Int, maxChain: Int, algorith
             }
             if threads == 1, best.write == 0 {
                 let stats = device.stats()
-                print("# pool after the writes: mem_used_total \(stats.memUsedTotal) for compr_data_size \(stats.comprDataSize) "
-                      + "(\(format(Double(stats.memUsedTotal) / Double(stats.comprDataSize), 3))x); "
-                      + "ratio \(format(Double(stats.origDataSize) / Double(stats.comprDataSize), 3)), huge pages \(stats.hugePages)")
+                print(
+                    "# pool after the writes: mem_used_total \(stats.memUsedTotal) for compr_data_size \(stats.comprDataSize) "
+                        + "(\(format(Double(stats.memUsedTotal) / Double(stats.comprDataSize), 3))x); "
+                        + "ratio \(format(Double(stats.origDataSize) / Double(stats.comprDataSize), 3)), huge pages \(stats.hugePages)"
+                )
             }
             best.compress = max(best.compress, megabytes / compress)
             best.write = max(best.write, megabytes / write)
@@ -110,7 +116,9 @@ func runDeviceBenchmark(corpusPath: String, rounds: Int, maxChain: Int, algorith
             ("read", best.decompress, best.read),
         ]
         for (name, codecRate, deviceRate) in rows {
-            print("\(threads) \(name) \(format(codecRate)) \(format(deviceRate)) \(format(100 * deviceRate / codecRate))%")
+            print(
+                "\(threads) \(name) \(format(codecRate)) \(format(deviceRate)) \(format(100 * deviceRate / codecRate))%"
+            )
         }
     }
 }

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import Dispatch
 import Synchronization
@@ -138,6 +138,10 @@ private func runCompactionBenchmark() {
     let defragSeconds = monotonicSeconds() - start
     let movedMiB = Double(compaction.bytesMoved) / 1_048_576
     let migratedMiB = Double(defragmentation.framesMigrated * ZSPool.frameSize) / 1_048_576
-    print("# compaction: \(format(movedMiB)) MiB of objects moved in \(format(compactSeconds * 1000)) ms = \(format(movedMiB / compactSeconds)) MiB/s; \(compaction.framesFreed) frames freed")
-    print("# migration: \(format(migratedMiB)) MiB of frames moved in \(format(defragSeconds * 1000)) ms = \(format(migratedMiB / defragSeconds)) MiB/s; \(defragmentation.blocksReleased) blocks released")
+    print(
+        "# compaction: \(format(movedMiB)) MiB of objects moved in \(format(compactSeconds * 1000)) ms = \(format(movedMiB / compactSeconds)) MiB/s; \(compaction.framesFreed) frames freed"
+    )
+    print(
+        "# migration: \(format(migratedMiB)) MiB of frames moved in \(format(defragSeconds * 1000)) ms = \(format(migratedMiB / defragSeconds)) MiB/s; \(defragmentation.blocksReleased) blocks released"
+    )
 }
