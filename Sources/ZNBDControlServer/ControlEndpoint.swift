@@ -153,11 +153,14 @@ public final class ControlEndpoint: Sendable {
         let text = String(decoding: body, as: UTF8.self).trimmingWhitespace()
         if text.isEmpty || text == "all" { return nil }
         if text.hasPrefix("{") {
-            struct Age: Decodable { var older_than_seconds: Int? }
+            struct Age: Decodable {
+                var olderThanSeconds: Int?
+                enum CodingKeys: String, CodingKey { case olderThanSeconds = "older_than_seconds" }
+            }
             guard let age = try? JSONDecoder().decode(Age.self, from: Data(body)) else {
                 throw ControlBodyError(description: "the body is not JSON with a whole older_than_seconds")
             }
-            guard let seconds = age.older_than_seconds else { return nil }
+            guard let seconds = age.olderThanSeconds else { return nil }
             guard seconds >= 0 else { throw ControlBodyError(description: "a negative age") }
             return .seconds(seconds)
         }
@@ -204,13 +207,21 @@ public final class ControlEndpoint: Sendable {
         let text = String(decoding: body, as: UTF8.self).trimmingWhitespace()
         var fields: [String: String] = [:]
         if text.hasPrefix("{") {
-            struct Fields: Decodable { var type: String?; var threshold: Int?; var max_pages: Int? }
+            struct Fields: Decodable {
+                var type: String?
+                var threshold: Int?
+                var maxPages: Int?
+                enum CodingKeys: String, CodingKey {
+                    case type, threshold
+                    case maxPages = "max_pages"
+                }
+            }
             guard let decoded = try? JSONDecoder().decode(Fields.self, from: Data(body)) else {
                 throw ControlBodyError(description: "the body is not JSON with type, threshold and max_pages")
             }
             fields["type"] = decoded.type
             fields["threshold"] = decoded.threshold.map(String.init)
-            fields["max_pages"] = decoded.max_pages.map(String.init)
+            fields["max_pages"] = decoded.maxPages.map(String.init)
         } else {
             for field in text.split(whereSeparator: { $0 == " " || $0 == "\n" }) {
                 let pair = field.split(separator: "=", maxSplits: 1)
@@ -251,15 +262,17 @@ public final class ControlEndpoint: Sendable {
     static func parseMemLimit(_ body: [UInt8]) throws(ByteSize.ParseError) -> Int {
         let text = String(decoding: body, as: UTF8.self).trimmingWhitespace()
         guard text.hasPrefix("{") else { return try ByteSize.parse(String(text)) }
-        struct Numeric: Decodable { var mem_limit: Int }
-        struct Textual: Decodable { var mem_limit: String }
-        let decoder = JSONDecoder()
-        if let numeric = try? decoder.decode(Numeric.self, from: Data(body)) {
-            guard numeric.mem_limit >= 0 else { throw ByteSize.ParseError(description: "a negative mem_limit") }
-            return numeric.mem_limit
+        struct Limit<Value: Decodable>: Decodable {
+            var memLimit: Value
+            enum CodingKeys: String, CodingKey { case memLimit = "mem_limit" }
         }
-        if let textual = try? decoder.decode(Textual.self, from: Data(body)) {
-            return try ByteSize.parse(textual.mem_limit)
+        let decoder = JSONDecoder()
+        if let numeric = try? decoder.decode(Limit<Int>.self, from: Data(body)) {
+            guard numeric.memLimit >= 0 else { throw ByteSize.ParseError(description: "a negative mem_limit") }
+            return numeric.memLimit
+        }
+        if let textual = try? decoder.decode(Limit<String>.self, from: Data(body)) {
+            return try ByteSize.parse(textual.memLimit)
         }
         throw ByteSize.ParseError(description: "the body is JSON without a mem_limit number or size")
     }

@@ -72,12 +72,13 @@ struct ProtocolTests {
         #expect(handshake.receive(Self.option(.startTLS), into: &output) == .proceed)
         #expect(handshake.receive(Self.option(.list, [1]), into: &output) == .proceed)
         #expect(handshake.receive(.oversizedOption(code: 7, length: 1 << 30), into: &output) == .proceed)
-        let R = NBDOptionReply.self
+        let reply = NBDOptionReply.self
         #expect(
             Self.replyTypes(output)
                 == [
-                    R.errUnsupported, R.errUnknown, R.errInvalid, R.errInvalid, R.errUnsupported, R.errInvalid,
-                    R.errTooBig,
+                    reply.errUnsupported, reply.errUnknown, reply.errInvalid, reply.errInvalid, reply.errUnsupported,
+                    reply.errInvalid,
+                    reply.errTooBig,
                 ].map(\.rawValue))
         #expect(handshake.receive(Self.option(.abort), into: &output) != .proceed)
     }
