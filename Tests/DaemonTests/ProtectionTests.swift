@@ -46,12 +46,10 @@ struct ProtectionTests {
         return (flushers, threads)
     }
 
-    @Test("with the defaults: each measure is applied where this process may, and logged; the rest is a warning")
+    @Test(
+        "with the defaults: each measure is applied where this process may, and logged; the rest is a warning",
+        .enabled(if: getuid() == 0, "the capabilities under test are root's; uid \(getuid())"))
     func defaults() async throws {
-        guard getuid() == 0 else {
-            print("skipped: the capabilities under test are root's (uid \(getuid()))")
-            return
-        }
         try await withDaemon(["--size", "64M"]) { daemon in
             let pid = daemon.processIdentifier
             let log = daemon.log
@@ -85,12 +83,10 @@ struct ProtectionTests {
         }
     }
 
-    @Test("without CAP_IPC_LOCK and CAP_SYS_RESOURCE: auto serves unlocked and says why; on exits 77 with one line")
+    @Test(
+        "without CAP_IPC_LOCK and CAP_SYS_RESOURCE: auto serves unlocked and says why; on exits 77 with one line",
+        .enabled(if: getuid() == 0, "dropping capabilities needs a process that has them (root); uid \(getuid())"))
     func withoutCapabilities() async throws {
-        guard getuid() == 0 else {
-            print("skipped: dropping capabilities needs a process that has them (uid \(getuid()))")
-            return
-        }
         let dropped = ["setpriv", "--bounding-set", "-ipc_lock,-sys_resource", "prlimit", "--memlock=8388608", "--"]
         let daemon = try DaemonProcess(["--size", "64M"], launcher: dropped)
         defer { daemon.cleanUp() }
