@@ -46,10 +46,7 @@ let package = Package(
         .target(name: "CLinux"),
         .target(
             name: "ZNBDSystem",
-            dependencies: [
-                "CLinux", .product(name: "SystemPackage", package: "swift-system"),
-                .product(name: "DequeModule", package: "swift-collections"),
-            ],
+            dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strictSwift
         ),
         .target(
@@ -91,6 +88,7 @@ let package = Package(
             name: "NBD",
             dependencies: [
                 "BlockDevice", "ZNBDSystem",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -58,7 +58,7 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
         }
         bytes = data.base
         // Zero bits are Atomic<UInt8>(0): unallocated.
-        status = statusMapping.base.bindMemory(to: Atomic<UInt8>.self, capacity: pages)
+        status = statusMapping.bindZeroed(to: Atomic<UInt8>.self, count: pages)
         stripes = .allocate(capacity: Self.stripeCount)
         for index in 0..<Self.stripeCount {
             (stripes + index).initialize(to: pthread_mutex_t())

@@ -52,9 +52,9 @@ const clinux_held_lock *clinux_lockdep_held(int *count) {
     return clinux_held_locks;
 }
 
-int clinux_lockdep_push(uint8_t level, int32_t rank, uintptr_t identity) {
+int clinux_lockdep_push(uint8_t level, const unsigned char *name, int32_t rank, uintptr_t identity) {
     if (clinux_held_count == CLINUX_LOCKDEP_DEPTH) return -1;
-    clinux_held_locks[clinux_held_count++] = (clinux_held_lock){level, rank, identity};
+    clinux_held_locks[clinux_held_count++] = (clinux_held_lock){level, name, rank, identity};
     return 0;
 }
 

@@ -42,6 +42,18 @@ public struct AnonymousMapping: ~Copyable {
         munmap(mappingStart, mappingLength)
     }
 
+    /// The mapping as `count` values of `T` from `base`, bound in place:
+    /// for a fresh mapping, whose pages read as zero bits, and a `T` for
+    /// which all-zero bits are a valid value (fixed-width integers, Atomics
+    /// of them), so that binding is the initialisation and an untouched
+    /// element costs no memory. Traps unless `count` values fit.
+    public func bindZeroed<T: ~Copyable>(to type: T.Type, count: Int) -> UnsafeMutablePointer<T> {
+        precondition(
+            count >= 0 && count * MemoryLayout<T>.stride <= byteCount, "\(count) values do not fit the mapping")
+        precondition(Int(bitPattern: base) % MemoryLayout<T>.alignment == 0, "the mapping is not aligned for the type")
+        return base.bindMemory(to: T.self, capacity: max(1, count))
+    }
+
     /// Gives the pages of `offset..<offset + count` back to the kernel
     /// (`madvise(MADV_DONTNEED)`): the process's RSS falls at once, and the
     /// range reads as zeroes if it is touched again. Page-aligned only.
@@ -50,7 +62,7 @@ public struct AnonymousMapping: ~Copyable {
         assert(offset & (pageSize - 1) == 0 && count & (pageSize - 1) == 0, "discard of a partial page")
         let start = base + offset
         if madvise(start, count, MADV_DONTNEED) != 0 && errno == EINVAL {
-            // Locked pages (ProcessProtection's mlockall) refuse MADV_DONTNEED:
+            // Locked pages (the daemon's mlockall, ProcessControls) refuse MADV_DONTNEED:
             // unlock the range, drop it, and lock it again as it is touched.
             _ = munlock(start, count)
             _ = madvise(start, count, MADV_DONTNEED)

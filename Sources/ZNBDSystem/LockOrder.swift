@@ -1,34 +1,43 @@
 internal import CLinux
 
-/// The levels of znbd's data-path locks, outermost first. A thread holding a
+/// A level in the one order of the data path's locks. A thread holding a
 /// lock may *wait* only for locks of a higher level; it may *try* any lock
-/// (a try never waits, so it cannot close a cycle). docs/ARCHITECTURE.md has
-/// the table of which thread takes which.
+/// (a try never waits, so it cannot close a cycle).
 ///
-///   1 maintenance  ZRAM's maintenance pass lock: one compaction and
-///                  migration pass at a time (pthread mutex)
-///   2 slot         ZRAM's per-page slot lock (bit spin lock)
-///   3 pin          ZSPool's per-object handle pin (bit spin lock)
-///   4 zspage       ZSPool's per-zspage reader/writer lock (spin; the writer only tries)
-///   5 sizeClass    ZSPool's per-class lock (pthread mutex)
-///   6 arena        ZSPool's frame arena lock (pthread mutex)
-///   7 idCache      ZSPool's per-CPU caches of free handle and zspage ids (bit spin lock)
-///   8 idAllocator  the handle and zspage id allocators behind them (pthread mutex, leaf)
+/// The modules that own locks declare their levels, outermost first, beside
+/// their locks (ZRAM's and ZSPool's `LockLevels.swift`); this module only
+/// compares them. A module that holds its own locks around another's calls
+/// gives its levels a lower `order` than that module's outermost, and a test
+/// checks it. docs/ARCHITECTURE.md has the table of which thread takes which.
 ///
 /// `unchecked` locks take no part: they are never held while a checked lock
 /// is taken (control-plane state, test bookkeeping).
-public enum LockLevel: UInt8, Sendable, Comparable {
-    case unchecked = 0
-    case maintenance = 1
-    case slot = 2
-    case pin = 3
-    case zspage = 4
-    case sizeClass = 5
-    case arena = 6
-    case idCache = 7
-    case idAllocator = 8
+public struct LockLevel: Sendable, Comparable, CustomStringConvertible {
+    /// The place in the order: lower levels are taken first (outermost).
+    /// 0 is `unchecked`. (Locks of one level may also carry a rank, which
+    /// orders them within the level: `Locked`'s `rank`.)
+    public let order: UInt8
+    /// What the lock is, for the checker's messages ("slot", "class").
+    public let name: StaticString
 
-    public static func < (lhs: LockLevel, rhs: LockLevel) -> Bool { lhs.rawValue < rhs.rawValue }
+    /// A checked level; `order` must be above 0.
+    public init(order: UInt8, name: StaticString) {
+        precondition(order > 0, "order 0 is the unchecked level")
+        self.order = order
+        self.name = name
+    }
+
+    private init(uncheckedName: StaticString) {
+        order = 0
+        name = uncheckedName
+    }
+
+    public static let unchecked = LockLevel(uncheckedName: "unchecked")
+
+    public var description: String { "\(name)" }
+
+    public static func < (lhs: LockLevel, rhs: LockLevel) -> Bool { lhs.order < rhs.order }
+    public static func == (lhs: LockLevel, rhs: LockLevel) -> Bool { lhs.order == rhs.order }
 }
 
 /// A small lockdep: in checked builds (debug, or `-D ZNBD_LOCKDEP`, which
@@ -59,15 +68,17 @@ public enum LockOrder {
             let held = clinux_lockdep_held(&count)!
             for index in 0..<Int(count) {
                 let other = held[index]
-                guard let otherLevel = LockLevel(rawValue: other.level) else { continue }
-                let allowed = otherLevel < level || (ordered && otherLevel == level && Int(other.rank) < rank)
+                let allowed =
+                    other.level < level.order || (ordered && other.level == level.order && Int(other.rank) < rank)
                 guard !allowed else { continue }
                 if UInt(bitPattern: identity) == other.identity {
                     preconditionFailure(
                         "lock order: waiting for a \(level) lock this thread already holds (self-deadlock)")
                 }
+                let otherName = other.name.map { String(cString: $0) } ?? "?"
                 preconditionFailure(
-                    "lock order: waiting for a \(level) lock (rank \(rank)) while holding a \(otherLevel) lock (rank \(other.rank)); "
+                    "lock order: waiting for a \(level) lock (rank \(rank)) while holding a \(otherName) lock "
+                        + "(rank \(other.rank)); "
                         + "a thread may only wait for locks below those it holds (see LockLevel)")
             }
         #endif
@@ -79,7 +90,9 @@ public enum LockOrder {
         #if DEBUG || ZNBD_LOCKDEP
             guard level != .unchecked else { return }
             precondition(
-                clinux_lockdep_push(level.rawValue, Int32(truncatingIfNeeded: rank), UInt(bitPattern: identity)) == 0,
+                clinux_lockdep_push(
+                    level.order, level.name.utf8Start, Int32(truncatingIfNeeded: rank), UInt(bitPattern: identity))
+                    == 0,
                 "lock order: more than \(CLINUX_LOCKDEP_DEPTH) locks held by one thread")
         #endif
     }

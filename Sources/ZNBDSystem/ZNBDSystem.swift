@@ -1,5 +1,7 @@
 // ZNBDSystem: the few unsafe primitives and operating-system calls the rest
-// of znbd is built on, in one place, in the manner of swift-system.
+// of znbd is built on, in the manner of swift-system. It knows nothing of
+// the modules above it: they declare their own lock levels, threads and
+// policies on top of what is here.
 //
 // THE MAP
 //
@@ -10,25 +12,30 @@
 //   BitSpinLock,        the spin locks of the data path (a bit of an atomic
 //   ReaderWriterSpinLock  word; a reader/writer counter) and `backOff`, the
 //                       one waiting policy they share.
-//   Locked              a pthread mutex around a value, for the pool's
-//                       sleeping locks.
-//   LockLevel,          the one order of the data-path locks, and a small
-//   LockOrder           lockdep that traps on a wrong order in checked builds.
+//   Locked              a pthread mutex around a value, for the sleeping
+//                       locks that take part in the lock order.
+//   LockLevel,          how the data path's locks are ordered (the levels
+//   LockOrder           themselves are declared by the modules that own the
+//                       locks), and a small lockdep that traps on a wrong
+//                       order in checked builds.
 //   PerCPUShards,       memory in one shard per CPU, and the CPU a thread
 //   CurrentCPU          runs on (which shard to use).
 //   ShardedCounters     per-CPU statistics counters, on PerCPUShards.
 //   MemoryPressureTrigger  the kernel's memory-pressure signal (PSI), and
-//   Sleeper, BackgroundThread  the wait and the named thread of the
-//                       maintenance loop.
-//   WorkerThreads       named threads that run jobs from one FIFO queue: the
-//                       NBD server's request workers.
+//   Sleeper, BackgroundThread  a wait that poll(2) ends, and a named thread
+//                       of its own (pthread), for loops that block.
 //   residentMemoryBytes the process's RSS (/proc/self/statm); HeapPolicy,
 //                       how malloc gives memory back.
-//   ProcessProtection   what keeps the daemon serving as its machine's swap:
-//                       I/O flusher, memory lock, OOM score.
+//   ProcessControls     the system calls behind the daemon's protection as a
+//                       swap device (I/O flusher, mlockall, OOM score);
+//                       which to apply is znbd's ProcessProtection.
 //
-// Everything that touches raw memory or a libc call outside the pool's own
-// frame bookkeeping lives here, with its invariants beside it.
+// RAW MEMORY: mappings are made, bound and given back here, and every spin
+// lock is a view over an atomic word, with the invariants beside each. Two
+// other places lay memory out themselves, each with its invariants beside
+// it: ZSPool (its frames, zspage records, handle entries and id caches) and
+// the two tables that index arrays mapped here (ZRAM's SlotTable,
+// BlockDevice's MemoryBlockDevice).
 
 /// The size of one page: the unit the device stores, the codec compresses
 /// and the pool's arena hands out (a frame).

@@ -85,8 +85,8 @@ final class SlotTable: @unchecked Sendable {
         valueMapping = try AnonymousMapping(byteCount: count * MemoryLayout<UInt64>.stride)
         // Zero bits are a valid Atomic<UInt64>(0) and UInt64(0): binding the
         // fresh zero pages is their initialisation.
-        metas = metaMapping.base.bindMemory(to: Atomic<UInt64>.self, capacity: max(1, count))
-        values = valueMapping.base.bindMemory(to: UInt64.self, capacity: max(1, count))
+        metas = metaMapping.bindZeroed(to: Atomic<UInt64>.self, count: count)
+        values = valueMapping.bindZeroed(to: UInt64.self, count: count)
     }
 
     /// Seconds since the table was made, the clock of the ACCESSED field

@@ -213,7 +213,7 @@ final class IdCaches: @unchecked Sendable {
 
     /// One cache (a per-CPU shard): lock word, live count, count of ids
     /// held, then the ids.
-    private struct Shard {
+    struct Shard {
         static let liveOffset = 8
         static let countOffset = 16
         static let idsOffset = 24

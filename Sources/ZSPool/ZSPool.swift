@@ -35,8 +35,9 @@
 // front of each table's shared allocator (ChunkedTable), so threads in one
 // class do not also meet on an id mutex for every object.
 //
-// LOCKS, outermost first (ZNBDSystem's LockLevel; a thread holding one may
-// only *wait* for those below it, and checked builds trap otherwise):
+// LOCKS, outermost first (levels in LockLevels.swift, ordered by ZNBDSystem's
+// LockLevel; a thread holding one may only *wait* for those below it, and
+// checked builds trap otherwise):
 //
 //   1. maintenance      not the pool's: ZRAM's one-pass-at-a-time lock,
 //                       held around compact() and defragment().

@@ -147,7 +147,7 @@ final class Daemon: Service {
             if line.isWarning { logger.warning("\(line.text)") } else { logger.info("\(line.text)") }
         }
         if configuration.protection.ioFlusher != .off {
-            let threads = ProcessProtection.ioFlusherThreads()
+            let threads = ProcessControls.ioFlusherThreads()
             logger.info("I/O flusher threads: \(threads.flushers) of \(threads.threads)")
         }
         if configuration.maintenance.automatic {

@@ -8,6 +8,15 @@ import ZNBDSystem
     import Glibc
 #endif
 
+/// Levels for the lock-order tests, in the shape of the real ones (ZRAM's
+/// and ZSPool's LockLevels.swift): an outer spin lock, two mutexes, a leaf.
+extension LockLevel {
+    fileprivate static let outer = LockLevel(order: 1, name: "outer")
+    fileprivate static let spin = LockLevel(order: 2, name: "spin")
+    fileprivate static let middle = LockLevel(order: 3, name: "middle")
+    fileprivate static let inner = LockLevel(order: 4, name: "inner")
+}
+
 @Suite("ZNBDSystem: mappings, spin locks and the lock order")
 struct ZNBDSystemTests {
     /// RLIMIT_MEMLOCK's soft limit in bytes (Int.max when unlimited).
@@ -102,22 +111,22 @@ struct ZNBDSystemTests {
 
     @Test("the lock order allows waits downwards, tries anywhere, and ranked nesting")
     func lockOrderAllows() {
-        let slot = Locked(0, level: .slot)
-        let sizeClass = Locked(0, level: .sizeClass)
-        let arena = Locked(0, level: .arena)
-        let first = Locked(0, level: .sizeClass, rank: 1)
-        let second = Locked(0, level: .sizeClass, rank: 2)
-        slot.withLock { _ in sizeClass.withLock { _ in arena.withLock { _ in } } }
+        let outer = Locked(0, level: .outer)
+        let middle = Locked(0, level: .middle)
+        let inner = Locked(0, level: .inner)
+        let first = Locked(0, level: .middle, rank: 1)
+        let second = Locked(0, level: .middle, rank: 2)
+        outer.withLock { _ in middle.withLock { _ in inner.withLock { _ in } } }
         first.withLock(ordered: true) { _ in second.withLock(ordered: true) { _ in } }
         // A try of a lower level never waits, so it is allowed.
         let word = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: 1)
         word.initialize(to: Atomic(0))
         defer { word.deallocate() }
-        let pin = BitSpinLock(word: word, bit: 1, level: .pin)
-        arena.withLock { _ in
-            #expect(pin.tryLock() != nil)
+        let spin = BitSpinLock(word: word, bit: 1, level: .spin)
+        inner.withLock { _ in
+            #expect(spin.tryLock() != nil)
             #expect(LockOrder.heldCount == (LockOrder.isChecking ? 2 : 0))
-            pin.unlock()
+            spin.unlock()
         }
         #expect(LockOrder.heldCount == 0)
     }
@@ -125,81 +134,19 @@ struct ZNBDSystemTests {
     @Test("waiting for a lock above one held traps in checked builds", .enabled(if: LockOrder.isChecking))
     func lockOrderTraps() async {
         await #expect(processExitsWith: .failure) {
-            let sizeClass = Locked(0, level: .sizeClass)
-            let slot = Locked(0, level: .slot)
-            sizeClass.withLock { _ in slot.withLock { _ in } }
+            let middle = Locked(0, level: .middle)
+            let outer = Locked(0, level: .outer)
+            middle.withLock { _ in outer.withLock { _ in } }
         }
         await #expect(processExitsWith: .failure) {
-            let first = Locked(0, level: .sizeClass, rank: 1)
-            let second = Locked(0, level: .sizeClass, rank: 2)
+            let first = Locked(0, level: .middle, rank: 1)
+            let second = Locked(0, level: .middle, rank: 2)
             first.withLock { _ in second.withLock { _ in } }  // same level, not ordered
         }
         await #expect(processExitsWith: .failure) {
             let word = UnsafeMutablePointer<Atomic<UInt64>>.allocate(capacity: 1)
             word.initialize(to: Atomic(0))
-            BitSpinLock(word: word, bit: 1, level: .pin).unlock()  // never taken
+            BitSpinLock(word: word, bit: 1, level: .spin).unlock()  // never taken
         }
-    }
-}
-
-@Suite("ZNBDSystem: worker threads")
-struct WorkerThreadsTests {
-    @Test("every job runs once, one worker runs them in order, and shutdown runs what is queued")
-    func everyJobOnce() async {
-        // Locked, not Synchronization's Mutex: ThreadSanitizer sees pthread
-        // mutexes, not Mutex's futex (Locked.swift says more).
-        let ran = Locked<[Int]>([])
-        let single = WorkerThreads<Int>(count: 1, name: "test-worker") { job in ran.withLock { $0.append(job) } }
-        // Batches and single jobs, more than the ring's first size.
-        single.submit(contentsOf: 0..<100)
-        for job in 100..<150 { single.submit(job) }
-        single.submit(contentsOf: [Int]())
-        await single.shutdown()
-        #expect(ran.withLock { $0 } == Array(0..<150))
-
-        let counts = Locked<[Int]>([Int](repeating: 0, count: 20_000))
-        let pool = WorkerThreads<Int>(count: 3, name: "test-worker") { job in counts.withLock { $0[job] += 1 } }
-        await withTaskGroup(of: Void.self) { group in
-            for part in 0..<4 {
-                group.addTask {
-                    for start in stride(from: part * 5_000, to: (part + 1) * 5_000, by: 50) {
-                        pool.submit(contentsOf: start..<start + 50)
-                    }
-                }
-            }
-        }
-        await pool.shutdown()
-        #expect(counts.withLock { $0.allSatisfy { $0 == 1 } })
-    }
-
-    @Test("shutdown suspends, not blocks, while a job waits for another task")
-    func shutdownSuspends() async throws {
-        // Each pool's job waits for a flag that only a task sets, after the
-        // shutdowns have begun. More shutdowns than the cooperative pool has
-        // threads: shutdowns that blocked their threads would leave none for
-        // that task, and only the watchdog thread would end the wait.
-        let released = Atomic<Int>(0)  // 1: by the task, 2: by the watchdog
-        let started = Atomic<Int>(0)
-        let pools = (0...ProcessInfo.processInfo.activeProcessorCount).map { _ in
-            WorkerThreads<Int>(count: 1, name: "test-worker") { _ in
-                started.add(1, ordering: .sequentiallyConsistent)
-                while released.load(ordering: .sequentiallyConsistent) == 0 { usleep(1_000) }
-            }
-        }
-        let watchdog = BackgroundThread(name: "test-watchdog") {
-            for _ in 0..<10_000 where released.load(ordering: .sequentiallyConsistent) == 0 { usleep(1_000) }
-            _ = released.compareExchange(expected: 0, desired: 2, ordering: .sequentiallyConsistent)
-        }
-        for pool in pools { pool.submit(1) }
-        while started.load(ordering: .sequentiallyConsistent) < pools.count {
-            try await Task.sleep(for: .milliseconds(1))
-        }
-        let stopping = pools.map { pool in Task { await pool.shutdown() } }
-        try await Task.sleep(for: .milliseconds(50))
-        _ = released.compareExchange(expected: 0, desired: 1, ordering: .sequentiallyConsistent)
-        for task in stopping { await task.value }
-        watchdog.join()
-        let releasedBy = released.load(ordering: .sequentiallyConsistent)
-        #expect(releasedBy == 1, "the jobs were released by the watchdog: shutdown blocked the cooperative pool")
     }
 }

@@ -2,10 +2,17 @@ import BlockDevice
 import Testing
 import TestSupport
 @testable import ZRAM
+import ZNBDSystem
 import ZSPool
 
 @Suite("ZRAM: pages, ranges and allocation status")
 struct DeviceBehaviourTests {
+    @Test("ZRAM's locks come before the pool's in the lock order: both are held around pool calls")
+    func lockLevels() {
+        #expect(LockLevel.maintenance < LockLevel.slot)
+        #expect(LockLevel.slot < LockLevel.outermostInPool)
+    }
+
     @Test("an unwritten device reads as zeroes and reports one unallocated extent")
     func freshDevice() throws {
         let device = try CompressedBlockDevice.make(pages: 64)

@@ -32,7 +32,7 @@ int clinux_malloc_trim(void);
 /// Names the calling thread (pthread_setname_np; at most 15 bytes shown).
 void clinux_name_this_thread(const char *name);
 
-// MARK: Staying resident as a swap device (ZNBDSystem's ProcessProtection)
+// MARK: Staying resident as a swap device (ZNBDSystem's ProcessControls)
 
 /// prctl(PR_SET_IO_FLUSHER, 1) (Linux 5.6+, needs CAP_SYS_RESOURCE): the
 /// calling thread, and threads it creates afterwards, allocate without
@@ -63,6 +63,8 @@ int clinux_memlock_limit(uint64_t *limit);
 
 typedef struct {
     uint8_t level;
+    /// The level's name (a Swift StaticString: lives as long as the program).
+    const unsigned char *name;
     int32_t rank;
     uintptr_t identity;
 } clinux_held_lock;
@@ -72,7 +74,7 @@ const clinux_held_lock *clinux_lockdep_held(int *count);
 
 /// Records a lock the calling thread now holds; returns 0, or -1 when the
 /// stack is full.
-int clinux_lockdep_push(uint8_t level, int32_t rank, uintptr_t identity);
+int clinux_lockdep_push(uint8_t level, const unsigned char *name, int32_t rank, uintptr_t identity);
 
 /// Forgets the most recent record of `identity`; returns 0, or -1 when the
 /// thread holds no such lock.

@@ -1,4 +1,5 @@
 import DequeModule
+import ZNBDSystem
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -16,7 +17,7 @@ import DequeModule
 ///
 /// The queue is unbounded: callers bound what they submit (the NBD server's
 /// in-flight budgets).
-public final class WorkerThreads<Job: Sendable>: @unchecked Sendable {
+final class WorkerThreads<Job: Sendable>: @unchecked Sendable {
     // @unchecked: `queue`, `sleeping`, `wakesPending` and `stopping` are only
     // touched with `mutex` held; `threads` is written in init and read by
     // shutdown(), called once by the owner.
@@ -37,7 +38,7 @@ public final class WorkerThreads<Job: Sendable>: @unchecked Sendable {
 
     /// Starts `count` threads named `name` (15 bytes at most), each running
     /// `perform` on one job at a time, in submission order.
-    public init(count: Int, name: String, perform: @escaping @Sendable (Job) -> Void) {
+    init(count: Int, name: String, perform: @escaping @Sendable (Job) -> Void) {
         precondition(count > 0)
         running = count
         mutex = .allocate(capacity: 1)
@@ -66,7 +67,7 @@ public final class WorkerThreads<Job: Sendable>: @unchecked Sendable {
     /// Queues `jobs` in order, under one acquisition of the mutex, and wakes
     /// as many sleeping workers as there are new jobs, less those already
     /// woken.
-    public func submit(contentsOf jobs: some Collection<Job>) {
+    func submit(contentsOf jobs: some Collection<Job>) {
         guard !jobs.isEmpty else { return }
         pthread_mutex_lock(mutex)
         precondition(!stopping, "a job submitted after shutdown")
@@ -81,7 +82,7 @@ public final class WorkerThreads<Job: Sendable>: @unchecked Sendable {
     }
 
     /// Queues one job.
-    public func submit(_ job: Job) {
+    func submit(_ job: Job) {
         submit(contentsOf: CollectionOfOne(job))
     }
 
@@ -90,7 +91,7 @@ public final class WorkerThreads<Job: Sendable>: @unchecked Sendable {
     /// a job may wait for something only another task can do, and blocking
     /// a thread of the cooperative pool (two, on a two-core machine) could
     /// keep that task from ever running.
-    public func shutdown() async {
+    func shutdown() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             pthread_mutex_lock(mutex)
             precondition(!stopping, "shutdown called twice")
