@@ -300,7 +300,7 @@ public struct CompactionFigures: Sendable, Codable, Equatable {
 }
 
 /// What one frame-migration pass did.
-public struct DefragmentationFigures: Sendable, Codable, Equatable {
+public struct MigrationFigures: Sendable, Codable, Equatable {
     public var framesMigrated: Int
     /// Frames left in place because their zspage was busy.
     public var framesSkipped: Int
@@ -327,7 +327,7 @@ public struct MaintenancePassFigures: Sendable, Codable, Equatable {
     /// waste, discard, pressure or manual.
     public var trigger: String
     public var compaction: CompactionFigures
-    public var defragmentation: DefragmentationFigures
+    public var migration: MigrationFigures
     /// malloc_trim gave heap memory back.
     public var heapTrimmed: Bool
     public var seconds: Double
@@ -335,12 +335,12 @@ public struct MaintenancePassFigures: Sendable, Codable, Equatable {
     public var memUsedTotalAfter: Int
 
     public init(
-        trigger: String, compaction: CompactionFigures, defragmentation: DefragmentationFigures, heapTrimmed: Bool,
+        trigger: String, compaction: CompactionFigures, migration: MigrationFigures, heapTrimmed: Bool,
         seconds: Double, memUsedTotalBefore: Int, memUsedTotalAfter: Int
     ) {
         self.trigger = trigger
         self.compaction = compaction
-        self.defragmentation = defragmentation
+        self.migration = migration
         self.heapTrimmed = heapTrimmed
         self.seconds = seconds
         self.memUsedTotalBefore = memUsedTotalBefore
@@ -348,7 +348,8 @@ public struct MaintenancePassFigures: Sendable, Codable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case trigger, compaction, defragmentation, seconds
+        case trigger, compaction, seconds
+        case migration = "migration"
         case heapTrimmed = "heap_trimmed"
         case memUsedTotalBefore = "mem_used_total_before"
         case memUsedTotalAfter = "mem_used_total_after"

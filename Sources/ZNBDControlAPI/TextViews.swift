@@ -121,15 +121,15 @@ public enum TextViews {
 
     public static func compactSummary(_ result: CompactDocument) -> String {
         let compaction = result.pass.compaction
-        let defragmentation = result.pass.defragmentation
+        let migration = result.pass.migration
         var text = "compaction: \(compaction.framesFreed) frames freed"
         text += " (\(ByteSize.format(compaction.framesFreed * result.frameSize))),"
         text += " \(compaction.objectsMoved) objects moved (\(ByteSize.format(compaction.bytesMoved)))"
         if compaction.objectsSkipped > 0 { text += ", \(compaction.objectsSkipped) busy objects left" }
-        text += "\ndefragmentation: \(defragmentation.framesMigrated) frames migrated,"
-        text += " \(defragmentation.blocksReleased) blocks released"
-        text += " (\(ByteSize.format(defragmentation.blocksReleased * result.blockSize)))"
-        if defragmentation.framesSkipped > 0 { text += ", \(defragmentation.framesSkipped) busy frames left" }
+        text += "\nmigration: \(migration.framesMigrated) frames migrated,"
+        text += " \(migration.blocksReleased) blocks released"
+        text += " (\(ByteSize.format(migration.blocksReleased * result.blockSize)))"
+        if migration.framesSkipped > 0 { text += ", \(migration.framesSkipped) busy frames left" }
         text += "\nmem_used_total \(ByteSize.format(result.pass.memUsedTotalBefore)) -> "
         text += "\(ByteSize.format(result.pass.memUsedTotalAfter)),"
         text += " RSS \(ByteSize.format(result.rssBytesBefore)) -> \(ByteSize.format(result.rssBytesAfter))"

@@ -79,8 +79,8 @@ extension CompactionFigures {
     }
 }
 
-extension DefragmentationFigures {
-    public init(_ result: DefragmentationResult) {
+extension MigrationFigures {
+    public init(_ result: MigrationResult) {
         self.init(
             framesMigrated: result.framesMigrated, framesSkipped: result.framesSkipped,
             blocksReleased: result.blocksReleased)
@@ -91,7 +91,7 @@ extension MaintenancePassFigures {
     public init(_ pass: MaintenancePass) {
         self.init(
             trigger: pass.trigger.rawValue, compaction: CompactionFigures(pass.compaction),
-            defragmentation: DefragmentationFigures(pass.defragmentation), heapTrimmed: pass.heapTrimmed,
+            migration: MigrationFigures(pass.migration), heapTrimmed: pass.heapTrimmed,
             seconds: pass.duration.seconds, memUsedTotalBefore: pass.poolBytesBefore,
             memUsedTotalAfter: pass.poolBytesAfter)
     }
@@ -100,13 +100,13 @@ extension MaintenancePassFigures {
 extension MaintenanceFigures {
     public init(_ stats: MaintenanceStats) {
         self.init(
-            compaction: stats.automatic ? "auto" : "off", migration: stats.migration ? "auto" : "off",
+            compaction: stats.automatic ? "auto" : "off", migration: stats.migrationEnabled ? "auto" : "off",
             pressureSource: stats.pressureSource,
             passes: Dictionary(uniqueKeysWithValues: stats.passes.map { ($0.key.rawValue, $0.value) }),
             pagesCompacted: stats.compaction.framesFreed, objectsMoved: stats.compaction.objectsMoved,
             bytesMoved: stats.compaction.bytesMoved, objectsSkipped: stats.compaction.objectsSkipped,
-            framesMigrated: stats.defragmentation.framesMigrated, framesSkipped: stats.defragmentation.framesSkipped,
-            blocksReleased: stats.defragmentation.blocksReleased, heapTrims: stats.heapTrims,
+            framesMigrated: stats.migration.framesMigrated, framesSkipped: stats.migration.framesSkipped,
+            blocksReleased: stats.migration.blocksReleased, heapTrims: stats.heapTrims,
             secondsSpent: stats.timeSpent.seconds, lastPass: stats.lastPass.map(MaintenancePassFigures.init),
             recompressIdleAgeSeconds: stats.recompressIdleAge?.seconds,
             recompression: RecompressionFigures(stats.recompression, scanned: true, finished: nil),

@@ -277,8 +277,9 @@ public final class CompressedBlockDevice: BlockDevice {
     /// (a walk; `stats()` is the cheap poll).
     public func poolStats() -> ZSPoolStats { pool.stats() }
 
-    /// Pool objects freed by discard and write-zeroes since the start.
-    var objectsDiscarded: Int { counters.load(.objectsDiscarded) }
+    /// Pool objects freed with no object stored in their place, since the
+    /// start (DeviceCounters.objectsFreedWithoutReplacement).
+    var objectsFreedWithoutReplacement: Int { counters.load(.objectsFreedWithoutReplacement) }
 
     // MARK: Pages
 
@@ -385,7 +386,7 @@ public final class CompressedBlockDevice: BlockDevice {
         counters.account(new, sign: 1)
         if case .object(let handle, _, _) = old {
             pool.free(ZSHandle(rawValue: handle))
-            if case .object = new {} else { counters.add(.objectsDiscarded) }
+            if case .object = new {} else { counters.add(.objectsFreedWithoutReplacement) }
         }
     }
 

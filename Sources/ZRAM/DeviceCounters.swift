@@ -12,9 +12,11 @@ final class DeviceCounters: Sendable {
         /// Partial-page writes started again because another write switched
         /// the page between their read and their switch.
         case patchRetries
-        /// Pool objects freed with nothing stored in their place (discard,
-        /// write-zeroes): what the maintenance thread watches for bursts.
-        case objectsDiscarded
+        /// Pool objects freed with no object stored in their place: by a
+        /// discard, a write-zeroes, or a same-filled write over a stored page.
+        /// Each leaves a hole in a zspage; the maintenance thread watches
+        /// this for bursts.
+        case objectsFreedWithoutReplacement
         /// Compressed objects by the algorithm that wrote them (huge pages
         /// are raw and counted by `hugePages`).
         case lzoPages, lz4Pages, zstdPages

@@ -9,7 +9,7 @@
 //
 // - compaction (ZSPool.compact): objects move out of the emptiest zspages of
 //   each class into the fullest, and emptied zspages free their frames;
-// - migration (ZSPool.defragment): frames move out of the sparsest resident
+// - migration (ZSPool.migrateFrames): frames move out of the sparsest resident
 //   blocks into the densest, and emptied blocks go back to the kernel;
 // - then glibc's free heap is trimmed (at most every `heapTrimInterval`,
 //   always on pressure and manual passes).
@@ -63,7 +63,7 @@ public struct MaintenancePolicy: Sendable {
     /// passes work either way.
     public var automatic = true
     /// Frame migration after compaction (`--migration auto|off`).
-    public var migration = true
+    public var migrationEnabled = true
     /// Reclaimable bytes that start a pass; nil: max(10% of pool memory, 16 MiB).
     public var wasteThreshold: Int?
     public var pollInterval: Duration = .milliseconds(100)
@@ -120,7 +120,7 @@ public struct MaintenancePolicy: Sendable {
 public struct MaintenancePass: Sendable, Equatable {
     public var trigger: MaintenanceTrigger
     public var compaction = CompactionResult()
-    public var defragmentation = DefragmentationResult()
+    public var migration = MigrationResult()
     /// Whether malloc_trim gave heap memory back.
     public var heapTrimmed = false
     public var duration: Duration = .zero
@@ -131,12 +131,12 @@ public struct MaintenancePass: Sendable, Equatable {
 /// The maintenance thread's running totals.
 public struct MaintenanceStats: Sendable, Equatable {
     public var automatic: Bool
-    public var migration: Bool
+    public var migrationEnabled: Bool
     /// The PSI file the pressure trigger is set on, or nil without one.
     public var pressureSource: String?
     public var passes: [MaintenanceTrigger: Int]
     public var compaction: CompactionResult
-    public var defragmentation: DefragmentationResult
+    public var migration: MigrationResult
     public var heapTrims: Int
     public var timeSpent: Duration
     public var lastPass: MaintenancePass?
@@ -173,9 +173,9 @@ public final class DeviceMaintenance: Sendable {
         sleeper = try Sleeper(pressure: pressure)
         totals = Locked(
             MaintenanceStats(
-                automatic: policy.automatic, migration: policy.migration, pressureSource: pressure?.path,
+                automatic: policy.automatic, migrationEnabled: policy.migrationEnabled, pressureSource: pressure?.path,
                 passes: Dictionary(uniqueKeysWithValues: MaintenanceTrigger.allCases.map { ($0, 0) }),
-                compaction: CompactionResult(), defragmentation: DefragmentationResult(), heapTrims: 0,
+                compaction: CompactionResult(), migration: MigrationResult(), heapTrims: 0,
                 timeSpent: .zero, lastPass: nil,
                 recompressIdleAge: device.recompressionAlgorithm == nil ? nil : policy.recompressIdleAge,
                 recompression: RecompressionResult(), recompressionSweeps: 0))
@@ -216,7 +216,7 @@ public final class DeviceMaintenance: Sendable {
     // MARK: The thread
 
     /// Objects freed with nothing, or something smaller, in their place.
-    private var objectsFreed: Int { device.objectsDiscarded + device.objectsRecompressed }
+    private var objectsFreed: Int { device.objectsFreedWithoutReplacement + device.objectsRecompressed }
 
     private func run() {
         var recompression = RecompressionCursor()
@@ -320,7 +320,7 @@ public final class DeviceMaintenance: Sendable {
 
     private func reclaimableBytes() -> Int {
         let reclaimable = device.pool.reclaimable()
-        return reclaimable.compactableBytes + (policy.migration ? reclaimable.strandedBytes : 0)
+        return reclaimable.compactableBytes + (policy.migrationEnabled ? reclaimable.strandedBytes : 0)
     }
 
     // MARK: Passes
@@ -341,7 +341,7 @@ public final class DeviceMaintenance: Sendable {
             let frames = max(1, policy.sliceBytes / ZSPool.frameSize)
             // Compaction first: migration then moves only frames that stay.
             var compacted = false
-            var migrated = !policy.migration
+            var migrated = !policy.migrationEnabled
             while !(compacted && migrated) {
                 if stopping.load(ordering: .acquiring) && trigger != .manual { break }
                 let sliceStart = clock.now
@@ -350,14 +350,14 @@ public final class DeviceMaintenance: Sendable {
                     pass.compaction.add(slice)
                     compacted = slice.finished
                 } else {
-                    let slice = device.pool.defragment(migratingAtMost: frames)
-                    pass.defragmentation.add(slice)
+                    let slice = device.pool.migrateFrames(atMost: frames)
+                    pass.migration.add(slice)
                     migrated = slice.finished
                 }
                 if !urgent && !(compacted && migrated) { rest(after: clock.now - sliceStart) }
             }
             pass.compaction.finished = compacted
-            pass.defragmentation.finished = migrated
+            pass.migration.finished = migrated
             pass.heapTrimmed = lastHeapTrim.withLock { last in
                 guard
                     trigger == .pressure || trigger == .manual
@@ -385,9 +385,9 @@ public final class DeviceMaintenance: Sendable {
         totals.withLock { totals in
             totals.passes[pass.trigger, default: 0] += 1
             totals.compaction.add(pass.compaction)
-            totals.defragmentation.add(pass.defragmentation)
+            totals.migration.add(pass.migration)
             totals.compaction.finished = true
-            totals.defragmentation.finished = true
+            totals.migration.finished = true
             if pass.heapTrimmed { totals.heapTrims += 1 }
             totals.timeSpent += pass.duration
             totals.lastPass = pass

@@ -10,8 +10,8 @@ public enum FrameMigrationOutcome: Sendable, Equatable {
     case targetFull
 }
 
-/// What one defragmentation pass did.
-public struct DefragmentationResult: Sendable, Equatable {
+/// What one frame-migration pass did.
+public struct MigrationResult: Sendable, Equatable {
     public var framesMigrated = 0
     /// Frames left in place because their zspage was busy.
     public var framesSkipped = 0
@@ -22,7 +22,7 @@ public struct DefragmentationResult: Sendable, Equatable {
 
     public init() {}
 
-    public mutating func add(_ other: DefragmentationResult) {
+    public mutating func add(_ other: MigrationResult) {
         framesMigrated += other.framesMigrated
         framesSkipped += other.framesSkipped
         blocksReleased += other.blocksReleased
@@ -64,8 +64,8 @@ extension ZSPool {
     /// call returns with `finished` false, and the next call picks the
     /// sparsest block again. Either way empty blocks are released.
     @discardableResult
-    public func defragment(migratingAtMost budget: Int = .max) -> DefragmentationResult {
-        var result = DefragmentationResult()
+    public func migrateFrames(atMost budget: Int = .max) -> MigrationResult {
+        var result = MigrationResult()
         let releasedBefore = arena.releasedBlockCount
         var keptBlocks: Set<Int> = []
         // Each round empties or keeps one block; the bound only guards against

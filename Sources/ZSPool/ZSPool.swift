@@ -40,7 +40,7 @@
 // checked builds trap otherwise):
 //
 //   1. maintenance      not the pool's: ZRAM's one-pass-at-a-time lock,
-//                       held around compact() and defragment().
+//                       held around compact() and migrateFrames().
 //   2. slot lock        not the pool's: ZRAM's per-page lock, held around
 //                       pool calls for that page (CompressedBlockDevice).
 //   3. handle pin       per object, a bit spin lock in its handle entry;
@@ -91,7 +91,7 @@ public enum ZSPoolError: Error, Equatable, Sendable {
 }
 
 /// A pool of compressed objects in movable frames. Safe to use from many
-/// threads at once, while `compact()` and `defragment()` run on another.
+/// threads at once, while `compact()` and `migrateFrames()` run on another.
 public final class ZSPool: Sendable {
     public struct Configuration: Sendable {
         /// Address space reserved for frames (rounded up to 2 MiB blocks).

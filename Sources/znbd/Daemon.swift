@@ -153,7 +153,7 @@ final class Daemon: Service {
         if configuration.maintenance.automatic {
             let source = maintenance.stats().pressureSource
             logger.info(
-                "maintenance: compaction auto, migration \(configuration.maintenance.migration ? "auto" : "off"), memory pressure \(source.map { "from \($0)" } ?? "not watched (no PSI here)")"
+                "maintenance: compaction auto, migration \(configuration.maintenance.migrationEnabled ? "auto" : "off"), memory pressure \(source.map { "from \($0)" } ?? "not watched (no PSI here)")"
             )
         }
         var codecs = "algorithm \(configuration.algorithm)"

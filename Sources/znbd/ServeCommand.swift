@@ -203,7 +203,7 @@ struct Serve: AsyncParsableCommand {
             }
         }
         maintenance.automatic = compaction == "auto"
-        maintenance.migration = migration == "auto"
+        maintenance.migrationEnabled = migration == "auto"
         if let wasteThreshold {
             maintenance.wasteThreshold = try parseSize(wasteThreshold, option: "--waste-threshold")
         }

@@ -110,7 +110,7 @@ struct DaemonFiguresTests {
             let compact = try daemon.znbdctl(["compact"])
             #expect(compact.status == 0, "\(compact.standardError)")
             #expect(
-                compact.standardOutput.contains("compaction:") && compact.standardOutput.contains("defragmentation:"))
+                compact.standardOutput.contains("compaction:") && compact.standardOutput.contains("migration:"))
             #expect(try client.read(count: data.random.count, at: 4 << 20) == data.random)
 
             try checkMetrics(daemon, stats: stats)

@@ -41,11 +41,11 @@ struct MaintenanceStressTests {
         print(
             "maintenanceStress: \(operations.withLock { $0 }); passes \(stats.passes); compaction moved "
                 + "\(stats.compaction.objectsMoved) objects (\(stats.compaction.objectsSkipped) busy), migration moved "
-                + "\(stats.defragmentation.framesMigrated) frames (\(stats.defragmentation.framesSkipped) busy), "
-                + "\(stats.defragmentation.blocksReleased) blocks released")
+                + "\(stats.migration.framesMigrated) frames (\(stats.migration.framesSkipped) busy), "
+                + "\(stats.migration.blocksReleased) blocks released")
         #expect(failures.withLock { $0 } == [])
         #expect(stats.passes.values.reduce(0, +) > 50, "maintenance hardly ran: \(stats.passes)")
-        #expect(stats.compaction.objectsMoved > 0 && stats.defragmentation.framesMigrated > 0)
+        #expect(stats.compaction.objectsMoved > 0 && stats.migration.framesMigrated > 0)
         maintenance.stop()
         try device.validate()
     }

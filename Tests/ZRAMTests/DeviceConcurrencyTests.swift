@@ -74,7 +74,7 @@ struct DeviceConcurrencyTests {
                         $0.passes += 1
                         $0.framesFreed += result.compaction.framesFreed
                         $0.objectsMoved += result.compaction.objectsMoved
-                        $0.framesMigrated += result.defragmentation.framesMigrated
+                        $0.framesMigrated += result.migration.framesMigrated
                     }
                 }
                 return

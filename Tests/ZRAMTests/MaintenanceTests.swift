@@ -49,7 +49,7 @@ struct MaintenanceTests {
             "discardTrigger: mem_used_total \(before.memUsedTotal) -> \(trimmed.memUsedTotal) after the discards -> "
                 + "\(after.memUsedTotal) after the pass (compressed \(after.comprDataSize)); \(String(describing: pass)); "
                 + "left: \(reclaimable)")
-        #expect(pass?.compaction.finished == true && pass?.defragmentation.finished == true)
+        #expect(pass?.compaction.finished == true && pass?.migration.finished == true)
         #expect(
             reclaimable.compactableBytes == 0, "compaction left \(reclaimable.compactableBytes) bytes it could free")
         // Compaction finished: every class holds the fewest zspages its
@@ -66,7 +66,7 @@ struct MaintenanceTests {
             total + (entry.objectsUsed + entry.objectsPerZspage - 1) / entry.objectsPerZspage * entry.framesPerZspage
         }
         #expect(after.memUsedTotal == packed * ZSPool.frameSize)
-        #expect((pass?.defragmentation.blocksReleased ?? 0) > 0, "migration released no block")
+        #expect((pass?.migration.blocksReleased ?? 0) > 0, "migration released no block")
         #expect(
             reclaimable.strandedBytes <= 2 * ZSPool.blockSize, "\(reclaimable.strandedBytes) bytes stranded in blocks")
         try device.validate()

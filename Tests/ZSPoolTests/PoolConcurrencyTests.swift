@@ -14,7 +14,7 @@ struct PoolConcurrencyTests {
         ProcessInfo.processInfo.environment["ZNBD_STRESS_SECONDS"].flatMap(Double.init) ?? 10
     }
 
-    @Test("2 workers allocate/write/verify/free while a third compacts and defragments")
+    @Test("2 workers allocate/write/verify/free while a third compacts and migrates frames")
     func workersWithMaintenance() throws {
         let pool = try ZSPool(.init(capacityBytes: 512 << 20, maxChain: 4))
         let deadline = Date().addingTimeInterval(Self.stressSeconds)
@@ -29,12 +29,12 @@ struct PoolConcurrencyTests {
             if role == 2 {
                 while Date() < deadline {
                     let compaction = pool.compact()
-                    let defragmentation = pool.defragment()
+                    let migration = pool.migrateFrames()
                     maintenance.withLock {
                         $0.compactions += 1
                         $0.framesFreed += compaction.framesFreed
-                        $0.framesMigrated += defragmentation.framesMigrated
-                        $0.skipped += compaction.objectsSkipped + defragmentation.framesSkipped
+                        $0.framesMigrated += migration.framesMigrated
+                        $0.skipped += compaction.objectsSkipped + migration.framesSkipped
                     }
                 }
                 return
@@ -92,7 +92,7 @@ struct PoolConcurrencyTests {
         #expect(work.framesFreed + work.framesMigrated > 0, "maintenance never moved anything")
     }
 
-    @Test("after freeing half of 256 MiB, compaction and defragmentation give the memory back")
+    @Test("after freeing half of 256 MiB, compaction and migration give the memory back")
     func memoryReallyReturned() throws {
         let pool = try ZSPool(.init(capacityBytes: 384 << 20, maxChain: 4))
         var random = SeededRandom(seed: 7)
@@ -115,14 +115,14 @@ struct PoolConcurrencyTests {
         let before = pool.stats()
         let residentBefore = residentBytes()
         let compaction = pool.compact()
-        let defragmentation = pool.defragment()
+        let migration = pool.migrateFrames()
         let after = pool.stats()
         let residentAfter = residentBytes()
 
         // Slack: one partly filled zspage per class.
         let slack = pool.sizeClasses.classes.reduce(0) { $0 + $1.framesPerZspage * ZSPool.frameSize }
         print(
-            "memoryReallyReturned: live \(liveBytes >> 20) MiB, used \(before.bytesUsed >> 20) → \(after.bytesUsed >> 20) MiB, blocks resident \(before.blocksResident) → \(after.blocksResident), RSS \(residentBefore >> 20) → \(residentAfter >> 20) MiB, \(compaction), \(defragmentation)"
+            "memoryReallyReturned: live \(liveBytes >> 20) MiB, used \(before.bytesUsed >> 20) → \(after.bytesUsed >> 20) MiB, blocks resident \(before.blocksResident) → \(after.blocksResident), RSS \(residentBefore >> 20) → \(residentAfter >> 20) MiB, \(compaction), \(migration)"
         )
         #expect(Double(after.bytesUsed) <= Double(liveBytes) * 1.10 + Double(slack))
         let releasedBytes = (before.blocksResident - after.blocksResident) * ZSPool.blockSize

@@ -68,10 +68,10 @@ struct PoolModelTests {
             }
             switch phase % 3 {
             case 0: pool.compact()
-            case 1: pool.defragment()
+            case 1: pool.migrateFrames()
             default:
                 pool.compact()
-                pool.defragment()
+                pool.migrateFrames()
             }
             try pool.validate { handle, bytes in
                 guard let object = model[handle] else { return false }

@@ -101,7 +101,7 @@ private func mallocChurnLoop(size: Int, operations: Int) {
 }
 
 /// Fill 256 MiB with objects of LZO-like sizes, free a random half, then
-/// time compaction and defragmentation.
+/// time compaction and migration.
 private func runCompactionBenchmark() {
     let pool: ZSPool
     do { pool = try ZSPool(.init(capacityBytes: 384 << 20)) } catch { fail("\(error)") }
@@ -134,14 +134,14 @@ private func runCompactionBenchmark() {
     let compaction = pool.compact()
     let compactSeconds = monotonicSeconds() - start
     start = monotonicSeconds()
-    let defragmentation = pool.defragment()
-    let defragSeconds = monotonicSeconds() - start
+    let migration = pool.migrateFrames()
+    let migrationSeconds = monotonicSeconds() - start
     let movedMiB = Double(compaction.bytesMoved) / 1_048_576
-    let migratedMiB = Double(defragmentation.framesMigrated * ZSPool.frameSize) / 1_048_576
+    let migratedMiB = Double(migration.framesMigrated * ZSPool.frameSize) / 1_048_576
     print(
         "# compaction: \(format(movedMiB)) MiB of objects moved in \(format(compactSeconds * 1000)) ms = \(format(movedMiB / compactSeconds)) MiB/s; \(compaction.framesFreed) frames freed"
     )
     print(
-        "# migration: \(format(migratedMiB)) MiB of frames moved in \(format(defragSeconds * 1000)) ms = \(format(migratedMiB / defragSeconds)) MiB/s; \(defragmentation.blocksReleased) blocks released"
+        "# migration: \(format(migratedMiB)) MiB of frames moved in \(format(migrationSeconds * 1000)) ms = \(format(migratedMiB / migrationSeconds)) MiB/s; \(migration.blocksReleased) blocks released"
     )
 }
