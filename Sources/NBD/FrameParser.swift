@@ -3,7 +3,7 @@ public import NIOCore
 /// One transmission request as it arrived.
 public struct NBDRequest: Equatable, Sendable {
     public var flags: UInt16
-    public var type: UInt16
+    public var type: NBDCommand
     public var cookie: UInt64
     public var offset: UInt64
     public var length: UInt32
@@ -14,8 +14,9 @@ public struct NBDRequest: Equatable, Sendable {
     /// thrown away so that the stream stays in step, and the request fails.
     public var payloadDropped = false
 
-    public init(flags: UInt16, type: UInt16, cookie: UInt64, offset: UInt64, length: UInt32, payload: ByteBuffer? = nil)
-    {
+    public init(
+        flags: UInt16, type: NBDCommand, cookie: UInt64, offset: UInt64, length: UInt32, payload: ByteBuffer? = nil
+    ) {
         self.flags = flags
         self.type = type
         self.cookie = cookie
@@ -147,8 +148,9 @@ public struct NBDFrameParser: Sendable {
         guard magic == NBDMagic.request else {
             return .protocolError("bad request magic 0x\(String(magic, radix: 16))")
         }
-        var request = NBDRequest(flags: flags, type: type, cookie: cookie, offset: offset, length: length)
-        guard type == NBDCommand.write.rawValue, length > 0 else { return .request(request) }
+        var request = NBDRequest(
+            flags: flags, type: NBDCommand(rawValue: type), cookie: cookie, offset: offset, length: length)
+        guard request.type == .write, length > 0 else { return .request(request) }
         if Int(length) > maximumPayload {
             request.payloadDropped = true
             skipping = Int(length)

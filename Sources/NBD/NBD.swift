@@ -16,12 +16,20 @@
 //                           in, reply bytes and an outcome out
 //   RequestProcessor.swift  checks one request against the export and the
 //                           session, runs it on the device, encodes the reply
+//   ConnectionStateMachine.swift  one connection's life as a value: phase
+//                           (handshake, transmission, closing, closed), input
+//                           (open, ended, disconnected), drain, back-pressure;
+//                           events in, actions out
 //
-// SwiftNIO: the only code that touches sockets.
+// SwiftNIO and threads: the only code that touches sockets or starts threads.
 //   Server.swift            listeners (Unix socket, TCP), the event loops,
 //                           the write workers; drain and shutdown
-//   ConnectionHandler.swift one connection: parsing, dispatch, back-pressure,
-//                           replies flushed in batches, close
+//   ConnectionHandler.swift one connection on a channel: feeds the state
+//                           machine its events and performs its actions
+//                           (writes, flushes in batches, requests run here or
+//                           on the workers, reads held, timers, the close)
+//   WorkerThreads.swift     the named threads that run writes and large
+//                           requests, from one FIFO queue
 //   ConnectionWork.swift    a connection's share of the workers: the jobs it
 //                           hands them and the results they hand back
 //   InFlightBudget.swift    the bytes all connections may hold at once
@@ -31,7 +39,7 @@
 //   Event loops (one per core): every connection lives on one loop, which
 //   parses, negotiates, runs small reads, trims, zeroings, flushes and block
 //   status on the device, and writes every reply.
-//   Workers (ZNBDSystem's WorkerThreads, `znbd-worker`, one per core): run
+//   Workers (WorkerThreads, `znbd-worker`, one per core): run
 //   writes (where a compressing device spends its time) and any request
 //   over the inline limit. The loop hands over all a pass parsed under one
 //   lock; results come back to the connection's loop, which takes them in
@@ -40,7 +48,8 @@
 // MEMORY
 //   A request counts against its connection's budget and the server's from
 //   parsing until its reply has been handed to the socket, so a client that
-//   stops reading stops being read from; ConnectionHandler.swift says how.
+//   stops reading stops being read from; ConnectionStateMachine.swift says
+//   how.
 //   The device's own locks are taken inside device calls, on whichever of
 //   these threads runs them (docs/ARCHITECTURE.md has the table). The
 //   server's own state is per connection, touched only on its loop, except

@@ -81,18 +81,54 @@ public enum NBDTransmissionFlag {
     public static let sendFastZero: UInt16 = 1 << 11
 }
 
-/// Request types (NBD_CMD_*).
-public enum NBDCommand: UInt16, Sendable, CaseIterable {
-    case read = 0
-    case write = 1
-    case disconnect = 2
-    case flush = 3
-    case trim = 4
-    case cache = 5
-    case writeZeroes = 6
-    case blockStatus = 7
+/// Request types (NBD_CMD_*), and any other type a client sends.
+public enum NBDCommand: Hashable, Sendable {
+    case read
+    case write
+    case disconnect
+    case flush
+    case trim
+    case cache
+    case writeZeroes
+    case blockStatus
+    /// A type this server does not know: answered with EINVAL.
+    case unknown(UInt16)
 
-    /// The name used in statistics and logs.
+    /// The commands this server knows, in the order of their numbers.
+    public static let known: [NBDCommand] = [
+        .read, .write, .disconnect, .flush, .trim, .cache, .writeZeroes, .blockStatus,
+    ]
+
+    public init(rawValue: UInt16) {
+        switch rawValue {
+        case 0: self = .read
+        case 1: self = .write
+        case 2: self = .disconnect
+        case 3: self = .flush
+        case 4: self = .trim
+        case 5: self = .cache
+        case 6: self = .writeZeroes
+        case 7: self = .blockStatus
+        default: self = .unknown(rawValue)
+        }
+    }
+
+    /// The number on the wire.
+    public var rawValue: UInt16 {
+        switch self {
+        case .read: 0
+        case .write: 1
+        case .disconnect: 2
+        case .flush: 3
+        case .trim: 4
+        case .cache: 5
+        case .writeZeroes: 6
+        case .blockStatus: 7
+        case .unknown(let type): type
+        }
+    }
+
+    /// The name used in statistics and logs ("unknown" for every unknown type).
     public var name: String {
         switch self {
         case .read: "read"
@@ -103,6 +139,7 @@ public enum NBDCommand: UInt16, Sendable, CaseIterable {
         case .cache: "cache"
         case .writeZeroes: "write_zeroes"
         case .blockStatus: "block_status"
+        case .unknown: "unknown"
         }
     }
 }

@@ -42,7 +42,7 @@ public struct NBDRequestProcessor: Sendable {
 
     /// What running a request came to, for the counters.
     public struct Outcome: Sendable {
-        public var command: NBDCommand?
+        public var command: NBDCommand
         public var error: NBDError?
         /// Payload bytes moved (read or written).
         public var bytes: Int
@@ -53,7 +53,7 @@ public struct NBDRequestProcessor: Sendable {
     /// block status at its most descriptors, a header for the rest.
     public static func replyBudget(for request: NBDRequest) -> Int {
         let header = 32
-        switch NBDCommand(rawValue: request.type) {
+        switch request.type {
         case .read, .write: return header + Int(request.length)
         case .blockStatus: return header + 8 * min(maximumExtents, Int(request.length) / 512 + 1)
         default: return header
@@ -62,7 +62,7 @@ public struct NBDRequestProcessor: Sendable {
 
     /// Runs `request` and returns the reply to send.
     public func process(_ request: NBDRequest, allocator: ByteBufferAllocator) -> (reply: NBDReply, outcome: Outcome) {
-        let command = NBDCommand(rawValue: request.type)
+        let command = request.type
         var outcome = Outcome(command: command, error: nil, bytes: 0)
         if let error = validate(request, command: command) {
             outcome.error = error
@@ -75,7 +75,7 @@ public struct NBDRequestProcessor: Sendable {
         let length = Int(request.length)
         let device = export.device
         do throws(BlockDeviceError) {
-            switch command! {
+            switch command {
             case .read:
                 outcome.bytes = length
                 return (try readReply(request, allocator: allocator), outcome)
@@ -101,11 +101,11 @@ public struct NBDRequestProcessor: Sendable {
                 break
             case .blockStatus:
                 return (NBDReply(head: try blockStatusReply(request, allocator: allocator)), outcome)
-            case .disconnect:
+            case .disconnect, .unknown:
                 break
             }
         } catch {
-            let code = Self.errno(for: error, command: command!)
+            let code = Self.errno(for: error, command: command)
             outcome.error = code
             outcome.bytes = 0
             return (NBDReply(head: errorReply(request, code, command: command, allocator: allocator)), outcome)
@@ -116,8 +116,8 @@ public struct NBDRequestProcessor: Sendable {
     /// The protocol's checks, before the device sees anything. A refusal for
     /// the request's range, size or alignment is counted by the device as
     /// invalid I/O.
-    func validate(_ request: NBDRequest, command: NBDCommand?) -> NBDError? {
-        guard let command else { return .einval }
+    func validate(_ request: NBDRequest, command: NBDCommand) -> NBDError? {
+        if case .unknown = command { return .einval }
         guard request.flags & ~NBDCommandFlag.known == 0 else { return .einval }
         // Flags that only some commands take (FUA is accepted on any).
         let allowed: UInt16
@@ -137,7 +137,7 @@ public struct NBDRequestProcessor: Sendable {
             return nil
         case .write, .trim, .writeZeroes:
             if export.readOnly { return .eperm }
-        case .read, .cache, .blockStatus:
+        case .read, .cache, .blockStatus, .unknown:
             break
         }
         if command == .blockStatus, !(session.structuredReplies && session.allocationContext) { return .einval }
@@ -188,14 +188,14 @@ public struct NBDRequestProcessor: Sendable {
     /// An error: a simple reply, or an ERROR chunk where the command needs a
     /// structured reply (READ and BLOCK_STATUS once negotiated).
     func errorReply(
-        _ request: NBDRequest, _ error: NBDError, command: NBDCommand?, allocator: ByteBufferAllocator
+        _ request: NBDRequest, _ error: NBDError, command: NBDCommand, allocator: ByteBufferAllocator
     )
         -> ByteBuffer
     {
         guard session.structuredReplies, command == .read || command == .blockStatus else {
             return simpleReply(request.cookie, error: error, allocator: allocator)
         }
-        let message = "\(command!.name): \(error.name)"
+        let message = "\(command.name): \(error.name)"
         var reply = allocator.buffer(capacity: 20 + 6 + message.utf8.count)
         writeChunkHeader(&reply, request.cookie, type: NBDChunk.error, length: 6 + message.utf8.count)
         reply.writeInteger(error.rawValue)

@@ -39,15 +39,18 @@ public struct NBDServerStats: Sendable, Equatable {
 final class ServerCounters: Sendable {
     /// Per command kind: requests, bytes, then one per NBDError case.
     private static let perCommand = 2 + NBDError.allCases.count
-    /// Command kinds: the eight commands, then "unknown".
-    private static let kinds = NBDCommand.allCases.count + 1
+    /// Command kinds: the eight known commands, then every unknown type.
+    private static let kinds = NBDCommand.known.count + 1
     private let counters = ShardedCounters(count: kinds * perCommand)
     let connectionsOpen = Atomic<Int>(0)
     let connectionsTotal = Atomic<Int>(0)
     let protocolErrors = Atomic<Int>(0)
 
-    private static func base(_ command: NBDCommand?) -> Int {
-        (command.map { Int($0.rawValue) } ?? NBDCommand.allCases.count) * perCommand
+    private static func base(_ command: NBDCommand) -> Int {
+        switch command {
+        case .unknown: NBDCommand.known.count * perCommand
+        default: Int(command.rawValue) * perCommand
+        }
     }
 
     func record(_ outcome: NBDRequestProcessor.Outcome) {
@@ -61,15 +64,14 @@ final class ServerCounters: Sendable {
 
     func snapshot() -> NBDServerStats {
         var commands: [String: NBDServerStats.CommandStats] = [:]
-        let kinds: [NBDCommand?] = NBDCommand.allCases + [nil]
-        for command in kinds {
+        for command in NBDCommand.known + [.unknown(UInt16.max)] {
             let base = Self.base(command)
             var errors: [String: Int] = [:]
             for (index, error) in NBDError.allCases.enumerated() {
                 let count = counters.load(base + 2 + index)
                 if count > 0 { errors[error.name] = count }
             }
-            commands[command?.name ?? "unknown"] = .init(
+            commands[command.name] = .init(
                 requests: counters.load(base), bytes: counters.load(base + 1), errors: errors)
         }
         return NBDServerStats(

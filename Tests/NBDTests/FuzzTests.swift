@@ -9,45 +9,108 @@ import ZRAM
 
 /// Byte streams a client could send, valid and mutated, fed to the real
 /// connection handler (parser, handshake, processor, back-pressure, close)
-/// on an EmbeddedChannel: no socket, no thread, every step deterministic
-/// for a seed.
+/// in two configurations:
+/// - loop only (no workers, payloads sliced from the receive buffers), on
+///   an EmbeddedChannel: no socket, no thread, every step deterministic for
+///   a seed;
+/// - the daemon's own (worker threads, payloads in buffers of their own),
+///   on a NIOAsyncTestingChannel, whose loop the workers' results reach
+///   from their threads: the streams are the seed's, the interleaving of
+///   the workers is not.
 ///
 /// The suite runs a bounded number of streams; `tools/fuzz-nbd SECONDS`
-/// runs this test for as long as asked (ZNBD_FUZZ_SECONDS). It found a FLUSH
-/// whose reserved offset trapped when converted to Int (BadInputTests keeps it).
+/// runs both for as long as asked (ZNBD_FUZZ_SECONDS each). It found a
+/// FLUSH whose reserved offset trapped when converted to Int (BadInputTests
+/// keeps it).
 @Suite("NBD: fuzzed byte streams through the connection handler")
 struct FuzzTests {
-    @Test("random and mutated sessions: no trap, each connection proceeds or closes, nothing held afterwards")
-    func fuzzedSessions() throws {
-        let seconds = ProcessInfo.processInfo.environment["ZNBD_FUZZ_SECONDS"].flatMap(Double.init)
-        let streams = seconds == nil ? 20_000 : Int.max
-        let deadline = Date().addingTimeInterval(seconds ?? .infinity)
-        var (random, seed) = SeededRandom.fromEnvironment()
-        print("fuzzedSessions seed \(seed)")
-        let device = try CompressedBlockDevice(.init(byteCount: 2 << 20))
-        let export = NBDExport(name: "fuzz", description: "fuzz target", device: device, maximumPayload: 256 << 10)
-        let budget = InFlightBudget(limit: 4 << 20)
+    /// How many streams a run feeds, and until when.
+    struct Run {
+        let streams: Int
+        let deadline: Date
+        var random: SeededRandom
+        let seed: UInt64
         var tally = (streams: 0, transmission: 0, closedByServer: 0, replyBytes: 0)
-        var stream = 0
-        while stream < streams, Date() < deadline {
-            var bytes = Self.session(&random)
+
+        init(name: String, streamsInSuite: Int) {
+            let seconds = ProcessInfo.processInfo.environment["ZNBD_FUZZ_SECONDS"].flatMap(Double.init)
+            streams = seconds == nil ? streamsInSuite : Int.max
+            deadline = Date().addingTimeInterval(seconds ?? .infinity)
+            (random, seed) = SeededRandom.fromEnvironment()
+            print("\(name) seed \(seed)")
+        }
+
+        /// The next stream, or nil when the run is over: a plausible
+        /// session, as generated, mutated, or replaced by noise.
+        mutating func nextStream() -> [UInt8]? {
+            guard tally.streams < streams, Date() < deadline else { return nil }
+            var bytes = FuzzTests.session(&random)
             switch random.next() % 4 {
             case 0: break  // valid as generated
             case 1: bytes = random.bytes(Int(random.next() % 512))  // noise
-            default: Self.mutate(&bytes, &random)
+            default: FuzzTests.mutate(&bytes, &random)
             }
-            let outcome = try Self.run(bytes, export: export, budget: budget, random: &random)
-            #expect(budget.bytesInUse == 0, "stream \(stream) (seed \(seed)) left \(budget.bytesInUse) bytes held")
+            return bytes
+        }
+
+        mutating func record(_ outcome: Outcome, budget: InFlightBudget) {
+            #expect(
+                budget.bytesInUse == 0,
+                "stream \(tally.streams) (seed \(seed)) left \(budget.bytesInUse) bytes held")
             tally.streams += 1
             if outcome.reachedTransmission { tally.transmission += 1 }
             if outcome.closedByServer { tally.closedByServer += 1 }
             tally.replyBytes += outcome.replyBytes
-            stream += 1
         }
-        print(
-            "fuzzedSessions: \(tally.streams) streams, \(tally.transmission) reached transmission, "
-                + "\(tally.closedByServer) closed by the server, \(tally.replyBytes) bytes answered")
-        #expect(tally.transmission > tally.streams / 10, "the generator should reach transmission often")
+
+        func report(_ name: String) {
+            print(
+                "\(name): \(tally.streams) streams, \(tally.transmission) reached transmission, "
+                    + "\(tally.closedByServer) closed by the server, \(tally.replyBytes) bytes answered")
+            #expect(tally.transmission > tally.streams / 10, "the generator should reach transmission often")
+        }
+    }
+
+    static func makeExport() throws -> (CompressedBlockDevice, NBDExport) {
+        let device = try CompressedBlockDevice(.init(byteCount: 2 << 20))
+        return (device, NBDExport(name: "fuzz", description: "fuzz target", device: device, maximumPayload: 256 << 10))
+    }
+
+    static let limits = NBDConnectionHandler.Limits(
+        maximumInFlightRequests: 8, maximumInFlightBytes: 1 << 20, inlineLimit: 64 << 10, inlineWorkPerPass: 64 << 10)
+
+    @Test(
+        "loop only: random and mutated sessions, no trap, each connection proceeds or closes, nothing held afterwards")
+    func fuzzedSessions() throws {
+        var run = Run(name: "fuzzedSessions", streamsInSuite: 20_000)
+        let (device, export) = try Self.makeExport()
+        let budget = InFlightBudget(limit: 4 << 20)
+        while let bytes = run.nextStream() {
+            run.record(try Self.run(bytes, export: export, budget: budget, random: &run.random), budget: budget)
+        }
+        run.report("fuzzedSessions")
+        try device.validate()
+    }
+
+    @Test("with worker threads and owned payloads, as the daemon runs: the same guarantees")
+    func fuzzedSessionsWithWorkers() async throws {
+        var run = Run(name: "fuzzedSessionsWithWorkers", streamsInSuite: 10_000)
+        let (device, export) = try Self.makeExport()
+        let budget = InFlightBudget(limit: 4 << 20)
+        let workers = WorkerThreads<WorkerJob>(count: 2, name: "fuzz-worker") { job in job.connection.run(job) }
+        let loop = NIOAsyncTestingEventLoop()
+        do {
+            while let bytes = run.nextStream() {
+                let outcome = try await Self.runWithWorkers(
+                    bytes, export: export, budget: budget, workers: workers, loop: loop, random: &run.random)
+                run.record(outcome, budget: budget)
+            }
+        } catch {
+            Issue.record("stream \(run.tally.streams) (seed \(run.seed)): \(error)")
+        }
+        await workers.shutdown()
+        await loop.shutdownGracefully()
+        run.report("fuzzedSessionsWithWorkers")
         try device.validate()
     }
 
@@ -55,6 +118,18 @@ struct FuzzTests {
         var reachedTransmission = false
         var closedByServer = false
         var replyBytes = 0
+
+        /// Counts a reply's bytes; the first 4 bytes of a transmission
+        /// reply are a reply magic.
+        mutating func read(_ reply: inout ByteBuffer) {
+            replyBytes += reply.readableBytes
+            if let magic = reply.getInteger(at: reply.readerIndex, as: UInt32.self),
+                magic == NBDMagic.simpleReply || magic == NBDMagic.structuredReply
+            {
+                reachedTransmission = true
+            }
+            reply.moveReaderIndex(to: reply.writerIndex)
+        }
     }
 
     /// Feeds `bytes` in random pieces, reading every reply as a client that
@@ -107,6 +182,64 @@ struct FuzzTests {
             try drain()
         }
         _ = try channel.finish(acceptAlreadyClosed: true)
+        return outcome
+    }
+
+    /// As `run`, with the daemon's configuration: requests go to `workers`,
+    /// whose results reach the channel's loop from their threads. After each
+    /// piece the loop runs until nothing is in progress (the server's budget
+    /// holds nothing once every admitted request's reply has left).
+    static func runWithWorkers(
+        _ bytes: [UInt8], export: NBDExport, budget: InFlightBudget, workers: WorkerThreads<WorkerJob>,
+        loop: NIOAsyncTestingEventLoop, random: inout SeededRandom
+    ) async throws -> Outcome {
+        let channel = NIOAsyncTestingChannel(loop: loop)
+        let limits = self.limits
+        try await loop.executeInContext {
+            try channel.pipeline.syncOperations.addHandler(
+                NBDConnectionHandler(
+                    export: export, limits: limits, workers: workers, counters: ServerCounters(), budget: budget))
+        }
+        try await channel.connect(to: SocketAddress(unixDomainSocketPath: "/fuzz")).get()
+        var outcome = Outcome()
+        func settle() async throws {
+            let deadline = ContinuousClock.now + .seconds(30)
+            while true {
+                await loop.run()
+                while var reply = try await channel.readOutbound(as: ByteBuffer.self) { outcome.read(&reply) }
+                if budget.bytesInUse == 0 { return }
+                guard ContinuousClock.now < deadline else {
+                    Issue.record("requests still in progress after 30 s: \(budget.bytesInUse) bytes held")
+                    return
+                }
+                try await Task.sleep(for: .microseconds(100))
+            }
+        }
+        try await settle()
+        var offset = 0
+        while offset < bytes.count, channel.isActive {
+            let piece = min(bytes.count - offset, 1 + Int(random.next() % 700))
+            var buffer = channel.allocator.buffer(capacity: piece)
+            buffer.writeBytes(bytes[offset..<offset + piece])
+            offset += piece
+            do {
+                try await channel.writeInbound(buffer)
+            } catch {
+                break  // closed by the server meanwhile
+            }
+            try await settle()
+        }
+        outcome.closedByServer = !channel.isActive
+        if channel.isActive {
+            try await loop.executeInContext { channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
+            try await settle()
+            await loop.advanceTime(by: .seconds(1))
+            try await settle()
+        }
+        _ = try await channel.finish(acceptAlreadyClosed: true)
+        // Jobs the workers had not started when the channel closed are
+        // skipped; their room comes back through the loop.
+        try await settle()
         return outcome
     }
 

@@ -180,7 +180,7 @@ struct ProtocolTests {
         let whole = parse(chunk: bytes.count)
         #expect(whole.count == 2 * sizes.count)
         for frame in whole {
-            guard case .request(let request) = frame, request.type == NBDCommand.write.rawValue else { continue }
+            guard case .request(let request) = frame, request.type == .write else { continue }
             if Int(request.length) > 6000 {
                 #expect(request.payloadDropped && request.payload == nil)
             } else {
