@@ -55,10 +55,33 @@ extension ParsableCommand {
         if let exitCode = error as? ExitCode { Glibc.exit(exitCode.rawValue) }
         let code = exitCode(for: error)
         if code == .success { exit(withError: error) }  // --help
-        let message = message(for: error).split(whereSeparator: \.isNewline).joined(separator: "; ")
-        printErrorLine("\(name): \(message) (see \(helpHint))")
+        printErrorLine("\(name): \(oneLine(message(for: error))) (see \(helpHint))")
         Glibc.exit(code.rawValue)
     }
+}
+
+/// ArgumentParser's message on one line: its lines joined by "; ", and a
+/// list of choices ("- trace", "- debug", ...) as "trace, debug, ...".
+func oneLine(_ message: String) -> String {
+    var parts: [String] = []
+    var choices: [String] = []
+    func endChoices() {
+        guard !choices.isEmpty else { return }
+        let list = choices.joined(separator: ", ")
+        if parts.isEmpty { parts.append(list) } else { parts[parts.count - 1] += " " + list }
+        choices.removeAll()
+    }
+    for line in message.split(whereSeparator: \.isNewline) {
+        let text = line.drop(while: { $0 == " " || $0 == "\t" })
+        if text.hasPrefix("- ") {
+            choices.append(String(text.dropFirst(2)))
+        } else if !text.isEmpty {
+            endChoices()
+            parts.append(String(text))
+        }
+    }
+    endChoices()
+    return parts.joined(separator: "; ")
 }
 
 private func printErrorLine(_ message: String) {

@@ -105,14 +105,16 @@ final class Daemon: Service {
             configuration: .init(
                 unixSocketPath: configuration.socketPath, tcpHost: configuration.tcp?.host,
                 tcpPort: configuration.tcp?.port ?? 0, workerThreads: configuration.workers))
+        var rollback = StartupRollback()
+        rollback.onFailure {
+            await server.shutdown(drainTimeout: .zero)
+            SocketFile.remove(configuration.socketPath)
+        }
         let addresses: [SocketAddress]
         do {
             addresses = try await server.start()
         } catch {
-            await server.shutdown(drainTimeout: .zero)
-            SocketFile.remove(configuration.socketPath)
-            throw StartupError(
-                description: "cannot listen on \(error.endpoint): \(SocketFile.describe(error.underlying))")
+            throw await rollback.fail("cannot listen on \(error.endpoint): \(SocketFile.describe(error.underlying))")
         }
         var tcpAddress: String?
         if configuration.tcp != nil, let address = addresses.last, let port = address.port {
@@ -122,9 +124,7 @@ final class Daemon: Service {
         do {
             maintenance = try DeviceMaintenance(device: device, policy: configuration.maintenance)
         } catch {
-            await server.shutdown(drainTimeout: .zero)
-            SocketFile.remove(configuration.socketPath)
-            throw StartupError(description: "cannot set up maintenance: \(error)")
+            throw await rollback.fail("cannot set up maintenance: \(error)")
         }
         let summary = ExportSummary(
             name: configuration.name, sizeBytes: configuration.sizeBytes, readOnly: configuration.readOnly,
@@ -133,14 +133,11 @@ final class Daemon: Service {
         let control = ControlServer(
             endpoint: ControlEndpoint(maintenance: maintenance, export: summary, nbdStats: { server.stats() }),
             socketPath: configuration.controlPath)
+        rollback.onFailure { await control.shutdown() }
         do {
             try await control.start()
         } catch {
-            await control.shutdown()
-            await server.shutdown(drainTimeout: .zero)
-            SocketFile.remove(configuration.socketPath)
-            throw StartupError(
-                description: "cannot listen on \(configuration.controlPath): \(SocketFile.describe(error))")
+            throw await rollback.fail("cannot listen on \(configuration.controlPath): \(SocketFile.describe(error))")
         }
         maintenance.start()
         for line in protection.lines {
@@ -194,5 +191,22 @@ final class Daemon: Service {
             : "'"
                 + text.split(separator: "'", omittingEmptySubsequences: false)
                 .joined(separator: "'\\''") + "'"
+    }
+}
+
+/// What `Daemon.start` has set up so far, undone newest first when a later
+/// step fails: one place that knows how to take a half-started daemon down.
+private struct StartupRollback {
+    private var steps: [@Sendable () async -> Void] = []
+
+    /// Registers how to undo the step just taken.
+    mutating func onFailure(_ step: @escaping @Sendable () async -> Void) {
+        steps.append(step)
+    }
+
+    /// Undoes every step taken, newest first; returns the error to throw.
+    func fail(_ description: String) async -> StartupError {
+        for step in steps.reversed() { await step() }
+        return StartupError(description: description)
     }
 }

@@ -93,9 +93,9 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "The codec every write uses, as zram's comp_algorithm: lzo (LZO1X-1), lz4 or zstd.",
+            "The codec every write uses, as zram's comp_algorithm (lzo is LZO1X-1).",
             valueName: "name"))
-    var algorithm = "lzo"
+    var algorithm = AlgorithmOption(.lzo)
 
     @Option(
         help: ArgumentHelp(
@@ -122,13 +122,13 @@ struct Serve: AsyncParsableCommand {
         help: ArgumentHelp(
             "auto: a maintenance thread compacts the pool and gives memory back by itself, after discards, when waste grows, and under memory pressure; off: only znbdctl compact does.",
             valueName: "auto|off"))
-    var compaction = "auto"
+    var compaction = Switch.auto
 
     @Option(
         help: ArgumentHelp(
             "auto: maintenance also moves frames out of sparse 2 MiB blocks so that emptied blocks return to the OS; off: compaction only.",
             valueName: "auto|off"))
-    var migration = "auto"
+    var migration = Switch.auto
 
     @Option(
         help: ArgumentHelp(
@@ -140,13 +140,13 @@ struct Serve: AsyncParsableCommand {
         help: ArgumentHelp(
             "auto: every daemon thread is an I/O flusher where permitted (CAP_SYS_RESOURCE), so that as this machine's swap it never waits on its own device; on: exit if not permitted; off: do not.",
             valueName: "auto|on|off"))
-    var ioFlusher = "auto"
+    var ioFlusher = ProcessProtection.Choice.auto
 
     @Option(
         help: ArgumentHelp(
             "auto: lock the daemon's memory as it is touched (mlockall) where permitted (CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK), so none of it is swapped out; on: exit if not permitted; off: do not.",
             valueName: "auto|on|off"))
-    var lockMemory = "auto"
+    var lockMemory = ProcessProtection.Choice.auto
 
     @Option(
         parsing: .unconditional,
@@ -161,8 +161,8 @@ struct Serve: AsyncParsableCommand {
             valueName: "path"))
     var control: String?
 
-    @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
-    var logLevel = "info"
+    @Option(help: ArgumentHelp("How much the daemon logs.", valueName: "level"))
+    var logLevel = LogLevelOption(.info)
 
     @Option(
         help: ArgumentHelp(
@@ -197,22 +197,18 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--max-chain \(maxChain): must be 1 to \(SizeClassTable.maxChainLimit)")
         }
         var maintenance = MaintenancePolicy()
-        for (option, value) in [("--compaction", compaction), ("--migration", migration)] {
-            guard value == "auto" || value == "off" else {
-                throw ValidationError("\(option) \(value): must be auto or off")
-            }
-        }
-        maintenance.automatic = compaction == "auto"
-        maintenance.migrationEnabled = migration == "auto"
+        maintenance.automatic = compaction == .auto
+        maintenance.migrationEnabled = migration == .auto
         if let wasteThreshold {
             maintenance.wasteThreshold = try parseSize(wasteThreshold, option: "--waste-threshold")
         }
         let codec: CodecChoice
         var recompression: CodecChoice?
         do {
-            codec = try CodecChoice.parse(algorithm: algorithm, params: algorithmParams)
+            codec = try CodecChoice.parse(algorithm: algorithm.algorithm.description, params: algorithmParams)
         } catch {
-            throw ValidationError("--algorithm \(algorithm) --algorithm-params '\(algorithmParams)': \(error)")
+            throw ValidationError(
+                "--algorithm \(algorithm.algorithm) --algorithm-params '\(algorithmParams)': \(error)")
         }
         if let recompressAlgorithm {
             do {
@@ -238,13 +234,8 @@ struct Serve: AsyncParsableCommand {
         }
         maintenance.recompressPagesPerSecond = recompressRate
         var protection = ProcessProtection.Request()
-        for (option, value) in [("--io-flusher", ioFlusher), ("--lock-memory", lockMemory)] {
-            guard ProcessProtection.Choice(rawValue: value) != nil else {
-                throw ValidationError("\(option) \(value): must be auto, on or off")
-            }
-        }
-        protection.ioFlusher = ProcessProtection.Choice(rawValue: ioFlusher)!
-        protection.lockMemory = ProcessProtection.Choice(rawValue: lockMemory)!
+        protection.ioFlusher = ioFlusher
+        protection.lockMemory = lockMemory
         if let oomScoreAdj {
             if oomScoreAdj == "keep" {
                 protection.oomScoreAdjustment = nil
@@ -254,10 +245,6 @@ struct Serve: AsyncParsableCommand {
             } else {
                 throw ValidationError("--oom-score-adj \(oomScoreAdj): must be -1000 to 1000, or keep")
             }
-        }
-        guard let level = Logger.Level(rawValue: logLevel) else {
-            throw ValidationError(
-                "--log-level \(logLevel): must be trace, debug, info, notice, warning, error or critical")
         }
         guard (0...256).contains(workers) else { throw ValidationError("--workers \(workers): must be 0 to 256") }
         guard name.utf8.count <= 4096 else { throw ValidationError("--name: at most 4096 bytes (the NBD limit)") }
@@ -283,7 +270,7 @@ struct Serve: AsyncParsableCommand {
         return DaemonConfiguration(
             sizeBytes: sizeBytes, name: name, socketPath: socketPath, tcp: tcp, readOnly: readOnly,
             memLimitBytes: memLimitBytes, maxChain: maxChain, algorithm: codec, recompressionAlgorithm: recompression,
-            controlPath: controlPath, logLevel: level, workers: workers, maintenance: maintenance,
+            controlPath: controlPath, logLevel: logLevel.level, workers: workers, maintenance: maintenance,
             protection: protection)
     }
 
@@ -323,6 +310,37 @@ struct Serve: AsyncParsableCommand {
         }
         try await Daemon(configuration: configuration, protection: protection).serve()
     }
+}
+
+/// A setting that is on by default and may be turned off.
+enum Switch: String, Sendable, CaseIterable, ExpressibleByArgument {
+    case auto, off
+}
+
+/// --algorithm: one of the codecs PageCodec knows, by zram's name.
+struct AlgorithmOption: Sendable, ExpressibleByArgument {
+    let algorithm: CompressionAlgorithm
+
+    init(_ algorithm: CompressionAlgorithm) { self.algorithm = algorithm }
+    init?(argument: String) {
+        guard let algorithm = CompressionAlgorithm(name: argument) else { return nil }
+        self.algorithm = algorithm
+    }
+    static var allValueStrings: [String] { CompressionAlgorithm.allCases.map(\.description) }
+    var defaultValueDescription: String { algorithm.description }
+}
+
+/// --log-level: swift-log's levels, by name.
+struct LogLevelOption: Sendable, ExpressibleByArgument {
+    let level: Logger.Level
+
+    init(_ level: Logger.Level) { self.level = level }
+    init?(argument: String) {
+        guard let level = Logger.Level(rawValue: argument) else { return nil }
+        self.level = level
+    }
+    static var allValueStrings: [String] { Logger.Level.allCases.map(\.rawValue) }
+    var defaultValueDescription: String { level.rawValue }
 }
 
 /// What `Serve.protectProcess` did, for the daemon to log once the logger
