@@ -3,7 +3,10 @@
 // Module map (dependencies point down the list; see docs/ARCHITECTURE.md):
 //   CLinux           C shim: glibc calls needing _GNU_SOURCE, lockdep's per-thread stack
 //   ZNBDSystem       the low-level module: page size, anonymous mappings, spin
-//                    locks and their one order (lockdep), Locked, per-CPU counters
+//                    locks and the lock-order check (lockdep), Locked, per-CPU
+//                    counters, threads, process controls
+//   ZNBDFigures      every figure, declared once: JSON key, Prometheus family,
+//                    text column, the kernel figure it mirrors (no dependencies)
 //   CLZO, CLZ4, CZSTD  C shims over liblzo2, liblz4, libzstd (per-thread work memory)
 //   PageCodec        compress / decompress one 4 KiB page (LZO1X-1, LZ4, zstd)
 //   ZSPool           the movable zsmalloc-style pool of objects in an mmap'd frame arena
@@ -11,11 +14,12 @@
 //   ZRAM             the compressed block device: slot table, pages, discard, figures
 //   NBD              the NBD protocol (pure state machines) and its SwiftNIO server
 //   ZNBDControlAPI   the control endpoint's wire documents, sizes, paths, text views
-//                    (no dependencies: all znbdctl needs)
+//                    (only ZNBDFigures: all znbdctl needs)
 //   ZNBDControlServer  the control endpoint over the device: routes, HTTP, Prometheus
 //   ZNBDCommandLine  one-line errors and exit codes for both executables
 //   znbd             the daemon: wires ZRAM to NBD and the control endpoint
 //   znbdctl          the control CLI (a client of ZNBDControlAPI's documents)
+//   znbd-bench       the Swift half of the benchmarks in tools/ (tools/znbd-bench)
 //   CNBD             libnbd (a real NBD client) for tests and tools
 //   TestSupport      corpus and helpers shared by test targets (never shipped)
 import PackageDescription
@@ -50,6 +54,10 @@ let package = Package(
             swiftSettings: strictSwift
         ),
         .target(
+            name: "ZNBDFigures",
+            swiftSettings: strictSwift
+        ),
+        .target(
             name: "CLZO",
             linkerSettings: [.linkedLibrary("lzo2")]
         ),
@@ -68,7 +76,7 @@ let package = Package(
         ),
         .target(
             name: "ZSPool",
-            dependencies: ["ZNBDSystem", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["ZNBDSystem", "ZNBDFigures", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strictSwift
         ),
         .target(
@@ -79,7 +87,7 @@ let package = Package(
         .target(
             name: "ZRAM",
             dependencies: [
-                "BlockDevice", "PageCodec", "ZSPool", "ZNBDSystem",
+                "BlockDevice", "PageCodec", "ZSPool", "ZNBDSystem", "ZNBDFigures",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strictSwift
@@ -87,7 +95,7 @@ let package = Package(
         .target(
             name: "NBD",
             dependencies: [
-                "BlockDevice", "ZNBDSystem",
+                "BlockDevice", "ZNBDSystem", "ZNBDFigures",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -97,6 +105,7 @@ let package = Package(
         ),
         .target(
             name: "ZNBDControlAPI",
+            dependencies: ["ZNBDFigures"],
             swiftSettings: strictSwift
         ),
         .target(
@@ -132,7 +141,7 @@ let package = Package(
         .executableTarget(
             name: "znbdctl",
             dependencies: [
-                "ZNBDControlAPI", "ZNBDCommandLine",
+                "ZNBDControlAPI", "ZNBDFigures", "ZNBDCommandLine",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -143,7 +152,7 @@ let package = Package(
         .executableTarget(
             name: "znbd-bench",
             dependencies: [
-                "PageCodec", "ZSPool", "ZRAM", "BlockDevice", "NBD", "ZNBDSystem",
+                "PageCodec", "ZSPool", "ZRAM", "BlockDevice", "NBD", "ZNBDSystem", "ZNBDFigures",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "tools/znbd-bench",
@@ -168,12 +177,13 @@ let package = Package(
         ),
         .testTarget(
             name: "ZSPoolTests",
-            dependencies: ["ZSPool", "TestSupport", "ZNBDSystem"],
+            dependencies: ["ZNBDFigures", "ZSPool", "TestSupport", "ZNBDSystem"],
             swiftSettings: strictSwift
         ),
         .testTarget(
             name: "NBDTests",
             dependencies: [
+                "ZNBDFigures",
                 "NBD", "BlockDevice", "ZRAM", "TestSupport", "ZNBDSystem", "ZNBDControlAPI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -184,17 +194,18 @@ let package = Package(
             name: "DaemonTests",
             dependencies: [
                 "ZNBDControlAPI", "ZNBDControlServer", "ZRAM", "NBD", "PageCodec", "TestSupport", "ZNBDSystem",
+                "ZNBDFigures",
             ],
             swiftSettings: strictSwift
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["ZNBDControlAPI", "TestSupport"],
+            dependencies: ["ZNBDFigures", "ZNBDControlAPI", "TestSupport"],
             swiftSettings: strictSwift
         ),
         .testTarget(
             name: "ZRAMTests",
-            dependencies: ["ZRAM", "BlockDevice", "PageCodec", "ZSPool", "TestSupport", "ZNBDSystem"],
+            dependencies: ["ZNBDFigures", "ZRAM", "BlockDevice", "PageCodec", "ZSPool", "TestSupport", "ZNBDSystem"],
             swiftSettings: strictSwift
         ),
     ],

@@ -33,7 +33,8 @@
 //   ConnectionWork.swift    a connection's share of the workers: the jobs it
 //                           hands them and the results they hand back
 //   InFlightBudget.swift    the bytes all connections may hold at once
-//   ServerStats.swift       per-command counters (sharded per CPU)
+//   ServerFigures.swift     the server's figures, and per-command counters
+//                           (sharded per CPU)
 //
 // THREADS
 //   Event loops (one per core): every connection lives on one loop, which

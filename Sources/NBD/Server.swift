@@ -193,9 +193,7 @@ public final class NBDServer: Sendable {
     }
 
     /// The server's figures now.
-    public func stats() -> NBDServerStats {
-        var stats = counters.snapshot()
-        stats.bytesInFlight = budget.bytesInUse
-        return stats
+    public func figures() -> NBDServerFigures {
+        counters.snapshot(bytesInFlight: budget.bytesInUse)
     }
 }

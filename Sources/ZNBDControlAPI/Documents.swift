@@ -1,81 +1,18 @@
 // ZNBDControlAPI: the control endpoint's wire format, and what a client
-// needs beside it. No dependency beyond the standard library, so znbdctl
-// links none of the pool, the codecs or NBD.
+// needs beside it. It depends only on ZNBDFigures (the figures' own
+// declarations), so znbdctl links none of the pool, the codecs or NBD.
 //
 // THE MAP
-//   Documents.swift   the JSON documents, one per route (this file)
-//   Figures.swift     the figures inside them, with every JSON key
-//   ByteSize.swift    sizes as people type them and zramctl prints them
-//   ControlPaths.swift  default socket paths, shared by znbd and znbdctl
-//   TextViews.swift   the documents as znbdctl prints them
+//   StatsDocument.swift  GET /v1/stats: every figure family under its
+//                        declared keys, and a maintenance pass
+//   Documents.swift      the other routes' documents (this file)
+//   ByteSize.swift       sizes as people type them and zramctl prints them
+//   ControlPaths.swift   default socket paths, shared by znbd and znbdctl
+//   TextViews.swift      the documents as znbdctl prints them
 //
 // Keys are snake_case; the device's figures keep the names of the kernel's
 // zram (mm_stat, io_stat).
-
-/// GET /v1/stats. The device's figures sit at the top level, under zram's
-/// names, so `jq .orig_data_size` works as a reader of mm_stat expects.
-public struct StatsDocument: Sendable, Codable, Equatable {
-    public var device: DeviceFigures
-    /// The nine mm_stat figures in the kernel's order.
-    public var mmStat: [Int]
-    /// The four io_stat figures in the kernel's order.
-    public var ioStat: [Int]
-    /// The daemon's resident memory: pool, metadata, buffers and code.
-    public var rssBytes: Int
-    public var export: ExportSummary
-    public var pool: PoolSummary
-    public var nbd: NBDFigures
-    public var maintenance: MaintenanceFigures
-    public var compression: CompressionFigures
-
-    public init(
-        device: DeviceFigures, rssBytes: Int, export: ExportSummary, pool: PoolSummary, nbd: NBDFigures,
-        maintenance: MaintenanceFigures, compression: CompressionFigures
-    ) {
-        self.device = device
-        mmStat = device.mmStat
-        ioStat = device.ioStat
-        self.rssBytes = rssBytes
-        self.export = export
-        self.pool = pool
-        self.nbd = nbd
-        self.maintenance = maintenance
-        self.compression = compression
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case mmStat = "mm_stat"
-        case ioStat = "io_stat"
-        case rssBytes = "rss_bytes"
-        case export, pool, nbd, maintenance, compression
-    }
-
-    public init(from decoder: any Decoder) throws {
-        device = try DeviceFigures(from: decoder)
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        mmStat = try container.decode([Int].self, forKey: .mmStat)
-        ioStat = try container.decode([Int].self, forKey: .ioStat)
-        rssBytes = try container.decode(Int.self, forKey: .rssBytes)
-        export = try container.decode(ExportSummary.self, forKey: .export)
-        pool = try container.decode(PoolSummary.self, forKey: .pool)
-        nbd = try container.decode(NBDFigures.self, forKey: .nbd)
-        maintenance = try container.decode(MaintenanceFigures.self, forKey: .maintenance)
-        compression = try container.decode(CompressionFigures.self, forKey: .compression)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        try device.encode(to: encoder)
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(mmStat, forKey: .mmStat)
-        try container.encode(ioStat, forKey: .ioStat)
-        try container.encode(rssBytes, forKey: .rssBytes)
-        try container.encode(export, forKey: .export)
-        try container.encode(pool, forKey: .pool)
-        try container.encode(nbd, forKey: .nbd)
-        try container.encode(maintenance, forKey: .maintenance)
-        try container.encode(compression, forKey: .compression)
-    }
-}
+public import ZNBDFigures
 
 /// What is served, and where.
 public struct ExportSummary: Sendable, Codable, Equatable {
@@ -108,9 +45,62 @@ public struct ExportSummary: Sendable, Codable, Equatable {
 
 /// GET /v1/classes: zsmalloc's per-class table.
 public struct ClassesDocument: Sendable, Codable, Equatable {
-    public var classes: [ClassFigures]
+    /// One size class, as a row of zsmalloc's debugfs classes file.
+    public struct Class: Sendable, Codable, Equatable {
+        public var index: Int
+        public var size: Int
+        public var framesPerZspage: Int
+        public var objectsPerZspage: Int
+        public var isHuge: Bool
+        /// zspages per fullness list: [0] empty, [1...10] in-use ratio 0-9% ...
+        /// 90-99%, [11] full.
+        public var zspagesByFullness: [Int]
+        /// The kernel's classic groups: at most 3/4 used, more, and full.
+        public var almostEmpty: Int
+        public var almostFull: Int
+        public var full: Int
+        public var zspages: Int
+        public var objectsAllocated: Int
+        public var objectsUsed: Int
+        public var framesUsed: Int
 
-    public init(classes: [ClassFigures]) { self.classes = classes }
+        public init(
+            index: Int, size: Int, framesPerZspage: Int, objectsPerZspage: Int, isHuge: Bool,
+            zspagesByFullness: [Int], almostEmpty: Int, almostFull: Int, full: Int, zspages: Int,
+            objectsAllocated: Int, objectsUsed: Int, framesUsed: Int
+        ) {
+            self.index = index
+            self.size = size
+            self.framesPerZspage = framesPerZspage
+            self.objectsPerZspage = objectsPerZspage
+            self.isHuge = isHuge
+            self.zspagesByFullness = zspagesByFullness
+            self.almostEmpty = almostEmpty
+            self.almostFull = almostFull
+            self.full = full
+            self.zspages = zspages
+            self.objectsAllocated = objectsAllocated
+            self.objectsUsed = objectsUsed
+            self.framesUsed = framesUsed
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case index, size, zspages, full
+            case framesPerZspage = "frames_per_zspage"
+            case objectsPerZspage = "objects_per_zspage"
+            case isHuge = "huge"
+            case zspagesByFullness = "zspages_by_fullness"
+            case almostEmpty = "almost_empty"
+            case almostFull = "almost_full"
+            case objectsAllocated = "objects_allocated"
+            case objectsUsed = "objects_used"
+            case framesUsed = "frames_used"
+        }
+    }
+
+    public var classes: [Class]
+
+    public init(classes: [Class]) { self.classes = classes }
 }
 
 /// GET /v1/frames: the arena's frame map, as /proc/buddyinfo and a block
@@ -157,14 +147,15 @@ public struct FramesDocument: Sendable, Codable, Equatable {
 /// POST /v1/compact: one maintenance pass, run now (trigger "manual"), and
 /// what it gave back.
 public struct CompactDocument: Sendable, Codable, Equatable {
-    public var pass: MaintenancePassFigures
+    public var pass: MaintenancePassDocument
     /// The pool's frame and block sizes, to turn the counts into bytes.
     public var frameSize: Int
     public var blockSize: Int
     public var rssBytesBefore: Int
     public var rssBytesAfter: Int
 
-    public init(pass: MaintenancePassFigures, frameSize: Int, blockSize: Int, rssBytesBefore: Int, rssBytesAfter: Int) {
+    public init(pass: MaintenancePassDocument, frameSize: Int, blockSize: Int, rssBytesBefore: Int, rssBytesAfter: Int)
+    {
         self.pass = pass
         self.frameSize = frameSize
         self.blockSize = blockSize
@@ -209,13 +200,13 @@ public struct RecompressDocument: Sendable, Codable, Equatable {
     public var maxPages: Int?
     /// The recompression codec, e.g. "zstd:9".
     public var algorithm: String
-    public var result: RecompressionFigures
+    public var result: Result
     public var seconds: Double
     public var memUsedTotalBefore: Int
     public var memUsedTotalAfter: Int
 
     public init(
-        type: String, threshold: Int?, maxPages: Int?, algorithm: String, result: RecompressionFigures,
+        type: String, threshold: Int?, maxPages: Int?, algorithm: String, result: Result,
         seconds: Double, memUsedTotalBefore: Int, memUsedTotalAfter: Int
     ) {
         self.type = type
@@ -233,6 +224,32 @@ public struct RecompressDocument: Sendable, Codable, Equatable {
         case maxPages = "max_pages"
         case memUsedTotalBefore = "mem_used_total_before"
         case memUsedTotalAfter = "mem_used_total_after"
+    }
+
+    /// The run's figures, and whether it reached the end of the device.
+    public struct Result: Sendable, Codable, Equatable {
+        public var figures: Figures<RecompressionFigure>
+        public var finished: Bool
+
+        public init(figures: Figures<RecompressionFigure>, finished: Bool) {
+            self.figures = figures
+            self.finished = finished
+        }
+
+        public subscript(figure: RecompressionFigure) -> Int { figures[figure] }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: FigureCodingKey.self)
+            figures = Figures()
+            try figures.decode(from: container)
+            finished = try container.decode(Bool.self, forKey: FigureCodingKey("finished"))
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: FigureCodingKey.self)
+            try figures.encode(into: &container)
+            try container.encode(finished, forKey: FigureCodingKey("finished"))
+        }
     }
 }
 

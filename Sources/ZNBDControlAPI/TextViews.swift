@@ -1,27 +1,90 @@
+public import ZNBDFigures
+
 /// The documents as znbdctl prints them for people (and, for mm_stat, for
-/// scripts written against /sys/block/zramN/mm_stat).
+/// scripts written against /sys/block/zramN/mm_stat). The figures' columns,
+/// labels and units come from their declarations (ZNBDFigures).
 public enum TextViews {
-    /// zramctl's table, with the figures a zram user looks at next.
+    /// zramctl's table: the name and codec, then every device and process
+    /// figure that declares a column, with RATIO (DATA / COMPR) after TOTAL,
+    /// as zramctl's COMP-RATIO.
     public static func statsTable(_ stats: StatsDocument) -> String {
-        let device = stats.device
-        let ratio = device.comprDataSize > 0 ? Double(device.origDataSize) / Double(device.comprDataSize) : 0
-        let header = [
-            "NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "RATIO", "MEM-LIMIT", "MEM-USED",
-            "SAME", "HUGE", "COMPACTED", "RSS",
-        ]
-        let row = [
-            stats.export.name.isEmpty ? "(default)" : stats.export.name, algorithmName(stats.compression),
-            ByteSize.format(device.diskSize), ByteSize.format(device.origDataSize),
-            ByteSize.format(device.comprDataSize),
-            ByteSize.format(device.memUsedTotal), formatRatio(ratio),
-            device.memLimit == 0 ? "-" : ByteSize.format(device.memLimit), ByteSize.format(device.memUsedMax),
-            "\(device.samePages)", "\(device.hugePages)", "\(device.pagesCompacted)", ByteSize.format(stats.rssBytes),
-        ]
+        var header = ["NAME", "ALGORITHM"]
+        var row = [stats.export.name.isEmpty ? "(default)" : stats.export.name, algorithmName(stats.compression)]
+        func add<Family: FigureFamily>(_ figures: Figures<Family>) {
+            for figure in Family.allCases {
+                let declaration = figure.declaration
+                guard let column = declaration.column else { continue }
+                header.append(column)
+                let noLimit = figure as? DeviceFigure == .memLimit
+                row.append(format(figures[figure], declaration, zeroAs: noLimit ? "-" : nil))
+                if figure as? DeviceFigure == .memUsedTotal {
+                    header.append("RATIO")
+                    let device = stats.device
+                    let compressed = device[.comprDataSize]
+                    row.append(formatRatio(compressed > 0 ? Double(device[.origDataSize]) / Double(compressed) : 0))
+                }
+            }
+        }
+        add(stats.device)
+        add(stats.process)
         return table([header, row], leftAligned: 2)
     }
 
+    /// Every figure of the document, family by family, one per line under
+    /// its JSON key, after the codecs and the maintenance thread's settings:
+    /// `znbdctl stats --details`.
+    public static func details(_ stats: StatsDocument) -> String {
+        let compression = stats.compression
+        var text = "codecs: algorithm \(algorithmName(compression))"
+        if let recompress = compression.recompressAlgorithm {
+            text += ", recompression \(codecName(recompress, params: compression.recompressAlgorithmParams ?? ""))"
+            if let age = stats.maintenance.recompressIdleAgeSeconds {
+                text += " (by the maintenance thread after \(formatSeconds(age)) idle)"
+            }
+        }
+        let maintenance = stats.maintenance
+        text += "\nmaintenance: compaction \(maintenance.compaction), migration \(maintenance.migration),"
+        text += " memory pressure " + (maintenance.pressureSource.map { "from \($0)" } ?? "not watched") + "\n"
+        text += figureList(stats.device) + figureList(stats.process) + figureList(stats.pool)
+        text += figureList(stats.nbd.totals) + figureList(stats.compression.figures)
+        text += figureList(stats.compression.recompression)
+        text += figureList(stats.maintenance.totals)
+        text += figureList(stats.maintenance.recompression, title: "recompression by the maintenance thread")
+        return text
+    }
+
+    /// A family's figures under its title, one line each: the JSON key and
+    /// the value in its unit (a labelled figure's values on one line).
+    public static func figureList<Family: FigureFamily>(
+        _ figures: Figures<Family>, title: String = Family.title
+    ) -> String {
+        var rows: [[String]] = []
+        for figure in Family.allCases {
+            let declaration = figure.declaration
+            var value = format(figures[figure], declaration)
+            if declaration.label != nil {
+                let values = figures.values(of: figure).sorted { $0.key < $1.key }
+                value = values.map { "\($0.key) \(format($0.value, declaration))" }.joined(separator: ", ")
+                if value.isEmpty { value = "-" }
+            }
+            rows.append(["  " + declaration.key, value])
+        }
+        return title + ":\n" + table(rows, leftAligned: 2)
+    }
+
+    /// A value as its unit reads: sizes as zramctl prints them, durations in
+    /// seconds or milliseconds, counts as they are.
+    static func format(_ value: Int, _ declaration: FigureDeclaration, zeroAs zero: String? = nil) -> String {
+        if value == 0, let zero { return zero }
+        switch declaration.unit {
+        case .count: return "\(value)"
+        case .bytes: return ByteSize.format(value)
+        case .milliseconds: return formatSeconds(Double(value) / 1000)
+        }
+    }
+
     /// `zstd:9`, or the bare name with the library's default.
-    static func algorithmName(_ compression: CompressionFigures) -> String {
+    static func algorithmName(_ compression: StatsDocument.Compression) -> String {
         codecName(compression.algorithm, params: compression.algorithmParams)
     }
 
@@ -29,33 +92,19 @@ public enum TextViews {
         params.hasPrefix("level=") ? "\(algorithm):\(params.dropFirst("level=".count))" : algorithm
     }
 
-    /// The codecs, pages per algorithm, idle pages and recompression, a few lines.
-    public static func compressionView(_ compression: CompressionFigures) -> String {
-        var text = "algorithm \(algorithmName(compression))"
-        if let recompress = compression.recompressAlgorithm {
-            text += ", recompression \(codecName(recompress, params: compression.recompressAlgorithmParams ?? ""))"
-        }
-        let pages = compression.pagesByAlgorithm.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
-        text += "; pages by algorithm: " + pages.joined(separator: ", ") + "; idle pages \(compression.idlePages)\n"
-        if compression.recompressAlgorithm != nil {
-            text += "recompression: " + recompressionLine(compression.recompression) + "\n"
-        }
-        return text
-    }
-
     /// What a recompression run (or the totals) did, one line.
-    public static func recompressionLine(_ result: RecompressionFigures) -> String {
-        var text = result.pagesScanned.map { "\($0) pages scanned, " } ?? ""
-        text += "\(result.pagesTried) tried, \(result.pagesRecompressed) recompressed"
-        text += " (\(ByteSize.format(result.bytesBefore)) -> \(ByteSize.format(result.bytesAfter)))"
-        text += ", \(result.pagesNotSmaller) not smaller (\(result.pagesIncompressible) incompressible)"
-        if result.pagesRaced > 0 { text += ", \(result.pagesRaced) written meanwhile" }
-        if result.pagesWithoutRoom > 0 { text += ", \(result.pagesWithoutRoom) left for want of pool room" }
+    public static func recompressionLine(_ result: Figures<RecompressionFigure>) -> String {
+        var text = "\(result[.pagesScanned]) pages scanned, "
+        text += "\(result[.pagesTried]) tried, \(result[.pagesRecompressed]) recompressed"
+        text += " (\(ByteSize.format(result[.bytesBefore])) -> \(ByteSize.format(result[.bytesAfter])))"
+        text += ", \(result[.pagesNotSmaller]) not smaller (\(result[.pagesIncompressible]) incompressible)"
+        if result[.pagesRaced] > 0 { text += ", \(result[.pagesRaced]) written meanwhile" }
+        if result[.pagesWithoutRoom] > 0 { text += ", \(result[.pagesWithoutRoom]) left for want of pool room" }
         return text
     }
 
     public static func recompressSummary(_ run: RecompressDocument) -> String {
-        var text = "recompress type=\(run.type) with \(run.algorithm): " + recompressionLine(run.result) + "\n"
+        var text = "recompress type=\(run.type) with \(run.algorithm): " + recompressionLine(run.result.figures) + "\n"
         text += "mem_used_total \(ByteSize.format(run.memUsedTotalBefore)) -> \(ByteSize.format(run.memUsedTotalAfter))"
         text += " in \(formatSeconds(run.seconds))\n"
         return text
@@ -72,7 +121,7 @@ public enum TextViews {
 
     /// zsmalloc's classes file: one row per class in use (every class with
     /// `all`), then the totals.
-    public static func classesTable(_ classes: [ClassFigures], all: Bool) -> String {
+    public static func classesTable(_ classes: [ClassesDocument.Class], all: Bool) -> String {
         let header = [
             "class", "size", "huge", "frames/zspage", "objs/zspage", "zspages", "almost_empty", "almost_full",
             "full", "obj_allocated", "obj_used", "frames_used", "freeable",
@@ -140,23 +189,6 @@ public enum TextViews {
     public static func memLimitLine(_ limit: MemLimitDocument) -> String {
         "mem_limit " + (limit.memLimit == 0 ? "none" : "\(ByteSize.format(limit.memLimit)) (\(limit.memLimit) bytes)")
             + "\n"
-    }
-
-    /// The maintenance thread's totals, a few lines.
-    public static func maintenanceView(_ maintenance: MaintenanceFigures) -> String {
-        var text = "maintenance: compaction \(maintenance.compaction), migration \(maintenance.migration),"
-        text += " memory pressure " + (maintenance.pressureSource.map { "from \($0)" } ?? "not watched") + "\n"
-        let passes = maintenance.passes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
-        text += "passes: " + passes.joined(separator: ", ") + "; \(formatSeconds(maintenance.secondsSpent)) spent\n"
-        text += "compaction: \(maintenance.pagesCompacted) frames freed, \(maintenance.objectsMoved) objects moved"
-        text += " (\(ByteSize.format(maintenance.bytesMoved))), \(maintenance.objectsSkipped) busy\n"
-        text += "migration: \(maintenance.framesMigrated) frames moved, \(maintenance.blocksReleased) blocks released,"
-        text += " \(maintenance.framesSkipped) busy; heap trimmed \(maintenance.heapTrims) times\n"
-        if let age = maintenance.recompressIdleAgeSeconds {
-            text += "recompression of pages idle \(formatSeconds(age)): \(maintenance.recompressionSweeps) sweeps, "
-            text += recompressionLine(maintenance.recompression) + "\n"
-        }
-        return text
     }
 
     // MARK: Layout

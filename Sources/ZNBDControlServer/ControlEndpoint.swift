@@ -5,6 +5,7 @@
 #endif
 public import NBD
 public import ZNBDControlAPI
+import ZNBDFigures
 import ZNBDSystem
 public import ZRAM
 public import ZSPool
@@ -45,23 +46,12 @@ public struct ControlResponse: Sendable, Equatable {
 /// maintenance and the server's counters, testable without a socket. It
 /// reads counters and takes the pool's class locks one at a time, as an I/O
 /// request would; only POST /v1/compact does more (a maintenance pass: one
-/// zspage per class-lock hold).
-///
-///   GET  /v1/stats       StatsDocument: mm_stat, io_stat, pool totals, NBD counters, RSS
-///   GET  /v1/classes     ClassesDocument: zsmalloc's per-class table
-///   GET  /v1/frames      FramesDocument: buddyinfo-style free runs, block occupancy
-///   POST /v1/compact     CompactDocument: one maintenance pass (compaction, migration), now
-///   POST /v1/idle        IdleDocument: mark pages idle; body empty or "all", SECONDS, or
-///                        {"older_than_seconds": N}
-///   POST /v1/recompress  RecompressDocument: a recompression run, now; body zram's
-///                        "type=idle threshold=BYTES max_pages=N" or the same as JSON
-///   GET  /v1/mem-limit   MemLimitDocument
-///   PUT  /v1/mem-limit   body {"mem_limit": BYTES}, {"mem_limit": "512M"} or 512M; 0 lifts it
-///   GET  /metrics        Prometheus text exposition
+/// zspage per class-lock hold). `routes` is the one list of what it serves
+/// (docs/ARCHITECTURE.md's list is checked against it).
 public final class ControlEndpoint: Sendable {
     public let maintenance: DeviceMaintenance
     public let export: ExportSummary
-    private let nbdStats: @Sendable () -> NBDServerStats
+    private let serverFigures: @Sendable () -> NBDServerFigures
 
     public var device: CompressedBlockDevice { maintenance.device }
 
@@ -69,74 +59,105 @@ public final class ControlEndpoint: Sendable {
     public static let maximumBodyBytes = 64 << 10
 
     public init(
-        maintenance: DeviceMaintenance, export: ExportSummary, nbdStats: @escaping @Sendable () -> NBDServerStats
+        maintenance: DeviceMaintenance, export: ExportSummary,
+        serverFigures: @escaping @Sendable () -> NBDServerFigures
     ) {
         self.maintenance = maintenance
         self.export = export
-        self.nbdStats = nbdStats
+        self.serverFigures = serverFigures
     }
 
-    private static let routes: [String: [String]] = [
-        "/v1/stats": ["GET"], "/v1/classes": ["GET"], "/v1/frames": ["GET"], "/v1/compact": ["POST"],
-        "/v1/idle": ["POST"], "/v1/recompress": ["POST"], "/v1/mem-limit": ["GET", "PUT"], "/metrics": ["GET"],
+    /// One route: a method and a path, what it answers, and the code that
+    /// answers it (given the endpoint and the request's body).
+    public struct Route: Sendable {
+        public let method: String
+        public let path: String
+        public let summary: String
+        let answer: @Sendable (ControlEndpoint, [UInt8]) -> ControlResponse
+    }
+
+    /// Every route, in the order docs/ARCHITECTURE.md lists them.
+    public static let routes: [Route] = [
+        Route(method: "GET", path: "/v1/stats", summary: "StatsDocument: every figure, under its declared key") {
+            endpoint, _ in document(endpoint.stats(pool: endpoint.device.poolFigures()))
+        },
+        Route(method: "GET", path: "/v1/classes", summary: "ClassesDocument: zsmalloc's per-class table") {
+            endpoint, _ in document(ClassesDocument(endpoint.device.poolFigures()))
+        },
+        Route(method: "GET", path: "/v1/frames", summary: "FramesDocument: buddyinfo-style free runs, block occupancy")
+        {
+            endpoint, _ in document(FramesDocument(endpoint.device.poolFigures()))
+        },
+        Route(
+            method: "POST", path: "/v1/compact",
+            summary: "CompactDocument: one maintenance pass (compaction, migration), now"
+        ) { endpoint, _ in document(endpoint.compact()) },
+        Route(
+            method: "POST", path: "/v1/idle",
+            summary: "IdleDocument: mark pages idle; body empty or all, SECONDS, or {\"older_than_seconds\": N}"
+        ) { endpoint, body in endpoint.markIdle(body: body) },
+        Route(
+            method: "POST", path: "/v1/recompress",
+            summary: "RecompressDocument: a recompression run, now; body type=... threshold=... max_pages=... or JSON"
+        ) { endpoint, body in endpoint.recompress(body: body) },
+        Route(method: "GET", path: "/v1/mem-limit", summary: "MemLimitDocument") { endpoint, _ in
+            document(MemLimitDocument(memLimit: endpoint.device.memLimitBytes ?? 0))
+        },
+        Route(
+            method: "PUT", path: "/v1/mem-limit",
+            summary: "body {\"mem_limit\": BYTES}, {\"mem_limit\": \"512M\"} or 512M; 0 lifts it"
+        ) { endpoint, body in endpoint.setMemLimit(body: body) },
+        Route(method: "GET", path: "/metrics", summary: "Prometheus text exposition") { endpoint, _ in
+            endpoint.metrics()
+        },
     ]
 
     public func respond(to request: ControlRequest) -> ControlResponse {
-        guard let methods = Self.routes[request.path] else {
-            let known = Self.routes.keys.sorted().joined(separator: ", ")
+        let onPath = Self.routes.filter { $0.path == request.path }
+        guard !onPath.isEmpty else {
+            let known = Set(Self.routes.map(\.path)).sorted().joined(separator: ", ")
             return Self.error(404, "no such endpoint: \(request.path) (endpoints: \(known))")
         }
-        guard methods.contains(request.method) else {
+        guard let route = onPath.first(where: { $0.method == request.method }) else {
+            let methods = onPath.map(\.method)
             var response = Self.error(
                 405, "\(request.method) is not allowed on \(request.path); use \(methods.joined(separator: " or "))")
             response.allow = methods
             return response
         }
-        switch (request.method, request.path) {
-        case ("GET", "/v1/stats"):
-            return Self.document(stats(pool: device.poolStats()))
-        case ("GET", "/v1/classes"):
-            return Self.document(ClassesDocument(device.poolStats()))
-        case ("GET", "/v1/frames"):
-            return Self.document(FramesDocument(device.poolStats()))
-        case ("POST", "/v1/compact"):
-            return Self.document(compact())
-        case ("POST", "/v1/idle"):
-            return markIdle(body: request.body)
-        case ("POST", "/v1/recompress"):
-            return recompress(body: request.body)
-        case ("GET", "/v1/mem-limit"):
-            return Self.document(MemLimitDocument(memLimit: device.memLimitBytes ?? 0))
-        case ("PUT", "/v1/mem-limit"):
-            return setMemLimit(body: request.body)
-        default:  // GET /metrics
-            let pool = device.poolStats()
-            let text = PrometheusExposition.render(
-                stats: stats(pool: pool), classes: ClassesDocument(pool), frames: FramesDocument(pool))
-            return ControlResponse(
-                status: 200, contentType: ControlResponse.prometheusText, body: Array(text.utf8), allow: [])
-        }
+        return route.answer(self, request.body)
     }
 
     /// /v1/stats, given the pool's figures (one walk of the pool per
     /// request, shared with /metrics' per-class figures).
-    public func stats(pool: ZSPoolStats) -> StatsDocument {
-        StatsDocument(
-            device: DeviceFigures(device.stats()), rssBytes: residentMemoryBytes(), export: export,
-            pool: PoolSummary(pool), nbd: NBDFigures(nbdStats()), maintenance: MaintenanceFigures(maintenance.stats()),
-            compression: CompressionFigures(device.compressionStats()))
+    public func stats(pool: ZSPoolFigures) -> StatsDocument {
+        var process = Figures<ProcessFigure>()
+        process[.rssBytes] = residentMemoryBytes()
+        return StatsDocument(
+            device: device.figures(), process: process, export: export, pool: pool.totals,
+            nbd: StatsDocument.NBD(serverFigures()), maintenance: StatsDocument.Maintenance(maintenance.figures()),
+            compression: StatsDocument.Compression(device.compressionFigures()))
+    }
+
+    /// GET /metrics: /v1/stats, the class table and the frame map.
+    private func metrics() -> ControlResponse {
+        let pool = device.poolFigures()
+        let text = PrometheusExposition.render(
+            stats: stats(pool: pool), classes: ClassesDocument(pool), frames: FramesDocument(pool))
+        return ControlResponse(
+            status: 200, contentType: ControlResponse.prometheusText, body: Array(text.utf8), allow: [])
     }
 
     /// A maintenance pass now, as the thread runs them but without rests.
-    private func compact() -> CompactDocument {
+    fileprivate func compact() -> CompactDocument {
         let rssBefore = residentMemoryBytes()
         let pass = maintenance.runPass(.manual)
         return CompactDocument(
-            pass: MaintenancePassFigures(pass), frameSize: ZSPool.frameSize, blockSize: ZSPool.blockSize,
+            pass: MaintenancePassDocument(pass), frameSize: ZSPool.frameSize, blockSize: ZSPool.blockSize,
             rssBytesBefore: rssBefore, rssBytesAfter: residentMemoryBytes())
     }
 
-    private func markIdle(body: [UInt8]) -> ControlResponse {
+    fileprivate func markIdle(body: [UInt8]) -> ControlResponse {
         let age: Duration?
         do {
             age = try Self.parseIdleAge(body)
@@ -144,7 +165,7 @@ public final class ControlEndpoint: Sendable {
             return Self.error(400, "\(error.description); send nothing or all, SECONDS, or {\"older_than_seconds\": N}")
         }
         let marked = device.markIdle(notAccessedFor: age)
-        return Self.document(IdleDocument(pagesMarked: marked, idlePages: device.compressionStats().idlePages))
+        return Self.document(IdleDocument(pagesMarked: marked, idlePages: device.compressionFigures().idlePages))
     }
 
     /// Nothing or "all" (every stored page), a number of seconds, or JSON
@@ -170,7 +191,7 @@ public final class ControlEndpoint: Sendable {
         return .seconds(seconds)
     }
 
-    private func recompress(body: [UInt8]) -> ControlResponse {
+    fileprivate func recompress(body: [UInt8]) -> ControlResponse {
         let request: RecompressionRequest
         do {
             request = try Self.parseRecompression(body)
@@ -185,16 +206,16 @@ public final class ControlEndpoint: Sendable {
         }
         let clock = ContinuousClock()
         let start = clock.now
-        let before = device.stats().memUsedTotal
+        let before = device.memUsedTotal
         do {
             let result = try maintenance.recompress(request)
             return Self.document(
                 RecompressDocument(
                     type: request.type.rawValue, threshold: request.thresholdBytes, maxPages: request.maxPages,
                     algorithm: algorithm.description,
-                    result: RecompressionFigures(result, scanned: true, finished: result.finished),
+                    result: RecompressDocument.Result(figures: result.figures, finished: result.finished),
                     seconds: (clock.now - start).seconds, memUsedTotalBefore: before,
-                    memUsedTotalAfter: device.stats().memUsedTotal))
+                    memUsedTotalAfter: device.memUsedTotal))
         } catch {
             return Self.error(409, error.description)
         }
@@ -245,7 +266,7 @@ public final class ControlEndpoint: Sendable {
             type: type, thresholdBytes: try count("threshold"), maxPages: try count("max_pages"))
     }
 
-    private func setMemLimit(body: [UInt8]) -> ControlResponse {
+    fileprivate func setMemLimit(body: [UInt8]) -> ControlResponse {
         let limit: Int
         do {
             limit = try Self.parseMemLimit(body)

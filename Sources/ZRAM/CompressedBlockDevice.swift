@@ -23,6 +23,7 @@
 // the last one switched wins whole, which is a valid order.
 
 public import BlockDevice
+public import ZNBDFigures
 public import PageCodec
 import ZNBDSystem
 public import ZSPool
@@ -247,39 +248,35 @@ public final class CompressedBlockDevice: BlockDevice {
 
     // MARK: Statistics and maintenance
 
-    /// Counters and the pool's running totals only: no walk of the classes
-    /// or the arena (pool.stats() is that walk), so it is cheap to poll.
-    public func stats() -> ZRAMStats {
-        ZRAMStats(
-            diskSize: byteCount,
-            origDataSize: counters.load(.pagesStored) * pageSize,
-            comprDataSize: counters.load(.compressedBytes),
-            memUsedTotal: pool.usedBytes,
-            memLimit: pool.memLimitBytes ?? 0,
-            memUsedMax: pool.maximumUsedBytes,
-            samePages: counters.load(.samePages),
-            pagesCompacted: pool.pagesCompacted,
-            hugePages: counters.load(.hugePages),
-            hugePagesSince: counters.load(.hugePagesSince),
-            failedReads: counters.load(.failedReads),
-            failedWrites: counters.load(.failedWrites),
-            invalidIO: counters.load(.invalidIO),
-            notifyFree: counters.load(.notifyFree),
-            reads: counters.load(.reads),
-            writes: counters.load(.writes),
-            discards: counters.load(.discards),
-            zeroes: counters.load(.zeroes),
-            bytesRead: counters.load(.bytesRead),
-            bytesWritten: counters.load(.bytesWritten))
+    /// The device's figures: counters and the pool's running totals only,
+    /// no walk of the classes or the arena (`poolFigures` is that walk), so
+    /// it is cheap to poll.
+    public func figures() -> Figures<DeviceFigure> {
+        var figures = Figures<DeviceFigure>()
+        for figure in DeviceFigure.allCases {
+            figures[figure] =
+                switch figure {
+                case .diskSize: byteCount
+                case .memUsedTotal: pool.usedBytes
+                case .memLimit: pool.memLimitBytes ?? 0
+                case .memUsedMax: pool.maximumUsedBytes
+                case .pagesCompacted: pool.pagesCompacted
+                default: counters.load(figure)
+                }
+        }
+        return figures
     }
 
+    /// Pool memory in use (mm_stat's mem_used_total), without the rest.
+    public var memUsedTotal: Int { pool.usedBytes }
+
     /// The pool's whole picture: every class under its lock, then the arena
-    /// (a walk; `stats()` is the cheap poll).
-    public func poolStats() -> ZSPoolStats { pool.stats() }
+    /// (a walk; `figures()` is the cheap poll).
+    public func poolFigures() -> ZSPoolFigures { pool.figures() }
 
     /// Pool objects freed with no object stored in their place, since the
     /// start (DeviceCounters.objectsFreedWithoutReplacement).
-    var objectsFreedWithoutReplacement: Int { counters.load(.objectsFreedWithoutReplacement) }
+    var objectsFreedWithoutReplacement: Int { counters.load(DeviceCounters.Internal.objectsFreedWithoutReplacement) }
 
     // MARK: Pages
 
@@ -386,7 +383,7 @@ public final class CompressedBlockDevice: BlockDevice {
         counters.account(new, sign: 1)
         if case .object(let handle, _, _) = old {
             pool.free(ZSHandle(rawValue: handle))
-            if case .object = new {} else { counters.add(.objectsFreedWithoutReplacement) }
+            if case .object = new {} else { counters.add(DeviceCounters.Internal.objectsFreedWithoutReplacement) }
         }
     }
 
@@ -422,7 +419,7 @@ public final class CompressedBlockDevice: BlockDevice {
                 }
                 // Another write came first: drop this attempt's object.
                 if case .object(let handle, _, _) = new { pool.free(ZSHandle(rawValue: handle)) }
-                counters.add(.patchRetries)
+                counters.add(DeviceCounters.Internal.patchRetries)
             }
         }
     }

@@ -1,14 +1,16 @@
 import PageCodec
+import ZNBDFigures
 import ZNBDSystem
 
 /// The device's running counters, sharded per CPU (ShardedCounters): every
 /// write bumps several of them, and on shared cache lines two threads would
-/// spend more on the counters than on the slot table.
+/// spend more on the counters than on the slot table. One counter per
+/// declared DeviceFigure and RecompressionFigure (those the device computes
+/// from elsewhere, the pool's memory say, are left at zero here), then the
+/// device's own.
 final class DeviceCounters: Sendable {
-    enum Counter: Int, CaseIterable {
-        case pagesStored, compressedBytes, samePages, hugePages, hugePagesSince
-        case failedReads, failedWrites, invalidIO, notifyFree
-        case reads, writes, discards, zeroes, bytesRead, bytesWritten
+    /// Counters that are no declared figure of their own.
+    enum Internal: Int, CaseIterable {
         /// Partial-page writes started again because another write switched
         /// the page between their read and their switch.
         case patchRetries
@@ -18,19 +20,15 @@ final class DeviceCounters: Sendable {
         /// this for bursts.
         case objectsFreedWithoutReplacement
         /// Compressed objects by the algorithm that wrote them (huge pages
-        /// are raw and counted by `hugePages`).
+        /// are raw and counted by `hugePages`): CompressionFigure's
+        /// pages_by_algorithm.
         case lzoPages, lz4Pages, zstdPages
-        /// Recompression (Recompression.swift): pages whose data the
-        /// recompression codec compressed; of those, pages stored in its
-        /// smaller stream, pages kept as they were, and huge pages it could
-        /// not bring under the huge class; pages written meanwhile, whose
-        /// result was dropped; object bytes before and after for the pages
-        /// stored.
-        case recompressTried, recompressStored, recompressNotSmaller, recompressIncompressible
-        case recompressRaced, recompressBytesBefore, recompressBytesAfter
     }
 
-    static func pages(of algorithm: CompressionAlgorithm) -> Counter {
+    private static let recompressionBase = DeviceFigure.allCases.count
+    private static let internalBase = recompressionBase + RecompressionFigure.allCases.count
+
+    static func pages(of algorithm: CompressionAlgorithm) -> Internal {
         switch algorithm {
         case .lzo: .lzoPages
         case .lz4: .lz4Pages
@@ -38,12 +36,33 @@ final class DeviceCounters: Sendable {
         }
     }
 
-    private let counters = ShardedCounters(count: Counter.allCases.count)
+    private let counters = ShardedCounters(count: internalBase + Internal.allCases.count)
 
     @inline(__always)
-    func add(_ counter: Counter, _ delta: Int = 1) { counters.add(counter.rawValue, delta) }
+    func add(_ figure: DeviceFigure, _ delta: Int = 1) { counters.add(figure.rawValue, delta) }
 
-    func load(_ counter: Counter) -> Int { counters.load(counter.rawValue) }
+    @inline(__always)
+    func add(_ counter: Internal, _ delta: Int = 1) { counters.add(Self.internalBase + counter.rawValue, delta) }
+
+    func load(_ figure: DeviceFigure) -> Int { counters.load(figure.rawValue) }
+
+    func load(_ counter: Internal) -> Int { counters.load(Self.internalBase + counter.rawValue) }
+
+    /// Adds one recompression run's (or slice's) figures to the totals.
+    func add(_ recompression: Figures<RecompressionFigure>) {
+        for figure in RecompressionFigure.allCases where recompression[figure] != 0 {
+            counters.add(Self.recompressionBase + figure.rawValue, recompression[figure])
+        }
+    }
+
+    /// Every recompression run's figures added up.
+    func recompressionTotals() -> Figures<RecompressionFigure> {
+        var totals = Figures<RecompressionFigure>()
+        for figure in RecompressionFigure.allCases {
+            totals[figure] = counters.load(Self.recompressionBase + figure.rawValue)
+        }
+        return totals
+    }
 
     /// Adds (`sign` 1) or removes (`sign` -1) a page's content from the
     /// stored-data figures.
@@ -54,13 +73,13 @@ final class DeviceCounters: Sendable {
         case .sameFilled:
             add(.samePages, sign)
         case .object(_, let length, .raw):
-            add(.compressedBytes, sign * length)
+            add(.comprDataSize, sign * length)
             add(.hugePages, sign)
             if sign > 0 { add(.hugePagesSince) }
         case .object(_, let length, .compressed(let algorithm)):
-            add(.compressedBytes, sign * length)
+            add(.comprDataSize, sign * length)
             add(Self.pages(of: algorithm), sign)
         }
-        add(.pagesStored, sign)
+        add(.origDataSize, sign * pageSize)
     }
 }

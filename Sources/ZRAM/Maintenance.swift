@@ -49,6 +49,7 @@
 
 import Synchronization
 public import SystemPackage
+public import ZNBDFigures
 import ZNBDSystem
 public import ZSPool
 
@@ -128,24 +129,59 @@ public struct MaintenancePass: Sendable, Equatable {
     public var poolBytesAfter = 0
 }
 
-/// The maintenance thread's running totals.
-public struct MaintenanceStats: Sendable, Equatable {
+/// The maintenance thread's settings and running totals.
+public struct MaintenanceFigures: Sendable, Equatable {
     public var automatic: Bool
     public var migrationEnabled: Bool
     /// The PSI file the pressure trigger is set on, or nil without one.
     public var pressureSource: String?
-    public var passes: [MaintenanceTrigger: Int]
-    public var compaction: CompactionResult
-    public var migration: MigrationResult
-    public var heapTrims: Int
-    public var timeSpent: Duration
+    /// Passes by trigger, what compaction and migration did in all of them,
+    /// heap trims, time spent, recompression sweeps.
+    public var totals: Figures<MaintenanceFigure>
     public var lastPass: MaintenancePass?
     /// The age after which the thread recompresses pages; nil: it does not.
     public var recompressIdleAge: Duration?
-    /// What the thread's recompression slices did, and how many sweeps of
-    /// the whole device they completed.
-    public var recompression: RecompressionResult
-    public var recompressionSweeps: Int
+    /// What the thread's recompression slices did.
+    public var recompression: Figures<RecompressionFigure>
+}
+
+/// What the thread adds up, under its lock; `figures()` turns it into
+/// MaintenanceFigures.
+private struct MaintenanceTotals {
+    var figures: MaintenanceFigures
+    /// Kept exact here (a slice can take less than a millisecond); the
+    /// figure is in whole milliseconds.
+    var timeSpent: Duration = .zero
+
+    mutating func record(_ pass: MaintenancePass) {
+        figures.totals[.passes, pass.trigger.rawValue] += 1
+        figures.totals[.pagesCompacted] += pass.compaction.framesFreed
+        figures.totals[.objectsMoved] += pass.compaction.objectsMoved
+        figures.totals[.bytesMoved] += pass.compaction.bytesMoved
+        figures.totals[.objectsSkipped] += pass.compaction.objectsSkipped
+        figures.totals[.framesMigrated] += pass.migration.framesMigrated
+        figures.totals[.framesSkipped] += pass.migration.framesSkipped
+        figures.totals[.blocksReleased] += pass.migration.blocksReleased
+        if pass.heapTrimmed { figures.totals[.heapTrims] += 1 }
+        timeSpent += pass.duration
+        figures.lastPass = pass
+    }
+
+    mutating func record(_ slice: RecompressionResult, sweepDone: Bool, spent: Duration) {
+        figures.recompression.add(slice.figures)
+        if sweepDone { figures.totals[.recompressionSweeps] += 1 }
+        timeSpent += spent
+    }
+
+    /// A copy to read after the lock (Figures.detached says why it must
+    /// share no storage with the totals).
+    var snapshot: MaintenanceFigures {
+        var snapshot = figures
+        snapshot.totals = figures.totals.detached()
+        snapshot.recompression = figures.recompression.detached()
+        snapshot.totals[.timeSpent] = Int(timeSpent / .milliseconds(1))
+        return snapshot
+    }
 }
 
 public final class DeviceMaintenance: Sendable {
@@ -153,7 +189,7 @@ public final class DeviceMaintenance: Sendable {
     public let policy: MaintenancePolicy
     private let sleeper: Sleeper
     private let passLock = Locked((), level: .maintenance)
-    private let totals: Locked<MaintenanceStats>
+    private let totals: Locked<MaintenanceTotals>
     private let stopping = Atomic<Bool>(false)
     /// A pass that must not wait is queued behind one that rests: stop resting.
     private let hurry = Atomic<Bool>(false)
@@ -165,20 +201,21 @@ public final class DeviceMaintenance: Sendable {
 
     /// Sets up maintenance of `device`; `start()` runs the thread. Without a
     /// memory-pressure trigger (no PSI here, or no permission) the other
-    /// triggers still work: `stats().pressureSource` says which it is.
+    /// triggers still work: `figures().pressureSource` says which it is.
     public init(device: CompressedBlockDevice, policy: MaintenancePolicy) throws(Errno) {
         self.device = device
         self.policy = policy
         let pressure = policy.pressure ? try? MemoryPressureTrigger() : nil
         sleeper = try Sleeper(pressure: pressure)
+        var passes = Figures<MaintenanceFigure>()
+        for trigger in MaintenanceTrigger.allCases { passes[.passes, trigger.rawValue] = 0 }
         totals = Locked(
-            MaintenanceStats(
-                automatic: policy.automatic, migrationEnabled: policy.migrationEnabled, pressureSource: pressure?.path,
-                passes: Dictionary(uniqueKeysWithValues: MaintenanceTrigger.allCases.map { ($0, 0) }),
-                compaction: CompactionResult(), migration: MigrationResult(), heapTrims: 0,
-                timeSpent: .zero, lastPass: nil,
-                recompressIdleAge: device.recompressionAlgorithm == nil ? nil : policy.recompressIdleAge,
-                recompression: RecompressionResult(), recompressionSweeps: 0))
+            MaintenanceTotals(
+                figures: MaintenanceFigures(
+                    automatic: policy.automatic, migrationEnabled: policy.migrationEnabled,
+                    pressureSource: pressure?.path, totals: passes, lastPass: nil,
+                    recompressIdleAge: device.recompressionAlgorithm == nil ? nil : policy.recompressIdleAge,
+                    recompression: Figures())))
     }
 
     /// Starts the thread, when the policy is automatic.
@@ -200,17 +237,8 @@ public final class DeviceMaintenance: Sendable {
         }
     }
 
-    public func stats() -> MaintenanceStats {
-        totals.withLock { totals in
-            // A dictionary of its own: a copy that shared the totals' storage
-            // would be read here after the lock, while `record` mutates that
-            // storage in place once this copy looks released, and the
-            // copy-on-write uniqueness check gives ThreadSanitizer (and the
-            // memory model) no happens-before edge between the two.
-            var copy = totals
-            copy.passes = Dictionary(uniqueKeysWithValues: totals.passes.map { ($0.key, $0.value) })
-            return copy
-        }
+    public func figures() -> MaintenanceFigures {
+        totals.withLock { $0.snapshot }
     }
 
     // MARK: The thread
@@ -249,7 +277,7 @@ public final class DeviceMaintenance: Sendable {
             if trigger == nil, !burst, now >= nextWasteCheck {
                 nextWasteCheck = now + policy.wasteCheckInterval
                 let reclaimable = reclaimableBytes()
-                if reclaimable > unreclaimedAfterLastPass + policy.threshold(poolBytes: device.stats().memUsedTotal) {
+                if reclaimable > unreclaimedAfterLastPass + policy.threshold(poolBytes: device.memUsedTotal) {
                     trigger = .waste
                 }
             }
@@ -283,11 +311,7 @@ public final class DeviceMaintenance: Sendable {
         let sweepDone = next >= pageCount
         cursor.page = sweepDone ? 0 : next
         let spent = clock.now - start
-        totals.withLock { totals in
-            totals.recompression.add(result)
-            if sweepDone { totals.recompressionSweeps += 1 }
-            totals.timeSpent += spent
-        }
+        totals.withLock { $0.record(result, sweepDone: sweepDone, spent: spent) }
     }
 
     /// Recompresses the pages `request` selects over the whole device, now
@@ -306,12 +330,12 @@ public final class DeviceMaintenance: Sendable {
         while page < device.pageCount, !stopping.load(ordering: .acquiring) {
             var slice = request
             if let maxPages = request.maxPages {
-                guard result.pagesTried < maxPages else { break }
-                slice.maxPages = maxPages - result.pagesTried
+                guard result[.pagesTried] < maxPages else { break }
+                slice.maxPages = maxPages - result[.pagesTried]
             }
             let end = min(device.pageCount, page + policy.recompressScanSlots)
             let (part, next) = passLock.withLock { _ in device.recompress(slice, pages: page..<end) }
-            result.add(part)
+            result.figures.add(part.figures)
             page = next
         }
         result.finished = page >= device.pageCount
@@ -337,7 +361,7 @@ public final class DeviceMaintenance: Sendable {
             if urgent { hurry.store(false, ordering: .relaxed) }
             let clock = ContinuousClock()
             let start = clock.now
-            var pass = MaintenancePass(trigger: trigger, poolBytesBefore: device.stats().memUsedTotal)
+            var pass = MaintenancePass(trigger: trigger, poolBytesBefore: device.memUsedTotal)
             let frames = max(1, policy.sliceBytes / ZSPool.frameSize)
             // Compaction first: migration then moves only frames that stay.
             var compacted = false
@@ -367,7 +391,7 @@ public final class DeviceMaintenance: Sendable {
                 return HeapPolicy.trim()
             }
             pass.duration = clock.now - start
-            pass.poolBytesAfter = device.stats().memUsedTotal
+            pass.poolBytesAfter = device.memUsedTotal
             record(pass)
             return pass
         }
@@ -382,15 +406,6 @@ public final class DeviceMaintenance: Sendable {
     }
 
     private func record(_ pass: MaintenancePass) {
-        totals.withLock { totals in
-            totals.passes[pass.trigger, default: 0] += 1
-            totals.compaction.add(pass.compaction)
-            totals.migration.add(pass.migration)
-            totals.compaction.finished = true
-            totals.migration.finished = true
-            if pass.heapTrimmed { totals.heapTrims += 1 }
-            totals.timeSpent += pass.duration
-            totals.lastPass = pass
-        }
+        totals.withLock { $0.record(pass) }
     }
 }

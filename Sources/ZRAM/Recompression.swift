@@ -25,6 +25,7 @@
 
 import BlockDevice
 public import PageCodec
+public import ZNBDFigures
 import ZNBDSystem
 import ZSPool
 
@@ -59,55 +60,42 @@ public struct RecompressionRequest: Sendable, Equatable {
     }
 }
 
-/// What recompression did: one run's figures, or the device's totals.
+/// What one recompression run, or one slice of one, did: its figures, and
+/// whether it reached the end of the range it was given.
 public struct RecompressionResult: Sendable, Equatable {
-    /// Slots looked at (a run's figure only).
-    public var pagesScanned = 0
-    /// Pages the recompression codec compressed.
-    public var pagesTried = 0
-    /// Of those: stored in the new, smaller stream.
-    public var pagesRecompressed = 0
-    /// Kept as they were: the new stream would not land in a smaller class.
-    public var pagesNotSmaller = 0
-    /// Of the pages kept: huge pages the new codec could not bring under the
-    /// huge class (zram's ZRAM_INCOMPRESSIBLE).
-    public var pagesIncompressible = 0
-    /// Written while they were being recompressed: the result was dropped.
-    public var pagesRaced = 0
-    /// Object bytes of the recompressed pages, before and after.
-    public var bytesBefore = 0
-    public var bytesAfter = 0
-    /// Left as they were because the pool had no room for the new object
-    /// (mem_limit reached, or the arena full); tried again by a later run.
-    public var pagesWithoutRoom = 0
-    /// The run reached the end of the device (a run's figure only).
+    public var figures = Figures<RecompressionFigure>()
+    /// The run reached the end of the device (or of its slice).
     public var finished = false
 
     public init() {}
 
-    mutating func add(_ other: RecompressionResult) {
-        pagesScanned += other.pagesScanned
-        pagesTried += other.pagesTried
-        pagesRecompressed += other.pagesRecompressed
-        pagesNotSmaller += other.pagesNotSmaller
-        pagesIncompressible += other.pagesIncompressible
-        pagesRaced += other.pagesRaced
-        pagesWithoutRoom += other.pagesWithoutRoom
-        bytesBefore += other.bytesBefore
-        bytesAfter += other.bytesAfter
+    public subscript(figure: RecompressionFigure) -> Int {
+        get { figures[figure] }
+        set { figures[figure] = newValue }
     }
 }
 
 /// The device's compression figures: its codecs, pages per algorithm, idle
 /// pages and recompression's totals.
-public struct CompressionStats: Sendable, Equatable {
+public struct CompressionFigures: Sendable, Equatable {
     public var algorithm: CodecChoice
     public var recompressionAlgorithm: CodecChoice?
-    /// Compressed objects by the algorithm that wrote them (huge pages are
-    /// raw and counted in the mm_stat figures).
-    public var pagesByAlgorithm: [CompressionAlgorithm: Int]
-    public var idlePages: Int
-    public var recompression: RecompressionResult
+    /// pages_by_algorithm (compressed objects by the algorithm that wrote
+    /// them, by its name; huge pages are raw and counted in huge_pages) and
+    /// idle_pages.
+    public var figures: Figures<CompressionFigure>
+    /// Every recompression run's and slice's figures added up.
+    public var recompression: Figures<RecompressionFigure>
+
+    /// pages_by_algorithm, by algorithm.
+    public var pagesByAlgorithm: [CompressionAlgorithm: Int] {
+        Dictionary(
+            uniqueKeysWithValues: CompressionAlgorithm.allCases.map {
+                ($0, figures[.pagesByAlgorithm, $0.description])
+            })
+    }
+
+    public var idlePages: Int { figures[.idlePages] }
 }
 
 /// Why a recompression run was not started.
@@ -126,22 +114,21 @@ public enum RecompressionRefused: Error, CustomStringConvertible {
 }
 
 extension CompressedBlockDevice {
-    public func compressionStats() -> CompressionStats {
-        var result = RecompressionResult()
-        result.pagesTried = counters.load(.recompressTried)
-        result.pagesRecompressed = counters.load(.recompressStored)
-        result.pagesNotSmaller = counters.load(.recompressNotSmaller)
-        result.pagesIncompressible = counters.load(.recompressIncompressible)
-        result.pagesRaced = counters.load(.recompressRaced)
-        result.bytesBefore = counters.load(.recompressBytesBefore)
-        result.bytesAfter = counters.load(.recompressBytesAfter)
-        return CompressionStats(
-            algorithm: algorithm, recompressionAlgorithm: recompressionAlgorithm,
-            pagesByAlgorithm: Dictionary(
-                uniqueKeysWithValues: CompressionAlgorithm.allCases.map {
-                    ($0, counters.load(DeviceCounters.pages(of: $0)))
-                }),
-            idlePages: slots.idlePages, recompression: result)
+    public func compressionFigures() -> CompressionFigures {
+        var figures = Figures<CompressionFigure>()
+        for figure in CompressionFigure.allCases {
+            switch figure {
+            case .pagesByAlgorithm:
+                for algorithm in CompressionAlgorithm.allCases {
+                    figures[figure, algorithm.description] = counters.load(DeviceCounters.pages(of: algorithm))
+                }
+            case .idlePages:
+                figures[figure] = slots.idlePages
+            }
+        }
+        return CompressionFigures(
+            algorithm: algorithm, recompressionAlgorithm: recompressionAlgorithm, figures: figures,
+            recompression: counters.recompressionTotals())
     }
 
     /// Marks stored objects idle: all of them, or those not read or written
@@ -185,33 +172,33 @@ extension CompressedBlockDevice {
         var page = pages.lowerBound
         withRecompressionBuffers(codec) { buffers in
             while page < pages.upperBound {
-                if let maxPages = request.maxPages, result.pagesTried >= maxPages { return }
-                result.pagesScanned += 1
+                if let maxPages = request.maxPages, result[.pagesTried] >= maxPages { return }
+                result[.pagesScanned] += 1
                 switch recompressPage(page, selection, codec: codec, buffers: buffers) {
                 case .notTaken:
                     break
                 case .notSmaller(let incompressible):
-                    result.pagesTried += 1
-                    result.pagesNotSmaller += 1
-                    if incompressible { result.pagesIncompressible += 1 }
+                    result[.pagesTried] += 1
+                    result[.pagesNotSmaller] += 1
+                    if incompressible { result[.pagesIncompressible] += 1 }
                 case .recompressed(let before, let after):
-                    result.pagesTried += 1
-                    result.pagesRecompressed += 1
-                    result.bytesBefore += before
-                    result.bytesAfter += after
+                    result[.pagesTried] += 1
+                    result[.pagesRecompressed] += 1
+                    result[.bytesBefore] += before
+                    result[.bytesAfter] += after
                 case .raced:
-                    result.pagesTried += 1
-                    result.pagesRaced += 1
+                    result[.pagesTried] += 1
+                    result[.pagesRaced] += 1
                 case .noRoom:
                     // Not tried: the page stays a candidate for a later run,
                     // when discards or compaction have made room.
-                    result.pagesWithoutRoom += 1
+                    result[.pagesWithoutRoom] += 1
                 }
                 page += 1
             }
         }
         result.finished = page >= pages.upperBound
-        record(result)
+        counters.add(result.figures)
         return (result, page)
     }
 
@@ -285,19 +272,9 @@ extension CompressedBlockDevice {
         return .recompressed(before: oldLength, after: length)
     }
 
-    private func record(_ result: RecompressionResult) {
-        counters.add(.recompressTried, result.pagesTried)
-        counters.add(.recompressStored, result.pagesRecompressed)
-        counters.add(.recompressNotSmaller, result.pagesNotSmaller)
-        counters.add(.recompressIncompressible, result.pagesIncompressible)
-        counters.add(.recompressRaced, result.pagesRaced)
-        counters.add(.recompressBytesBefore, result.bytesBefore)
-        counters.add(.recompressBytesAfter, result.bytesAfter)
-    }
-
     /// Objects freed by recompression since the start: each left a hole in
     /// its zspage, as a discard does, for the maintenance thread to compact.
-    var objectsRecompressed: Int { counters.load(.recompressStored) }
+    var objectsRecompressed: Int { counters.recompressionTotals()[.pagesRecompressed] }
 }
 
 /// What happened to one page.

@@ -46,20 +46,21 @@ extension CompressedBlockDevice {
             }
             pagesStored += 1
         }
-        let figures = stats()
-        let compression = compressionStats()
+        let figures = figures()
+        let compression = compressionFigures()
         let recount =
             [pagesStored * pageSize, compressedBytes, samePages, hugePages, idle]
             + CompressionAlgorithm.allCases.map { byAlgorithm[$0, default: 0] }
         let running =
-            [figures.origDataSize, figures.comprDataSize, figures.samePages, figures.hugePages, compression.idlePages]
+            [figures[.origDataSize], figures[.comprDataSize], figures[.samePages], figures[.hugePages]]
+            + [compression.idlePages]
             + CompressionAlgorithm.allCases.map { compression.pagesByAlgorithm[$0, default: 0] }
         guard recount == running else {
             throw DeviceCorruption(
                 description:
                     "figures \(running) (orig, compr, same, huge, idle, lzo, lz4, zstd) but the slots hold \(recount)")
         }
-        let live = pool.stats().liveObjects
+        let live = pool.figures()[.liveObjects]
         guard live == objects else {
             throw DeviceCorruption(description: "the pool holds \(live) objects but the slots name \(objects)")
         }

@@ -131,7 +131,7 @@ final class Daemon: Service {
             nbdSocket: configuration.socketPath, tcpAddress: tcpAddress,
             compaction: configuration.maintenance.automatic ? "auto" : "off")
         let control = ControlServer(
-            endpoint: ControlEndpoint(maintenance: maintenance, export: summary, nbdStats: { server.stats() }),
+            endpoint: ControlEndpoint(maintenance: maintenance, export: summary, serverFigures: { server.figures() }),
             socketPath: configuration.controlPath)
         rollback.onFailure { await control.shutdown() }
         do {
@@ -148,7 +148,7 @@ final class Daemon: Service {
             logger.info("I/O flusher threads: \(threads.flushers) of \(threads.threads)")
         }
         if configuration.maintenance.automatic {
-            let source = maintenance.stats().pressureSource
+            let source = maintenance.figures().pressureSource
             logger.info(
                 "maintenance: compaction auto, migration \(configuration.maintenance.migrationEnabled ? "auto" : "off"), memory pressure \(source.map { "from \($0)" } ?? "not watched (no PSI here)")"
             )

@@ -109,7 +109,7 @@ struct Stats: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Print again every SECONDS until interrupted.", valueName: "seconds"))
     var watch: Double?
 
-    @Flag(help: "After the table: the codecs, idle pages, recompression and the maintenance thread's totals.")
+    @Flag(help: "After the table: the codecs, the maintenance thread's settings, and every figure under its JSON key.")
     var details = false
 
     func validate() throws {
@@ -129,10 +129,7 @@ struct Stats: AsyncParsableCommand {
                 ? String(decoding: body, as: UTF8.self)
                 : raw
                     ? TextViews.mmStatLine(stats)
-                    : TextViews.statsTable(stats)
-                        + (details
-                            ? "\n" + TextViews.compressionView(stats.compression)
-                                + TextViews.maintenanceView(stats.maintenance) : "")
+                    : TextViews.statsTable(stats) + (details ? "\n" + TextViews.details(stats) : "")
             printOut((clearScreen ? "\u{1B}[H\u{1B}[2J" : "") + text)
             guard let watch else { return }
             try await Task.sleep(for: .seconds(watch))

@@ -1,6 +1,7 @@
 import Foundation
 import NBD
 import Testing
+import ZNBDFigures
 import TestSupport
 import ZNBDControlAPI
 import ZNBDControlServer
@@ -48,7 +49,7 @@ struct ControlEndpointTests {
             compaction: "off")
         return ControlEndpoint(
             maintenance: try DeviceMaintenance(device: device, policy: .manualOnly), export: export,
-            nbdStats: { NBDServerStatsFixture.sample })
+            serverFigures: { ServerFiguresFixture.sample })
     }
 
     @Test("routes: each document, 404 with the list, 405 with Allow, mem-limit in every accepted form")
@@ -58,9 +59,9 @@ struct ControlEndpointTests {
         let stats = endpoint.respond(to: ControlRequest(method: "GET", target: "/v1/stats?pretty=1"))
         #expect(stats.status == 200 && stats.contentType == "application/json")
         let document = try JSONDecoder().decode(StatsDocument.self, from: Data(stats.body))
-        #expect(document.device.samePages == 2 && document.device.origDataSize == 8192)
-        #expect(document.mmStat == document.device.mmStat && document.ioStat.count == 4)
-        #expect(document.nbd == NBDFigures(NBDServerStatsFixture.sample))
+        #expect(document.device[.samePages] == 2 && document.device[.origDataSize] == 8192)
+        #expect(document.mmStat.count == 9 && document.ioStat.count == 4)
+        #expect(document.nbd == StatsDocument.NBD(ServerFiguresFixture.sample))
         let roundTrip = try JSONEncoder().encode(document)
         #expect(try JSONDecoder().decode(StatsDocument.self, from: roundTrip) == document)
 
@@ -73,7 +74,7 @@ struct ControlEndpointTests {
         let after = try JSONDecoder().decode(
             StatsDocument.self,
             from: Data(endpoint.respond(to: ControlRequest(method: "GET", target: "/v1/stats")).body))
-        #expect(after.maintenance.passes["manual"] == 1 && after.maintenance.compaction == "off")
+        #expect(after.maintenance.totals[.passes, "manual"] == 1 && after.maintenance.compaction == "off")
 
         let missing = endpoint.respond(to: ControlRequest(method: "GET", target: "/v2/stats"))
         #expect(missing.status == 404 && String(decoding: missing.body, as: UTF8.self).contains("/v1/stats"))
@@ -104,14 +105,14 @@ struct ControlEndpointTests {
         try [UInt8](repeating: 0, count: 4096).withUnsafeBytes { try endpoint.device.write($0, at: 0) }
         var generator = SeededRandom(seed: 3)
         try generator.bytes(8192).withUnsafeBytes { try endpoint.device.write($0, at: 8192) }
-        let stats = endpoint.stats(pool: endpoint.device.poolStats())
+        let stats = endpoint.stats(pool: endpoint.device.poolFigures())
         // The kernel prints mm_stat with "%8llu %8llu %8llu %8lu %8ld %8llu %8lu %8llu %8llu\n".
         let expected =
             stats.mmStat.map { String(repeating: " ", count: max(0, 8 - String($0).count)) + String($0) }
             .joined(separator: " ") + "\n"
         #expect(TextViews.mmStatLine(stats) == expected)
         #expect(
-            stats.mmStat == [3 * 4096, 2 * 4096, stats.device.memUsedTotal, 0, stats.device.memUsedMax, 1, 0, 2, 2])
+            stats.mmStat == [3 * 4096, 2 * 4096, stats.device[.memUsedTotal], 0, stats.device[.memUsedMax], 1, 0, 2, 2])
 
         let table = TextViews.statsTable(stats).split(separator: "\n")
         #expect(table.count == 2)
@@ -119,13 +120,15 @@ struct ControlEndpointTests {
             table.first?.split(separator: " ").map(String.init)
                 == [
                     "NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "RATIO", "MEM-LIMIT", "MEM-USED", "SAME",
-                    "HUGE", "COMPACTED", "RSS",
+                    "COMPACTED", "HUGE", "RSS",
                 ])
         let row = table.last?.split(separator: " ").map(String.init) ?? []
         #expect(
-            Array(row.prefix(7)) == ["t", "lzo", "8M", "12K", "8K", ByteSize.format(stats.device.memUsedTotal), "1.50"])
+            Array(row.prefix(7)) == [
+                "t", "lzo", "8M", "12K", "8K", ByteSize.format(stats.device[.memUsedTotal]), "1.50",
+            ])
 
-        let classes = TextViews.classesTable(ClassesDocument(endpoint.device.poolStats()).classes, all: false)
+        let classes = TextViews.classesTable(ClassesDocument(endpoint.device.poolFigures()).classes, all: false)
             .split(separator: "\n")
         #expect(classes.count == 3, "header, the huge class in use, the totals: \(classes)")
         #expect(classes.last?.hasPrefix("Total") == true)
@@ -158,8 +161,12 @@ struct ControlEndpointTests {
     }
 }
 
-enum NBDServerStatsFixture {
-    static let sample = NBDServerStats(
-        connectionsOpen: 1, connectionsTotal: 3, protocolErrors: 0,
-        commands: ["write": .init(requests: 5, bytes: 20480, errors: ["ENOSPC": 2])])
+enum ServerFiguresFixture {
+    static let sample: NBDServerFigures = {
+        var totals = Figures<ServerFigure>()
+        totals[.connectionsOpen] = 1
+        totals[.connectionsTotal] = 3
+        return NBDServerFigures(
+            totals: totals, commands: ["write": .init(requests: 5, bytes: 20480, errors: ["ENOSPC": 2])])
+    }()
 }

@@ -71,14 +71,14 @@ struct DaemonFiguresTests {
             }
             let stats = try JSONDecoder().decode(StatsDocument.self, from: Data(json.standardOutput.utf8))
             let pages = KnownData.zeroPages + KnownData.textPages + KnownData.randomPages
-            #expect(stats.device.origDataSize == pages * 4096)
-            #expect(stats.device.samePages == KnownData.zeroPages)
-            #expect(stats.device.hugePages == KnownData.randomPages)
-            #expect(stats.device.comprDataSize == (try data.expectedComprDataSize()))
-            #expect(stats.device.memUsedTotal > 0 && stats.device.memUsedTotal < pages * 4096)
-            #expect(stats.rssBytes > stats.device.memUsedTotal)
+            #expect(stats.device[.origDataSize] == pages * 4096)
+            #expect(stats.device[.samePages] == KnownData.zeroPages)
+            #expect(stats.device[.hugePages] == KnownData.randomPages)
+            #expect(stats.device[.comprDataSize] == (try data.expectedComprDataSize()))
+            #expect(stats.device[.memUsedTotal] > 0 && stats.device[.memUsedTotal] < pages * 4096)
+            #expect(stats.process[.rssBytes] > stats.device[.memUsedTotal])
             #expect(stats.export.name == "figures" && stats.export.sizeBytes == 64 << 20)
-            #expect(stats.nbd.connectionsTotal >= 1)
+            #expect(stats.nbd.totals[.connectionsTotal] >= 1)
             #expect(stats.nbd.commands["write"]?.requests ?? 0 >= 3)
             #expect(stats.nbd.commands["write"]?.bytes == pages * 4096)
 
@@ -91,7 +91,7 @@ struct DaemonFiguresTests {
             #expect(figures == stats.mmStat, "raw \(raw.standardOutput)")
             #expect(
                 Array(figures.prefix(3)) == [
-                    stats.device.origDataSize, stats.device.comprDataSize, stats.device.memUsedTotal,
+                    stats.device[.origDataSize], stats.device[.comprDataSize], stats.device[.memUsedTotal],
                 ])
 
             let table = try daemon.znbdctl(["stats"])
@@ -140,7 +140,9 @@ struct DaemonFiguresTests {
         #expect(values.count == 4)
         #expect(values.first ?? 0 > 50, "samples parsed: \(values.first ?? 0)")
         #expect(
-            Array(values.dropFirst()) == [stats.device.samePages, stats.device.origDataSize, stats.device.hugePages])
+            Array(values.dropFirst()) == [
+                stats.device[.samePages], stats.device[.origDataSize], stats.device[.hugePages],
+            ])
     }
 
     @Test(
@@ -166,7 +168,7 @@ struct DaemonFiguresTests {
                 before.compression.recompressAlgorithm == "zstd"
                     && before.compression.recompressAlgorithmParams == "level=7")
             #expect(before.compression.pagesByAlgorithm["lz4"] == KnownData.textPages)
-            #expect(before.device.hugePages == KnownData.randomPages)
+            #expect(before.device[.hugePages] == KnownData.randomPages)
             #expect(before.maintenance.recompressIdleAgeSeconds == nil)
             let table = try daemon.znbdctl(["stats", "--details"])
             #expect(
@@ -185,30 +187,34 @@ struct DaemonFiguresTests {
             let huge = try daemon.znbdctl(["recompress", "--type", "huge", "--json"])
             let hugeRun = try JSONDecoder().decode(RecompressDocument.self, from: Data(huge.standardOutput.utf8))
             #expect(
-                hugeRun.result.pagesTried == KnownData.randomPages
-                    && hugeRun.result.pagesIncompressible == KnownData.randomPages)
+                hugeRun.result[.pagesTried] == KnownData.randomPages
+                    && hugeRun.result[.pagesIncompressible] == KnownData.randomPages)
             let run = try daemon.znbdctl(["recompress", "--type", "idle", "--max-pages", "100"])
             #expect(run.status == 0 && run.standardOutput.contains("100 tried"), "\(run.standardOutput)")
             let rest = try daemon.znbdctl(["recompress", "--type", "idle", "--json"])
             let restRun = try JSONDecoder().decode(RecompressDocument.self, from: Data(rest.standardOutput.utf8))
-            #expect(restRun.result.pagesTried == KnownData.textPages - 1 - 100 && restRun.result.finished == true)
+            #expect(restRun.result[.pagesTried] == KnownData.textPages - 1 - 100 && restRun.result.finished == true)
 
             let after = try stats()
             let totals = after.compression.recompression
-            #expect(totals.pagesTried == KnownData.randomPages + KnownData.textPages - 1)
+            #expect(totals[.pagesTried] == KnownData.randomPages + KnownData.textPages - 1)
             #expect(
-                after.compression.pagesByAlgorithm["zstd"] == totals.pagesRecompressed && totals.pagesRecompressed > 0)
-            #expect(after.compression.pagesByAlgorithm["lz4"] == KnownData.textPages - totals.pagesRecompressed)
-            #expect(after.device.comprDataSize == before.device.comprDataSize - totals.bytesBefore + totals.bytesAfter)
+                after.compression.pagesByAlgorithm["zstd"] == totals[.pagesRecompressed]
+                    && totals[.pagesRecompressed] > 0)
+            #expect(after.compression.pagesByAlgorithm["lz4"] == KnownData.textPages - totals[.pagesRecompressed])
+            #expect(
+                after.device[.comprDataSize] == before.device[.comprDataSize] - totals[.bytesBefore]
+                    + totals[.bytesAfter])
             #expect(try client.read(count: data.text.count, at: 0) == data.text)
             #expect(try client.read(count: data.random.count, at: 4 << 20) == data.random)
 
             let metrics = try daemon.curl("GET", "/metrics").body
             #expect(metrics.contains("znbd_codec_info{role=\"recompression\",algorithm=\"zstd\",params=\"level=7\"} 1"))
             #expect(
-                metrics.contains("znbd_recompression_pages_total{outcome=\"recompressed\"} \(totals.pagesRecompressed)")
+                metrics.contains(
+                    "znbd_recompression_pages_total{outcome=\"recompressed\"} \(totals[.pagesRecompressed])")
             )
-            #expect(metrics.contains("znbd_pages_by_algorithm{algorithm=\"zstd\"} \(totals.pagesRecompressed)"))
+            #expect(metrics.contains("znbd_pages_by_algorithm{algorithm=\"zstd\"} \(totals[.pagesRecompressed])"))
 
             let bad = try daemon.curl("POST", "/v1/recompress", body: "type=cold")
             #expect(bad.status == 400 && bad.body.contains("unknown type"))
@@ -236,8 +242,8 @@ struct DaemonFiguresTests {
             #expect(try client.read(count: first.count, at: 0) == first)
             let stats = try JSONDecoder().decode(
                 StatsDocument.self, from: Data(try daemon.znbdctl(["stats", "--json"]).standardOutput.utf8))
-            #expect(stats.device.memLimit == 1 << 20)
-            #expect(stats.device.failedWrites > 0)
+            #expect(stats.device[.memLimit] == 1 << 20)
+            #expect(stats.device[.failedWrites] > 0)
             #expect(stats.nbd.commands["write"]?.errors["ENOSPC"] ?? 0 >= 1)
             let lifted = try daemon.znbdctl(["mem-limit", "0"])
             #expect(lifted.status == 0 && lifted.standardOutput.contains("none"))

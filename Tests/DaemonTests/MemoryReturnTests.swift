@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import ZNBDFigures
 import TestSupport
 import ZNBDControlAPI
 
@@ -32,32 +33,33 @@ struct MemoryReturnTests {
             while ContinuousClock.now - start < .seconds(10) {
                 try await Task.sleep(for: .milliseconds(250))
                 settled = try Self.stats(daemon)
-                if settled.maintenance.passes["discard", default: 0] > 0,
-                    Double(settled.device.memUsedTotal) <= 1.1 * Double(settled.device.comprDataSize)
+                if settled.maintenance.totals[.passes, "discard"] > 0,
+                    Double(settled.device[.memUsedTotal]) <= 1.1 * Double(settled.device[.comprDataSize])
                 {
                     break
                 }
             }
             let elapsed = ContinuousClock.now - start
             print(
-                "memoryBackAfterDiscard: compressed \(written.device.comprDataSize) -> \(settled.device.comprDataSize); "
-                    + "mem_used_total \(written.device.memUsedTotal) -> \(trimmed.device.memUsedTotal) after the trims -> "
-                    + "\(settled.device.memUsedTotal) after \(elapsed); RSS \(written.rssBytes) -> \(trimmed.rssBytes) -> "
-                    + "\(settled.rssBytes); passes \(settled.maintenance.passes)")
-            #expect(settled.maintenance.passes["discard", default: 0] > 0, "no discard pass within 10 s")
+                "memoryBackAfterDiscard: compressed \(written.device[.comprDataSize]) -> "
+                    + "\(settled.device[.comprDataSize]); mem_used_total \(written.device[.memUsedTotal]) -> "
+                    + "\(trimmed.device[.memUsedTotal]) after the trims -> \(settled.device[.memUsedTotal]) after "
+                    + "\(elapsed); RSS \(written.process[.rssBytes]) -> \(trimmed.process[.rssBytes]) -> "
+                    + "\(settled.process[.rssBytes]); passes \(settled.maintenance.totals.values(of: .passes))")
+            #expect(settled.maintenance.totals[.passes, "discard"] > 0, "no discard pass within 10 s")
             #expect(
-                Double(settled.device.memUsedTotal) <= 1.1 * Double(settled.device.comprDataSize),
-                "mem_used_total \(settled.device.memUsedTotal) for \(settled.device.comprDataSize) compressed")
-            let freed = trimmed.device.memUsedTotal - settled.device.memUsedTotal
+                Double(settled.device[.memUsedTotal]) <= 1.1 * Double(settled.device[.comprDataSize]),
+                "mem_used_total \(settled.device[.memUsedTotal]) for \(settled.device[.comprDataSize]) compressed")
+            let freed = trimmed.device[.memUsedTotal] - settled.device[.memUsedTotal]
             #expect(freed > 0)
             // The pool's frames went back to the kernel too, not only to the
             // pool: RSS fell by at least most of what the pool let go.
             if ProcessInfo.processInfo.environment["ZNBD_SANITIZER"] == nil {
                 #expect(
-                    trimmed.rssBytes - settled.rssBytes >= freed * 3 / 4,
-                    "RSS \(trimmed.rssBytes) -> \(settled.rssBytes) while the pool freed \(freed)")
+                    trimmed.process[.rssBytes] - settled.process[.rssBytes] >= freed * 3 / 4,
+                    "RSS \(trimmed.process[.rssBytes]) -> \(settled.process[.rssBytes]) while the pool freed \(freed)")
             }
-            #expect(settled.maintenance.blocksReleased > 0 && settled.maintenance.pagesCompacted > 0)
+            #expect(settled.maintenance.totals[.blocksReleased] > 0 && settled.maintenance.totals[.pagesCompacted] > 0)
             // Nothing was lost on the way.
             var expected = corpus.bytes
             for offset in stride(from: 0, to: expected.count, by: 8192) {

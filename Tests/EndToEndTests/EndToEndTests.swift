@@ -109,7 +109,8 @@ struct EndToEndTests {
         try dropCaches()
         try shell(["sh", "-c", "cd '\(mountPoint)' && sha256sum -c --quiet --strict '\(sums)'"], timeout: 600)
         let written = try stats(daemon)
-        #expect(written.device.origDataSize > 64 << 20, "orig_data_size \(written.device.origDataSize) after the copy")
+        #expect(
+            written.device[.origDataSize] > 64 << 20, "orig_data_size \(written.device[.origDataSize]) after the copy")
 
         // Delete every second file, trim, and see the pool let go of the pages.
         let kept = daemon.directory.appendingPathComponent("kept.txt").path
@@ -125,15 +126,15 @@ struct EndToEndTests {
         try shell(["fstrim", mountPoint], timeout: 300)
         let trimmed = try stats(daemon)
         #expect(
-            trimmed.device.origDataSize < written.device.origDataSize,
-            "orig_data_size \(written.device.origDataSize) -> \(trimmed.device.origDataSize) after deleting half and fstrim"
+            trimmed.device[.origDataSize] < written.device[.origDataSize],
+            "orig_data_size \(written.device[.origDataSize]) -> \(trimmed.device[.origDataSize]) after deleting half and fstrim"
         )
-        #expect(trimmed.device.notifyFree > written.device.notifyFree)
+        #expect(trimmed.device[.notifyFree] > written.device[.notifyFree])
         #expect(trimmed.nbd.commands["trim"]?.requests ?? 0 > 0)
         print(
-            "end-to-end \(makeFilesystem[0]): \(fileCount) files; orig_data_size \(written.device.origDataSize) -> "
-                + "\(trimmed.device.origDataSize), compr_data_size \(written.device.comprDataSize) -> "
-                + "\(trimmed.device.comprDataSize), notify_free \(trimmed.device.notifyFree)")
+            "end-to-end \(makeFilesystem[0]): \(fileCount) files; orig_data_size \(written.device[.origDataSize]) -> "
+                + "\(trimmed.device[.origDataSize]), compr_data_size \(written.device[.comprDataSize]) -> "
+                + "\(trimmed.device[.comprDataSize]), notify_free \(trimmed.device[.notifyFree])")
 
         // What was kept is intact after the trim, read from the device again.
         try dropCaches()

@@ -52,7 +52,7 @@ struct BadInputTests {
                 let read = try client.receiveSimpleReply(dataLength: 512)
                 #expect(read.error == 0 && read.cookie == 1000 && read.data.count == 512, "after \(name)")
             }
-            let stats = served.server.stats()
+            let stats = served.server.figures()
             #expect(stats.commands["unknown"]?.errors["EINVAL"] == 1)
             #expect(stats.commands["write"]?.errors["ENOSPC"] == 1)
         }
@@ -193,7 +193,7 @@ struct BadInputTests {
             // The healthy connection never noticed; the first 4 KiB are intact
             // (the vanished write was never complete, so never applied).
             #expect(try healthy.read(count: 4096, at: 0) == [UInt8](repeating: 3, count: 4096))
-            #expect(served.server.stats().protocolErrors == 2)
+            #expect(served.server.figures()[.protocolErrors] == 2)
         }
     }
 
@@ -282,9 +282,9 @@ struct BadInputTests {
     ]
 
     static func waitForConnections(_ server: NBDServer, open: Int) async throws {
-        for _ in 0..<500 where server.stats().connectionsOpen != open {
+        for _ in 0..<500 where server.figures()[.connectionsOpen] != open {
             try await Task.sleep(for: .milliseconds(10))
         }
-        #expect(server.stats().connectionsOpen == open)
+        #expect(server.figures()[.connectionsOpen] == open)
     }
 }

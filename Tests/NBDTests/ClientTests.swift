@@ -44,8 +44,8 @@ struct ClientTests {
             #expect(one.count == 1 && one[0].flags == holeZero)
             // A read of a hole comes back as zeroes (OFFSET_HOLE chunk).
             #expect(try client.read(count: 8192, at: 0) == [UInt8](repeating: 0, count: 8192))
-            let stats = device.stats()
-            #expect(stats.discards == 1 && stats.zeroes == 1)
+            let stats = device.figures()
+            #expect(stats[.discards] == 1 && stats[.zeroes] == 1)
             try device.validate()
         }
     }
@@ -65,7 +65,7 @@ struct ClientTests {
             let overUnix = try LibNBDClient(uri: "nbd+unix:///tcp?socket=\(socket)")
             try overTCP.write([UInt8](repeating: 4, count: 8192), at: 4096)
             #expect(try overUnix.read(count: 8192, at: 4096) == [UInt8](repeating: 4, count: 8192))
-            #expect(server.stats().connectionsOpen == 2)
+            #expect(server.figures()[.connectionsOpen] == 2)
         } catch {
             await server.shutdown()
             throw error
@@ -117,7 +117,7 @@ struct ClientTests {
                 }
             }
             #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0 })")
-            let stats = served.server.stats()
+            let stats = served.server.figures()
             #expect(stats.commands["write"]?.requests ?? 0 >= 256 + 128)
             #expect(stats.commands["flush"]?.requests == 128)
             try device.validate()
@@ -180,7 +180,7 @@ struct ClientTests {
             let compare = try runCommand(
                 ["qemu-img", "compare", "-f", "raw", "-F", "raw", input.path, served.uri], timeout: 120)
             #expect(compare.status == 0, "\(compare.standardOutput)\(compare.standardError)")
-            #expect(device.stats().origDataSize > 0)
+            #expect(device.figures()[.origDataSize] > 0)
             try device.validate()
         }
     }

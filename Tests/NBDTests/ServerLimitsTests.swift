@@ -3,6 +3,7 @@ import Foundation
 import NBD
 import Synchronization
 import Testing
+import ZNBDFigures
 import TestSupport
 import ZNBDControlAPI
 import ZRAM
@@ -40,7 +41,7 @@ struct ServerLimitsTests {
                 try await Task.sleep(for: .milliseconds(50))
                 peak = max(peak, daemon.residentBytes)
             }
-            let held = try Self.nbdFigures(daemon).bytesInFlight
+            let held = try Self.nbdFigures(daemon)[.bytesInFlight]
             let growth = peak - baseline
             print("unreadReplies: RSS \(baseline) -> peak \(peak) (+\(growth)); bytes in flight \(held)")
             #expect(held > 0, "the hostile client's read was never taken up")
@@ -65,10 +66,10 @@ struct ServerLimitsTests {
                 try await Task.sleep(for: .milliseconds(50))
                 after = daemon.residentBytes
             }
-            var released = try Self.nbdFigures(daemon).bytesInFlight
+            var released = try Self.nbdFigures(daemon)[.bytesInFlight]
             for _ in 0..<20 where released != 0 {
                 try await Task.sleep(for: .milliseconds(100))
-                released = try Self.nbdFigures(daemon).bytesInFlight
+                released = try Self.nbdFigures(daemon)[.bytesInFlight]
             }
             print("unreadReplies: after the client left RSS \(after), bytes in flight \(released)")
             #expect(released == 0)
@@ -91,11 +92,11 @@ struct ServerLimitsTests {
             }
             /// Until only the healthy connection is left, holding nothing,
             /// and the descriptor count has settled at `descriptors`.
-            func settle(descriptors: Int?) async throws -> (NBDFigures, Int) {
+            func settle(descriptors: Int?) async throws -> (Figures<ServerFigure>, Int) {
                 var figures = try Self.nbdFigures(daemon)
                 var count = openFileDescriptorCount(of: pid)
                 for _ in 0..<100 {
-                    if figures.connectionsOpen == 1, figures.bytesInFlight == 0,
+                    if figures[.connectionsOpen] == 1, figures[.bytesInFlight] == 0,
                         descriptors.map({ $0 == count }) ?? true
                     {
                         break
@@ -111,12 +112,13 @@ struct ServerLimitsTests {
             let resident = daemon.residentBytes
             for index in 0..<1_000 { try cycle(index) }
             let (figures, after) = try await settle(descriptors: descriptors)
-            #expect(figures.connectionsOpen == 1, "\(figures.connectionsOpen) connections still open")
-            #expect(figures.bytesInFlight == 0, "vanished clients' requests still hold \(figures.bytesInFlight) bytes")
+            #expect(figures[.connectionsOpen] == 1, "\(figures[.connectionsOpen]) connections still open")
+            #expect(
+                figures[.bytesInFlight] == 0, "vanished clients' requests still hold \(figures[.bytesInFlight]) bytes")
             #expect(after == descriptors, "\(descriptors) descriptors before, \(after) after")
-            #expect(figures.connectionsTotal >= 1_001 + 2 * BadInputTests.abortStages.count)
+            #expect(figures[.connectionsTotal] >= 1_001 + 2 * BadInputTests.abortStages.count)
             let growth = daemon.residentBytes - resident
-            print("vanishingClients: \(figures.connectionsTotal) connections; RSS \(resident) -> +\(growth)")
+            print("vanishingClients: \(figures[.connectionsTotal]) connections; RSS \(resident) -> +\(growth)")
             if !Self.underSanitizer {
                 #expect(growth < 8 << 20, "RSS grew by \(growth) bytes over 1,000 vanishing clients")
             }
@@ -124,10 +126,10 @@ struct ServerLimitsTests {
         }
     }
 
-    static func nbdFigures(_ daemon: DaemonProcess) throws -> NBDFigures {
+    static func nbdFigures(_ daemon: DaemonProcess) throws -> Figures<ServerFigure> {
         let result = try daemon.znbdctl(["stats", "--json"])
         guard result.status == 0 else { throw DaemonProcess.Failure(description: "znbdctl: \(result.standardError)") }
-        return try JSONDecoder().decode(StatsDocument.self, from: Data(result.standardOutput.utf8)).nbd
+        return try JSONDecoder().decode(StatsDocument.self, from: Data(result.standardOutput.utf8)).nbd.totals
     }
 
     @Test(
@@ -149,7 +151,7 @@ struct ServerLimitsTests {
                 #expect(throws: LibNBDClient.Failure.self) { _ = try client.blockStatus(count: 0, at: 0) }
             }
             #expect(firstDifference(try client.read(count: 8192, at: 0), repeatElement(0x61, count: 8192)) == nil)
-            #expect(served.server.stats().connectionsOpen == 1)
+            #expect(served.server.figures()[.connectionsOpen] == 1)
         }
     }
 
@@ -194,7 +196,7 @@ struct ServerLimitsTests {
             #expect(firstDifference(try goWithoutSizes.read(count: size, at: 0), model) == nil)
 
             // A client that asked for the sizes in GO is held to them.
-            let invalidBefore = device.stats().invalidIO
+            let invalidBefore = device.figures()[.invalidIO]
             let agreed = try RawClient(socketPath: served.socketPath)
             try agreed.handshake(blockSizes: true)
             try agreed.sendRequest(type: NBDCommand.read.rawValue, cookie: 1, offset: 100, length: 512)
@@ -206,10 +208,10 @@ struct ServerLimitsTests {
             try agreed.sendRequest(type: NBDCommand.read.rawValue, cookie: 3, offset: 512, length: 512)
             #expect(firstDifference(try agreed.receiveSimpleReply(dataLength: 512).data, model[512..<1024]) == nil)
             // Range and alignment refusals are zram's invalid_io.
-            #expect(device.stats().invalidIO == invalidBefore + 2)
+            #expect(device.figures()[.invalidIO] == invalidBefore + 2)
             try agreed.sendRequest(type: NBDCommand.read.rawValue, cookie: 4, offset: UInt64(size), length: 512)
             #expect(try agreed.receiveSimpleReply().error == NBDError.einval.rawValue)
-            #expect(device.stats().invalidIO == invalidBefore + 3)
+            #expect(device.figures()[.invalidIO] == invalidBefore + 3)
         }
     }
 
@@ -245,7 +247,7 @@ struct ServerLimitsTests {
         let filling = ContinuousClock.now
         let device = try Self.filledDevice(gibibytes: 4)
         print(
-            "noStalledLoop: filled 4 GiB in \(ContinuousClock.now - filling); pool \(device.stats().memUsedTotal) bytes"
+            "noStalledLoop: filled 4 GiB in \(ContinuousClock.now - filling); pool \(device.figures()[.memUsedTotal]) bytes"
         )
         // One event loop: both connections share it, as connections do.
         try await withServedDevice(device: device, workerThreads: 2, eventLoopThreads: 1) { served in
@@ -308,7 +310,7 @@ struct ServerLimitsTests {
                 "noStalledLoop: 2 × 12 reads of 32 MiB took \(readRuns.map(\.time)), slowest probe reads "
                     + "\(readRuns.map(\.slowest)); 2 trims of 2 GiB took \(trimRuns.map(\.time)), slowest probe reads "
                     + "\(trimRuns.map(\.slowest))")
-            #expect(device.stats().origDataSize == 1 << 20)
+            #expect(device.figures()[.origDataSize] == 1 << 20)
             // Measured here, on 2 cores shared with a build: the slowest probe
             // read took 5-6 ms beside the trim and 20-45 ms beside the reads
             // (five busy threads on two cores: the loop writing 32 MiB

@@ -1,5 +1,6 @@
 import BlockDevice
 import Testing
+import ZNBDFigures
 import TestSupport
 @testable import ZRAM
 import ZNBDSystem
@@ -20,7 +21,7 @@ struct DeviceBehaviourTests {
         #expect(
             try device.allocationExtents(offset: 0, length: 64 * 4096, maximumExtents: 10)
                 == [AllocationExtent(length: 64 * 4096, status: .unallocated)])
-        #expect(device.stats().memUsedTotal == 0)
+        #expect(device.figures()[.memUsedTotal] == 0)
     }
 
     @Test("sub-page, page-aligned and multi-page writes read back, with the rest of each page intact")
@@ -61,7 +62,7 @@ struct DeviceBehaviourTests {
         #expect(throws: BlockDeviceError.outOfRange(offset: 0, length: Int.max, deviceSize: size)) {
             _ = try device.allocationExtents(offset: 0, length: Int.max, maximumExtents: 1)
         }
-        #expect(device.stats().invalidIO == 4)
+        #expect(device.figures()[.invalidIO] == 4)
         #expect(try device.read(count: 4096, at: 0) == [UInt8](repeating: 1, count: 4096))
         #expect(try device.read(count: 4096, at: 4096) == [UInt8](repeating: 0, count: 4096))
         // Off sector boundaries is the server's business (NBD refuses it only
@@ -75,7 +76,7 @@ struct DeviceBehaviourTests {
         #expect(try device.read(count: 7, at: 99) == [0, 2, 2, 2, 2, 2, 2])
         // A refusal by the server is counted here too.
         device.recordInvalidRequest()
-        #expect(device.stats().invalidIO == 5)
+        #expect(device.figures()[.invalidIO] == 5)
         // Zero-length requests inside the device are fine and do nothing.
         try device.write([], at: size)
         #expect(try device.read(count: 0, at: 0) == [])
@@ -134,8 +135,8 @@ struct DeviceBehaviourTests {
         expected.replaceSubrange(512..<1024, with: repeatElement(1, count: 512))
         expected.replaceSubrange(4096 + 3584..<8192, with: repeatElement(2, count: 512))
         #expect(try device.read(count: 8192, at: 0) == expected)
-        let stats = device.stats()
-        #expect(stats.samePages == 0)
-        #expect(stats.origDataSize == 8192)
+        let stats = device.figures()
+        #expect(stats[.samePages] == 0)
+        #expect(stats[.origDataSize] == 8192)
     }
 }

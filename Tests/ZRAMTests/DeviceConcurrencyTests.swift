@@ -61,8 +61,8 @@ struct DeviceConcurrencyTests {
                         device.markIdle()
                         let type = RecompressionType.allCases[maintenance.withLock { $0.passes } % 4]
                         let recompressed =
-                            (try? manual.recompress(RecompressionRequest(type: type)))?.pagesRecompressed ?? 0
-                        let byAlgorithm = device.compressionStats().pagesByAlgorithm
+                            (try? manual.recompress(RecompressionRequest(type: type)))?[.pagesRecompressed] ?? 0
+                        let byAlgorithm = device.compressionFigures().pagesByAlgorithm
                         let mixed = byAlgorithm[.lz4, default: 0] > 0 && byAlgorithm[.zstd, default: 0] > 0
                         maintenance.withLock {
                             $0.recompressed += recompressed
@@ -116,7 +116,7 @@ struct DeviceConcurrencyTests {
         }
         let passes = maintenance.withLock { $0 }
         print(
-            "modelWithMaintenance \(codecs): \(operations.load(ordering: .relaxed)) requests; maintenance \(passes); \(device.compressionStats())"
+            "modelWithMaintenance \(codecs): \(operations.load(ordering: .relaxed)) requests; maintenance \(passes); \(device.compressionFigures())"
         )
         #expect(failures.all.isEmpty, "\(failures.all)")
         let whole = try device.read(count: pageCount * 4096, at: 0)

@@ -1,6 +1,7 @@
 import BlockDevice
 import PageCodec
 import Testing
+import ZNBDFigures
 import TestSupport
 @testable import ZRAM
 
@@ -9,14 +10,14 @@ struct DeviceStatsTests {
     @Test("zero pages: same_pages rises by N and mem_used_total by 0")
     func zeroPages() throws {
         let device = try CompressedBlockDevice.make(pages: 256)
-        let before = device.stats()
+        let before = device.figures()
         try device.write([UInt8](repeating: 0, count: 100 * 4096), at: 0)
-        let after = device.stats()
-        #expect(after.samePages - before.samePages == 100)
-        #expect(after.memUsedTotal == before.memUsedTotal)
-        #expect(after.origDataSize - before.origDataSize == 100 * 4096)
-        #expect(after.comprDataSize == before.comprDataSize)
-        #expect(device.pool.stats().liveObjects == 0)
+        let after = device.figures()
+        #expect(after[.samePages] - before[.samePages] == 100)
+        #expect(after[.memUsedTotal] == before[.memUsedTotal])
+        #expect(after[.origDataSize] - before[.origDataSize] == 100 * 4096)
+        #expect(after[.comprDataSize] == before[.comprDataSize])
+        #expect(device.pool.figures()[.liveObjects] == 0)
     }
 
     @Test("incompressible pages are stored raw and counted as huge")
@@ -24,17 +25,17 @@ struct DeviceStatsTests {
         let device = try CompressedBlockDevice.make(pages: 64)
         var random = SeededRandom(seed: 42)
         try device.write(random.bytes(10 * 4096), at: 0)
-        var stats = device.stats()
-        #expect(stats.hugePages == 10)
-        #expect(stats.hugePagesSince == 10)
-        #expect(stats.comprDataSize == 10 * 4096)
-        #expect(stats.memUsedTotal == 10 * 4096)
+        var stats = device.figures()
+        #expect(stats[.hugePages] == 10)
+        #expect(stats[.hugePagesSince] == 10)
+        #expect(stats[.comprDataSize] == 10 * 4096)
+        #expect(stats[.memUsedTotal] == 10 * 4096)
         // Overwriting them with text ends their hugeness; the "since" count stays.
         let corpus = try Corpus.pages(10)
         try device.write(corpus.bytes, at: 0)
-        stats = device.stats()
-        #expect(stats.hugePages == 0)
-        #expect(stats.hugePagesSince == 10)
+        stats = device.figures()
+        #expect(stats[.hugePages] == 0)
+        #expect(stats[.hugePagesSince] == 10)
         try device.validate()
     }
 
@@ -43,25 +44,25 @@ struct DeviceStatsTests {
         let device = try CompressedBlockDevice.make(pages: 1024)
         let corpus = try Corpus.pages(512)
         try device.write(Array(corpus.bytes[0..<256 * 4096]), at: 0)
-        let before = device.stats()
+        let before = device.figures()
         var random = SeededRandom(seed: 7)
         try device.write(Array(corpus.bytes[256 * 4096..<512 * 4096]), at: 512 * 4096)
         try device.write([UInt8](repeating: 0, count: 16 * 4096), at: 768 * 4096)
         try device.write(random.bytes(16 * 4096), at: 784 * 4096)
-        let full = device.stats()
-        #expect(full.origDataSize == before.origDataSize + 288 * 4096)
-        #expect(full.comprDataSize > before.comprDataSize)
+        let full = device.figures()
+        #expect(full[.origDataSize] == before[.origDataSize] + 288 * 4096)
+        #expect(full[.comprDataSize] > before[.comprDataSize])
         try device.discard(offset: 512 * 4096, length: 512 * 4096)
-        let after = device.stats()
-        #expect(after.origDataSize == before.origDataSize)
-        #expect(after.comprDataSize == before.comprDataSize)
-        #expect(after.samePages == before.samePages)
-        #expect(after.hugePages == before.hugePages)
-        #expect(after.notifyFree - before.notifyFree == 512)
-        #expect(after.discards == 1)
+        let after = device.figures()
+        #expect(after[.origDataSize] == before[.origDataSize])
+        #expect(after[.comprDataSize] == before[.comprDataSize])
+        #expect(after[.samePages] == before[.samePages])
+        #expect(after[.hugePages] == before[.hugePages])
+        #expect(after[.notifyFree] - before[.notifyFree] == 512)
+        #expect(after[.discards] == 1)
         // The pool gives the memory back once compacted.
         _ = try DeviceMaintenance(device: device, policy: .manualOnly).runPass(.manual)
-        #expect(device.stats().memUsedTotal <= before.memUsedTotal + 4 * 4096)
+        #expect(device.figures()[.memUsedTotal] <= before[.memUsedTotal] + 4 * 4096)
         try device.validate()
     }
 
@@ -83,11 +84,11 @@ struct DeviceStatsTests {
         }
         #expect(failure as? BlockDeviceError == .noSpace)
         #expect(written > 256, "a 2 MiB limit should hold more than 1 MiB of text")
-        var stats = device.stats()
-        #expect(stats.memLimit == limit)
-        #expect(stats.memUsedTotal <= limit)
-        #expect(stats.failedWrites == 1)
-        #expect(stats.origDataSize == written * 4096)
+        var stats = device.figures()
+        #expect(stats[.memLimit] == limit)
+        #expect(stats[.memUsedTotal] <= limit)
+        #expect(stats[.failedWrites] == 1)
+        #expect(stats[.origDataSize] == written * 4096)
         // The failed page was not written; every earlier page is intact.
         #expect(device.slots.withLock(written) { device.slots.content(written) } == .unallocated)
         for page in 0..<written {
@@ -122,8 +123,8 @@ struct DeviceStatsTests {
         try device.write(Array(corpus.bytes[0..<64 * 4096]), at: 0)
         // Raising the limit at run time lets the rest in.
         device.memLimitBytes = nil
-        stats = device.stats()
-        #expect(stats.memLimit == 0)
+        stats = device.figures()
+        #expect(stats[.memLimit] == 0)
         try device.write(corpus.bytes, at: 0)
         #expect(try device.read(count: corpus.bytes.count, at: 0) == corpus.bytes)
         try device.validate()
@@ -158,16 +159,17 @@ struct DeviceStatsTests {
         for chunk in stride(from: 0, to: pageCount * 4096, by: 128 << 10) {
             try device.write(Array(corpus.bytes[chunk..<chunk + (128 << 10)]), at: chunk)
         }
-        let stats = device.stats()
-        #expect(stats.origDataSize == pageCount * 4096)
-        #expect(stats.comprDataSize == expectedCompressed)
-        #expect(stats.samePages == expectedSame)
-        #expect(stats.hugePages == expectedHuge)
-        let ratio = Double(stats.origDataSize) / Double(stats.comprDataSize)
+        let stats = device.figures()
+        #expect(stats[.origDataSize] == pageCount * 4096)
+        #expect(stats[.comprDataSize] == expectedCompressed)
+        #expect(stats[.samePages] == expectedSame)
+        #expect(stats[.hugePages] == expectedHuge)
+        let ratio = Double(stats[.origDataSize]) / Double(stats[.comprDataSize])
         let kernelRatio = 1_074_601_984.0 / 538_304_758.0
         print(
-            "corpus 128 MiB: compr_data_size \(stats.comprDataSize), same \(stats.samePages), huge \(stats.hugePages), "
-                + "mem_used_total \(stats.memUsedTotal); ratio \(ratio) (kernel zram, 8 copies: \(kernelRatio))")
+            "corpus 128 MiB: compr_data_size \(stats[.comprDataSize]), same \(stats[.samePages]), "
+                + "huge \(stats[.hugePages]), mem_used_total \(stats[.memUsedTotal]); ratio \(ratio) (kernel zram, 8 copies: \(kernelRatio))"
+        )
         // Every byte comes back.
         for chunk in stride(from: 0, to: pageCount * 4096, by: 1 << 20) {
             let back = try device.read(count: 1 << 20, at: chunk)

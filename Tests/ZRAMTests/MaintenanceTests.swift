@@ -2,6 +2,7 @@ import BlockDevice
 import Foundation
 import Synchronization
 import Testing
+import ZNBDFigures
 import TestSupport
 @testable import ZRAM
 import ZNBDSystem
@@ -34,20 +35,20 @@ struct MaintenanceTests {
         let maintenance = try DeviceMaintenance(device: device, policy: policy)
         maintenance.start()
         defer { maintenance.stop() }
-        let before = device.stats()
+        let before = device.figures()
         // Every other 64 KiB goes, as an fstrim after deleting files would.
         for offset in stride(from: 0, to: 96 << 20, by: 128 << 10) {
             try device.discard(offset: offset, length: 64 << 10)
         }
-        let trimmed = device.stats()
-        let passed = try await Self.waitFor(10) { maintenance.stats().passes[.discard, default: 0] > 0 }
+        let trimmed = device.figures()
+        let passed = try await Self.waitFor(10) { maintenance.figures().totals[.passes, "discard"] > 0 }
         #expect(passed, "no discard pass within 10 s")
-        let after = device.stats()
+        let after = device.figures()
         let reclaimable = device.pool.reclaimable()
-        let pass = maintenance.stats().lastPass
+        let pass = maintenance.figures().lastPass
         print(
-            "discardTrigger: mem_used_total \(before.memUsedTotal) -> \(trimmed.memUsedTotal) after the discards -> "
-                + "\(after.memUsedTotal) after the pass (compressed \(after.comprDataSize)); \(String(describing: pass)); "
+            "discardTrigger: mem_used_total \(before[.memUsedTotal]) -> \(trimmed[.memUsedTotal]) after the discards -> "
+                + "\(after[.memUsedTotal]) after the pass (compressed \(after[.comprDataSize])); \(String(describing: pass)); "
                 + "left: \(reclaimable)")
         #expect(pass?.compaction.finished == true && pass?.migration.finished == true)
         #expect(
@@ -55,7 +56,7 @@ struct MaintenanceTests {
         // Compaction finished: every class holds the fewest zspages its
         // objects fit in (what zs_compact can reach at best), so the pool
         // is exactly that many frames.
-        let classes = device.poolStats().classes
+        let classes = device.poolFigures().classes
         for entry in classes where entry.objectsUsed > 0 && !entry.isHuge {
             let fewest = (entry.objectsUsed + entry.objectsPerZspage - 1) / entry.objectsPerZspage
             #expect(
@@ -65,7 +66,7 @@ struct MaintenanceTests {
         let packed = classes.reduce(0) { total, entry in
             total + (entry.objectsUsed + entry.objectsPerZspage - 1) / entry.objectsPerZspage * entry.framesPerZspage
         }
-        #expect(after.memUsedTotal == packed * ZSPool.frameSize)
+        #expect(after[.memUsedTotal] == packed * ZSPool.frameSize)
         #expect((pass?.migration.blocksReleased ?? 0) > 0, "migration released no block")
         #expect(
             reclaimable.strandedBytes <= 2 * ZSPool.blockSize, "\(reclaimable.strandedBytes) bytes stranded in blocks")
@@ -88,9 +89,9 @@ struct MaintenanceTests {
         for page in stride(from: 0, to: 32 << 8, by: 3) {
             try device.write([UInt8](repeating: 0x11, count: 4096), at: page * 4096)
         }
-        let passed = try await Self.waitFor(10) { maintenance.stats().passes[.waste, default: 0] > 0 }
+        let passed = try await Self.waitFor(10) { maintenance.figures().totals[.passes, "waste"] > 0 }
         #expect(passed, "no waste pass within 10 s: \(device.pool.reclaimable())")
-        #expect(maintenance.stats().passes[.discard, default: 0] == 0)
+        #expect(maintenance.figures().totals[.passes, "discard"] == 0)
         #expect(device.pool.reclaimable().compactableBytes == 0)
         try device.validate()
     }
@@ -106,11 +107,13 @@ struct MaintenanceTests {
             try device.discard(offset: offset, length: 16 << 10)
         }
         try await Task.sleep(for: .milliseconds(500))
-        #expect(maintenance.stats().passes.values.reduce(0, +) == 0, "automatic off: no pass on its own")
+        #expect(
+            maintenance.figures().totals.values(of: .passes).values.reduce(0, +) == 0,
+            "automatic off: no pass on its own")
         let pass = maintenance.runPass(.manual)
         #expect(
             pass.trigger == .manual && pass.compaction.framesFreed > 0 && pass.poolBytesAfter < pass.poolBytesBefore)
-        #expect(maintenance.stats().passes[.manual] == 1)
+        #expect(maintenance.figures().totals[.passes, "manual"] == 1)
         maintenance.stop()
         maintenance.stop()
 

@@ -3,6 +3,7 @@ import Foundation
 import PageCodec
 import Synchronization
 import Testing
+import ZNBDFigures
 import TestSupport
 import ZNBDSystem
 @testable import ZRAM
@@ -27,13 +28,13 @@ struct RecompressionTests {
         try device.write(corpus.bytes, at: 0)
         #expect(try device.read(count: corpus.bytes.count, at: 0) == corpus.bytes)
         try device.validate()
-        let stats = device.stats()
-        let compression = device.compressionStats()
+        let stats = device.figures()
+        let compression = device.compressionFigures()
         let algorithm = try CodecChoice.parse(choice).algorithm
         #expect(compression.algorithm == (try CodecChoice.parse(choice)))
-        #expect(compression.pagesByAlgorithm[algorithm] == 2_048 - stats.samePages - stats.hugePages)
+        #expect(compression.pagesByAlgorithm[algorithm] == 2_048 - stats[.samePages] - stats[.hugePages])
         #expect(compression.pagesByAlgorithm.filter { $0.key != algorithm }.values.allSatisfy { $0 == 0 })
-        print("eachCodec \(choice): compr_data_size \(stats.comprDataSize), mem_used_total \(stats.memUsedTotal)")
+        print("eachCodec \(choice): compr_data_size \(stats[.comprDataSize]), mem_used_total \(stats[.memUsedTotal])")
     }
 
     @Test("idle marks, types, thresholds and max_pages select as zram's recompress does; a page is tried once")
@@ -44,48 +45,48 @@ struct RecompressionTests {
         let noise = random.bytes(64 * 4096)
         try device.write(corpus.bytes, at: 0)  // pages 0..<256: text
         try device.write(noise, at: 256 * 4096)  // pages 256..<320: huge
-        let textObjects = device.compressionStats().pagesByAlgorithm[.lzo, default: 0]
-        let hugeObjects = device.stats().hugePages  // the noise, and a few corpus pages
+        let textObjects = device.compressionFigures().pagesByAlgorithm[.lzo, default: 0]
+        let hugeObjects = device.figures()[.hugePages]  // the noise, and a few corpus pages
         let objects = textObjects + hugeObjects
         #expect(hugeObjects >= 64 && textObjects > 200)
 
         // Nothing is idle until marked; a read clears one page's mark.
-        #expect(device.compressionStats().idlePages == 0)
-        #expect(try device.recompress(RecompressionRequest(type: .idle)).pagesTried == 0)
+        #expect(device.compressionFigures().idlePages == 0)
+        #expect(try device.recompress(RecompressionRequest(type: .idle))[.pagesTried] == 0)
         #expect(device.markIdle(notAccessedFor: .seconds(3600)) == 0, "everything was written just now")
         #expect(device.markIdle() == objects)
         #expect(device.markIdle() == 0)
         _ = try device.read(count: 4096, at: 0)
-        #expect(device.compressionStats().idlePages == objects - 1)
+        #expect(device.compressionFigures().idlePages == objects - 1)
 
         // huge_idle takes only raw pages; random data stays raw under zstd.
         let huge = try device.recompress(RecompressionRequest(type: .hugeIdle))
-        #expect(huge.pagesTried == hugeObjects && huge.pagesIncompressible >= 64)
-        #expect(huge.pagesRecompressed + huge.pagesNotSmaller == hugeObjects)
-        #expect(try device.recompress(RecompressionRequest(type: .huge)).pagesTried == 0, "tried once")
+        #expect(huge[.pagesTried] == hugeObjects && huge[.pagesIncompressible] >= 64)
+        #expect(huge[.pagesRecompressed] + huge[.pagesNotSmaller] == hugeObjects)
+        #expect(try device.recompress(RecompressionRequest(type: .huge))[.pagesTried] == 0, "tried once")
 
         // max_pages and threshold.
         let three = try device.recompress(RecompressionRequest(type: .idle, maxPages: 3))
-        #expect(three.pagesTried == 3)
+        #expect(three[.pagesTried] == 3)
         let big = try device.recompress(RecompressionRequest(type: .idle, thresholdBytes: 3_000))
-        #expect(big.pagesTried > 0)
+        #expect(big[.pagesTried] > 0)
         let rest = try device.recompress(RecompressionRequest(type: .idle))
-        #expect(rest.pagesTried == textObjects - 1 - 3 - big.pagesTried, "page 0 was read, so it is not idle")
-        #expect(rest.pagesRecompressed > rest.pagesTried / 2, "zstd beats LZO1X-1 on most text pages")
-        #expect(rest.bytesAfter < rest.bytesBefore)
+        #expect(rest[.pagesTried] == textObjects - 1 - 3 - big[.pagesTried], "page 0 was read, so it is not idle")
+        #expect(rest[.pagesRecompressed] > rest[.pagesTried] / 2, "zstd beats LZO1X-1 on most text pages")
+        #expect(rest[.bytesAfter] < rest[.bytesBefore])
 
         // Idle marks and access times survive recompression; a write clears
         // the tried bit, and the page is taken again.
-        #expect(device.compressionStats().idlePages == objects - 1)
-        let recompressed = device.compressionStats().recompression.pagesRecompressed
-        #expect(device.compressionStats().pagesByAlgorithm[.zstd] == recompressed)
+        #expect(device.compressionFigures().idlePages == objects - 1)
+        let recompressed = device.compressionFigures().recompression[.pagesRecompressed]
+        #expect(device.compressionFigures().pagesByAlgorithm[.zstd] == recompressed)
         try device.write(Array(corpus.bytes[4096..<8192]), at: 4096)
-        #expect(try device.recompress(RecompressionRequest(type: .all)).pagesTried == 2, "pages 0 and 1")
+        #expect(try device.recompress(RecompressionRequest(type: .all))[.pagesTried] == 2, "pages 0 and 1")
         #expect(try device.read(count: 256 * 4096, at: 0) == corpus.bytes)
         #expect(try device.read(count: 64 * 4096, at: 256 * 4096) == noise)
         try device.validate()
-        let totals = device.compressionStats().recompression
-        #expect(totals.pagesTried == totals.pagesRecompressed + totals.pagesNotSmaller + totals.pagesRaced)
+        let totals = device.compressionFigures().recompression
+        #expect(totals[.pagesTried] == totals[.pagesRecompressed] + totals[.pagesNotSmaller] + totals[.pagesRaced])
     }
 
     @Test("without a recompression codec, recompress says how to get one")
@@ -107,13 +108,13 @@ struct RecompressionTests {
             ("discard", { try! device.discard(offset: 0, length: 4096) }),
         ].enumerated() {
             try device.write(first, at: 0)
-            let objectsBefore = device.poolStats().liveObjects
+            let objectsBefore = device.poolFigures()[.liveObjects]
             let outcome = device.withRecompressionBuffers(codec) { buffers in
                 device.recompressPage(0, everything, codec: codec, buffers: buffers, meanwhile: meanwhile.1)
             }
             #expect(outcome == .raced, "\(meanwhile.0)")
             #expect(try device.read(count: 4096, at: 0) == (index == 0 ? second : [UInt8](repeating: 0, count: 4096)))
-            #expect(device.poolStats().liveObjects == objectsBefore - index, "the new object was freed")
+            #expect(device.poolFigures()[.liveObjects] == objectsBefore - index, "the new object was freed")
             try device.validate()
         }
         // Undisturbed, the same call switches.
@@ -173,10 +174,10 @@ struct RecompressionTests {
                 }
             }
         }
-        let totals = device.compressionStats().recompression
+        let totals = device.compressionFigures().recompression
         print("racingWrites: \(totals)")
         #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0.prefix(5) })")
-        #expect(totals.pagesRecompressed > 0)
+        #expect(totals[.pagesRecompressed] > 0)
         try device.validate()
     }
 
@@ -184,14 +185,14 @@ struct RecompressionTests {
     func slicedManualRun() throws {
         let device = try Self.device(pages: 512)
         try device.write(try Corpus.pages(512).bytes, at: 0)
-        let objects = device.compressionStats().pagesByAlgorithm[.lzo, default: 0] + device.stats().hugePages
+        let objects = device.compressionFigures().pagesByAlgorithm[.lzo, default: 0] + device.figures()[.hugePages]
         var policy = MaintenancePolicy.manualOnly
         policy.recompressScanSlots = 100
         let maintenance = try DeviceMaintenance(device: device, policy: policy)
         let first = try maintenance.recompress(RecompressionRequest(type: .all, maxPages: 250))
-        #expect(first.pagesTried == 250 && !first.finished)
+        #expect(first[.pagesTried] == 250 && !first.finished)
         let rest = try maintenance.recompress(RecompressionRequest(type: .all))
-        #expect(rest.pagesTried == objects - 250 && rest.finished && rest.pagesScanned == 512)
+        #expect(rest[.pagesTried] == objects - 250 && rest.finished && rest[.pagesScanned] == 512)
 
         // While one run holds the device, a second is refused.
         let slow = try Self.device(pages: 8_192)
@@ -205,7 +206,7 @@ struct RecompressionTests {
             }
             // Once its first slice of 100 pages is counted, the run has
             // 8,000 pages (hundreds of milliseconds) still to go.
-            while slow.compressionStats().recompression.pagesTried == 0 { usleep(100) }
+            while slow.compressionFigures().recompression[.pagesTried] == 0 { usleep(100) }
             do throws(RecompressionRefused) {
                 _ = try slowMaintenance.recompress(RecompressionRequest(type: .all, maxPages: 1))
             } catch {
@@ -222,8 +223,8 @@ struct RecompressionTests {
         let device = try Self.device(pages: 8_192)
         let corpus = try Corpus.pages(4_096)
         try device.write(corpus.bytes, at: 0)
-        let before = device.stats().memUsedTotal
-        let candidates = 4_096 - 1 - device.stats().samePages  // every stored page but page 0
+        let before = device.figures()[.memUsedTotal]
+        let candidates = 4_096 - 1 - device.figures()[.samePages]  // every stored page but page 0
         var policy = MaintenancePolicy()
         policy.recompressIdleAge = .seconds(2)
         policy.recompressPagesPerSecond = 20_000
@@ -246,8 +247,8 @@ struct RecompressionTests {
             let deadline = Date().addingTimeInterval(60)
             // Every candidate tried, then a pass that gave the memory back.
             while Date() < deadline {
-                if maintenance.stats().recompression.pagesTried >= candidates,
-                    device.stats().memUsedTotal < before * 9 / 10
+                if maintenance.figures().recompression[.pagesTried] >= candidates,
+                    device.figures()[.memUsedTotal] < before * 9 / 10
                 {
                     done.store(true, ordering: .relaxed)
                     return
@@ -255,15 +256,16 @@ struct RecompressionTests {
                 usleep(50_000)
             }
         }
-        let stats = maintenance.stats()
-        let compression = device.compressionStats()
+        let stats = maintenance.figures()
+        let compression = device.compressionFigures()
         print(
-            "automatic: \(stats.recompression), sweeps \(stats.recompressionSweeps); mem_used_total \(before) -> \(device.stats().memUsedTotal)"
+            "automatic: \(stats.recompression), sweeps \(stats.totals[.recompressionSweeps]); "
+                + "mem_used_total \(before) -> \(device.figures()[.memUsedTotal])"
         )
         let finished = done.load(ordering: .relaxed)
         #expect(finished, "within 60 s: every idle page tried, and memory back")
-        #expect(stats.recompression.pagesTried == candidates, "all stored pages but page 0, each once")
-        #expect(compression.pagesByAlgorithm[.zstd] == stats.recompression.pagesRecompressed)
+        #expect(stats.recompression[.pagesTried] == candidates, "all stored pages but page 0, each once")
+        #expect(compression.pagesByAlgorithm[.zstd] == stats.recompression[.pagesRecompressed])
         #expect(device.markIdle(notAccessedFor: .seconds(3600)) == 0, "the device is younger than an hour")
         #expect(try device.read(count: corpus.bytes.count, at: 0) == corpus.bytes)
         maintenance.stop()

@@ -1,4 +1,5 @@
 import Testing
+import ZNBDFigures
 import TestSupport
 @testable import ZSPool
 
@@ -20,7 +21,7 @@ struct PoolBehaviourTests {
         for (handle, size, seed) in objects { #expect(try pool.holds(handle, size: size, seed: seed)) }
         try pool.validate()
         for (handle, _, _) in objects { #expect(pool.free(handle)) }
-        #expect(pool.stats().framesUsed == 0)
+        #expect(pool.figures()[.framesUsed] == 0)
     }
 
     @Test("bad, double and stale frees are detected and counted, never corrupt")
@@ -37,7 +38,7 @@ struct PoolBehaviourTests {
         #expect(!pool.free(ZSHandle(rawValue: 0)))
         #expect(!pool.free(ZSHandle(rawValue: 0xFFFF_FFFF_FFFF)))
         #expect(try pool.holds(second, size: 1000, seed: 2))
-        #expect(pool.stats().invalidFrees == 4)
+        #expect(pool.figures()[.invalidFrees] == 4)
         #expect(throws: ZSPoolError.invalidHandle(first)) { try pool.holds(first, size: 10, seed: 0) }
         #expect(throws: ZSPoolError.invalidSize(0)) { try pool.allocate(size: 0) }
         #expect(throws: ZSPoolError.invalidSize(4097)) { try pool.allocate(size: 4097) }

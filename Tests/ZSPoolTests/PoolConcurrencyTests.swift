@@ -3,6 +3,7 @@ import Foundation
 import Synchronization
 import ZNBDSystem
 import Testing
+import ZNBDFigures
 import TestSupport
 @testable import ZSPool
 
@@ -112,20 +113,20 @@ struct PoolConcurrencyTests {
         let kept = objects[freed...]
         let liveBytes = kept.reduce(0) { $0 + $1.size }
 
-        let before = pool.stats()
+        let before = pool.figures()
         let residentBefore = residentBytes()
         let compaction = pool.compact()
         let migration = pool.migrateFrames()
-        let after = pool.stats()
+        let after = pool.figures()
         let residentAfter = residentBytes()
 
         // Slack: one partly filled zspage per class.
         let slack = pool.sizeClasses.classes.reduce(0) { $0 + $1.framesPerZspage * ZSPool.frameSize }
         print(
-            "memoryReallyReturned: live \(liveBytes >> 20) MiB, used \(before.bytesUsed >> 20) → \(after.bytesUsed >> 20) MiB, blocks resident \(before.blocksResident) → \(after.blocksResident), RSS \(residentBefore >> 20) → \(residentAfter >> 20) MiB, \(compaction), \(migration)"
+            "memoryReallyReturned: live \(liveBytes >> 20) MiB, used \(before[.bytesUsed] >> 20) → \(after[.bytesUsed] >> 20) MiB, blocks resident \(before[.blocksResident]) → \(after[.blocksResident]), RSS \(residentBefore >> 20) → \(residentAfter >> 20) MiB, \(compaction), \(migration)"
         )
-        #expect(Double(after.bytesUsed) <= Double(liveBytes) * 1.10 + Double(slack))
-        let releasedBytes = (before.blocksResident - after.blocksResident) * ZSPool.blockSize
+        #expect(Double(after[.bytesUsed]) <= Double(liveBytes) * 1.10 + Double(slack))
+        let releasedBytes = (before[.blocksResident] - after[.blocksResident]) * ZSPool.blockSize
         #expect(releasedBytes >= 96 << 20, "expected most of the freed half back as whole blocks")
         #expect(Double(residentBefore - residentAfter) >= 0.8 * Double(releasedBytes))
         let seeds = Dictionary(uniqueKeysWithValues: kept.map { ($0.handle, ($0.size, $0.seed)) })

@@ -1,4 +1,5 @@
 import Testing
+import ZNBDFigures
 import TestSupport
 import ZNBDSystem
 @testable import ZSPool
@@ -19,7 +20,7 @@ struct PoolMetadataTests {
         // frees that one, as a class keeps one spare at most.
         #expect(pool.free(handles[0]) && pool.free(handles[1]))
         #expect(pool.usedBytes == 3 * frame)
-        #expect(pool.stats().classes[spec.index].zspagesByFullness[FullnessGroup.empty] == 1)
+        #expect(pool.figures().classes[spec.index].zspagesByFullness[FullnessGroup.empty] == 1)
         #expect(pool.free(handles[2]) && pool.free(handles[3]))
         #expect(pool.usedBytes == 2 * frame)
         try pool.validate()
@@ -62,18 +63,18 @@ struct PoolMetadataTests {
         let pool = try ZSPool(.init(capacityBytes: 16 << 20))
         let inRecord = try [2048, 4096].map { try pool.allocate(size: $0) }
         for (handle, size) in zip(inRecord, [2048, 4096]) { try pool.write(handle, size: size, seed: UInt64(size)) }
-        #expect(pool.stats().zspageListBytes == 0)
+        #expect(pool.figures()[.zspageListBytes] == 0)
         let spec = pool.sizeClasses.classes[pool.sizeClasses.classIndex(forSize: 1000)]
         let onHeap = try pool.allocate(size: 1000)
         try pool.write(onHeap, size: 1000, seed: 7)
-        #expect(pool.stats().zspageListBytes == (spec.objectsPerZspage + spec.framesPerZspage) * 4)
+        #expect(pool.figures()[.zspageListBytes] == (spec.objectsPerZspage + spec.framesPerZspage) * 4)
         for (handle, size) in zip(inRecord, [2048, 4096]) {
             #expect(try pool.holds(handle, size: size, seed: UInt64(size)))
         }
         #expect(try pool.holds(onHeap, size: 1000, seed: 7))
         try pool.validate()
         for handle in inRecord + [onHeap] { #expect(pool.free(handle)) }
-        #expect(pool.stats().zspageListBytes == 0)
+        #expect(pool.figures()[.zspageListBytes] == 0)
     }
 
     @Test(

@@ -1,4 +1,5 @@
 import Testing
+import ZNBDFigures
 import TestSupport
 @testable import ZSPool
 
@@ -77,17 +78,17 @@ struct PoolModelTests {
                 guard let object = model[handle] else { return false }
                 return matchesPattern(UnsafeRawBufferPointer(rebasing: bytes[..<object.size]), seed: object.seed)
             }
-            #expect(pool.stats().liveObjects == live.count)
+            #expect(pool.figures()[.liveObjects] == live.count)
         }
         let total = counts.filter { ["allocate", "free", "write", "read"].contains($0.key) }.values.reduce(0, +)
         #expect(total == phases * operationsPerPhase)
         #expect(total >= 1_000_000)
-        let stats = pool.stats()
-        #expect(stats.pagesCompacted > 0, "compaction never freed a frame: the test did not exercise it")
-        #expect(stats.framesMigrated > 0, "no frame ever migrated: the test did not exercise it")
+        let stats = pool.figures()
+        #expect(stats[.pagesCompacted] > 0, "compaction never freed a frame: the test did not exercise it")
+        #expect(stats[.framesMigrated] > 0, "no frame ever migrated: the test did not exercise it")
         for handle in live { #expect(pool.free(handle)) }
         try pool.validate()
-        #expect(pool.stats().framesUsed == 0)
-        print("modelBased: \(counts), compacted \(stats.pagesCompacted) frames, migrated \(stats.framesMigrated)")
+        #expect(pool.figures()[.framesUsed] == 0)
+        print("modelBased: \(counts), compacted \(stats[.pagesCompacted]) frames, migrated \(stats[.framesMigrated])")
     }
 }

@@ -2,6 +2,7 @@
     import Glibc
 #endif
 import PageCodec
+import ZNBDFigures
 import ZNBDSystem
 import ZRAM
 
@@ -98,11 +99,14 @@ func runDeviceBenchmark(corpusPath: String, rounds: Int, maxChain: Int, algorith
                 }
             }
             if threads == 1, best.write == 0 {
-                let stats = device.stats()
+                let figures = device.figures()
+                let used = figures[.memUsedTotal]
+                let compressed = figures[.comprDataSize]
                 print(
-                    "# pool after the writes: mem_used_total \(stats.memUsedTotal) for compr_data_size \(stats.comprDataSize) "
-                        + "(\(format(Double(stats.memUsedTotal) / Double(stats.comprDataSize), 3))x); "
-                        + "ratio \(format(Double(stats.origDataSize) / Double(stats.comprDataSize), 3)), huge pages \(stats.hugePages)"
+                    "# pool after the writes: mem_used_total \(used) for compr_data_size \(compressed) "
+                        + "(\(format(Double(used) / Double(compressed), 3))x); "
+                        + "ratio \(format(Double(figures[.origDataSize]) / Double(compressed), 3)), "
+                        + "huge pages \(figures[.hugePages])"
                 )
             }
             best.compress = max(best.compress, megabytes / compress)

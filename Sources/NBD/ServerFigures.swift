@@ -1,12 +1,13 @@
+public import ZNBDFigures
 import Synchronization
 import ZNBDSystem
 
-/// The server's figures: connections open and accepted, connections
-/// closed for a protocol violation, and per command name (read, write, …,
-/// "unknown") the requests, payload bytes and errors by errno name (absent
-/// names are zero).
-public struct NBDServerStats: Sendable, Equatable {
-    public struct CommandStats: Sendable, Equatable {
+/// The server's figures: its totals (connections open and accepted,
+/// connections closed for a protocol violation, bytes held for requests in
+/// progress), and per command name (read, write, …, "unknown") the
+/// requests, payload bytes and errors by errno name (absent names are zero).
+public struct NBDServerFigures: Sendable, Equatable {
+    public struct Command: Sendable, Equatable {
         public var requests, bytes: Int
         public var errors: [String: Int]
 
@@ -17,25 +18,18 @@ public struct NBDServerStats: Sendable, Equatable {
         }
     }
 
-    public var connectionsOpen, connectionsTotal, protocolErrors: Int
-    public var commands: [String: CommandStats]
-    /// Bytes all connections hold for requests in progress (payloads not yet
-    /// stored, replies not yet handed to the socket).
-    public var bytesInFlight: Int
+    public var totals: Figures<ServerFigure>
+    public var commands: [String: Command]
 
-    public init(
-        connectionsOpen: Int, connectionsTotal: Int, protocolErrors: Int, commands: [String: CommandStats],
-        bytesInFlight: Int = 0
-    ) {
-        self.connectionsOpen = connectionsOpen
-        self.connectionsTotal = connectionsTotal
-        self.protocolErrors = protocolErrors
+    public init(totals: Figures<ServerFigure>, commands: [String: Command]) {
+        self.totals = totals
         self.commands = commands
-        self.bytesInFlight = bytesInFlight
     }
+
+    public subscript(figure: ServerFigure) -> Int { totals[figure] }
 }
 
-/// The running counters behind NBDServerStats.
+/// The running counters behind NBDServerFigures.
 final class ServerCounters: Sendable {
     /// Per command kind: requests, bytes, then one per NBDError case.
     private static let perCommand = 2 + NBDError.allCases.count
@@ -62,8 +56,8 @@ final class ServerCounters: Sendable {
         }
     }
 
-    func snapshot() -> NBDServerStats {
-        var commands: [String: NBDServerStats.CommandStats] = [:]
+    func snapshot(bytesInFlight: Int) -> NBDServerFigures {
+        var commands: [String: NBDServerFigures.Command] = [:]
         for command in NBDCommand.known + [.unknown(UInt16.max)] {
             let base = Self.base(command)
             var errors: [String: Int] = [:]
@@ -74,10 +68,16 @@ final class ServerCounters: Sendable {
             commands[command.name] = .init(
                 requests: counters.load(base), bytes: counters.load(base + 1), errors: errors)
         }
-        return NBDServerStats(
-            connectionsOpen: connectionsOpen.load(ordering: .relaxed),
-            connectionsTotal: connectionsTotal.load(ordering: .relaxed),
-            protocolErrors: protocolErrors.load(ordering: .relaxed),
-            commands: commands)
+        var totals = Figures<ServerFigure>()
+        for figure in ServerFigure.allCases {
+            totals[figure] =
+                switch figure {
+                case .connectionsOpen: connectionsOpen.load(ordering: .relaxed)
+                case .connectionsTotal: connectionsTotal.load(ordering: .relaxed)
+                case .protocolErrors: protocolErrors.load(ordering: .relaxed)
+                case .bytesInFlight: bytesInFlight
+                }
+        }
+        return NBDServerFigures(totals: totals, commands: commands)
     }
 }
