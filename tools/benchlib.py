@@ -53,7 +53,7 @@ def build_znbd(products=("znbd",)):
 
 def corpus_file(mebibytes=128):
     """tools/corpus's file of real files, built once into tools/out."""
-    path = run([os.path.join(ROOT, "tools/corpus"), str(mebibytes)], cwd=ROOT).strip()
+    path = run([os.path.join(ROOT, "tools/corpus"), "--mib", str(mebibytes)], cwd=ROOT).strip()
     return path if path.startswith("/") else os.path.join(ROOT, path)
 
 
