@@ -1,12 +1,15 @@
 """Shared pieces of the Python tools (bench, bench-codecs, seed-experiment,
-soak): running commands, building znbd, the corpus, starting servers, the
-kernel's zram, and fio with its JSON read back."""
+soak; the bash tools share tools/lib.sh): their flags, running commands,
+building znbd, the corpus, starting servers, the kernel's zram, and fio with
+its JSON read back."""
 
+import argparse
 import json
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,6 +18,32 @@ MIB = 1 << 20
 
 def log(tool, message):
     print(f"{tool}: {message}", file=sys.stderr, flush=True)
+
+
+class ToolParser(argparse.ArgumentParser):
+    """The tools' flags: GNU style (--seconds 10 or --seconds=10), no
+    abbreviations; --help prints the tool's header (`header`, its docstring)
+    and exits 0; a bad argument is one line on stderr and exit status 64."""
+
+    def __init__(self, tool, header):
+        super().__init__(prog=tool, add_help=False, allow_abbrev=False)
+        self.header = header
+        self.add_argument("-h", "--help", action="store_true")
+
+    def parse_args(self, args=None, namespace=None):
+        options = super().parse_args(args, namespace)
+        if options.help:
+            try:
+                print(self.header.strip("\n"), flush=True)
+            except BrokenPipeError:  # tools/bench --help | head
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        return options
+
+    def error(self, message):
+        message = message.replace("unrecognized arguments:", "unknown argument")
+        print(f"{self.prog}: {message} (tools/{self.prog} --help)", file=sys.stderr, flush=True)
+        sys.exit(64)
 
 
 def run(command, timeout=600, check=True, **kwargs):
@@ -98,11 +127,15 @@ class Server:
 
     def __init__(self, command, socket, control=None):
         self.socket, self.control = socket, control
+        self.errors = tempfile.TemporaryFile(mode="w+")  # read back if the server dies at start
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        wait_for_path(socket)
-        if control:
-            wait_for_path(control)
+                                        stderr=self.errors)
+        for path in [socket] + ([control] if control else []):
+            wait_for(lambda: os.path.exists(path) or self.process.poll() is not None, 20, f"{path} did not appear")
+            if self.process.poll() is not None:
+                self.errors.seek(0)
+                raise RuntimeError(f"{' '.join(command)} exited {self.process.returncode}: "
+                                   f"{self.errors.read().strip()[-2000:]}")
 
     @property
     def uri(self):
@@ -124,6 +157,7 @@ class Server:
     def close(self):
         self.process.terminate()
         self.process.wait(timeout=20)
+        self.errors.close()
 
 
 def znbd_server(binaries, scratch, size, arguments=()):
