@@ -1,7 +1,7 @@
-"""Shared pieces of the Python tools (bench, bench-codecs, seed-experiment,
-soak; the bash tools share tools/lib.sh): their flags, running commands,
-building znbd, the corpus, starting servers, the kernel's zram, and fio with
-its JSON read back."""
+"""Shared pieces of the Python tools (bench, seed-experiment, soak; the
+bash tools share tools/lib.sh): their flags, running commands, building
+znbd (here or at another git revision), the corpus, starting servers, the
+kernel's zram, and fio with its JSON read back."""
 
 import argparse
 import json
@@ -73,11 +73,42 @@ def rss(pid):
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def build_znbd(products=("znbd",)):
-    """Builds the products (release) as tools/run does; returns the binaries' folder."""
-    builds = "".join(f"swift build -c release --product {product} >/dev/null && " for product in products)
-    script = f"source tools/setup >/dev/null && {builds}swift build -c release --show-bin-path"
-    return run(["bash", "-c", script], cwd=ROOT, timeout=3600).strip().splitlines()[-1]
+def build_znbd(products=("znbd",), tree=ROOT, scratch_path=None):
+    """Builds the products (release) as tools/run does, in `tree` (a checkout
+    of this repository; tools/setup is always this one's), in `scratch_path`
+    when given (else the tree's .build); returns the binaries' folder."""
+    swift = "swift build -c release" + (f" --scratch-path {scratch_path}" if scratch_path else "")
+    builds = "".join(f"{swift} --product {product} >/dev/null && " for product in products)
+    script = f"source {ROOT}/tools/setup >/dev/null && {builds}{swift} --show-bin-path"
+    return run(["bash", "-c", script], cwd=tree, timeout=3600).strip().splitlines()[-1]
+
+
+def git(*arguments, cwd=ROOT):
+    return run(["git"] + list(arguments), cwd=cwd).strip()
+
+
+def build_at_revision(revision, products, folder):
+    """Builds the products (release) at git revision `revision` of this
+    repository: a temporary detached worktree at FOLDER/tree, built with
+    the scratch path FOLDER/build (kept between runs, so that only what
+    changed is rebuilt), removed again after the build. This checkout's
+    Package.resolved, when there is one, pins the same dependencies on both
+    sides. Returns (the revision's full hash, the binaries' folder)."""
+    commit = git("rev-parse", "--verify", f"{revision}^{{commit}}")
+    tree, scratch = os.path.join(folder, "tree"), os.path.join(folder, "build")
+    os.makedirs(folder, exist_ok=True)
+    if os.path.exists(tree):
+        run(["git", "worktree", "remove", "--force", tree], cwd=ROOT, check=False)
+    run(["git", "worktree", "prune"], cwd=ROOT)
+    run(["git", "worktree", "add", "--detach", "--force", tree, commit], cwd=ROOT)
+    try:
+        resolved = os.path.join(ROOT, "Package.resolved")
+        if os.path.exists(resolved):
+            with open(resolved) as source, open(os.path.join(tree, "Package.resolved"), "w") as copy:
+                copy.write(source.read())
+        return commit, build_znbd(products, tree=tree, scratch_path=scratch)
+    finally:
+        run(["git", "worktree", "remove", "--force", tree], cwd=ROOT, check=False)
 
 
 def corpus_file(mebibytes=128):
@@ -164,6 +195,14 @@ def znbd_server(binaries, scratch, size, arguments=()):
     socket, control = os.path.join(scratch, "nbd.sock"), os.path.join(scratch, "control.sock")
     return Server([os.path.join(binaries, "znbd"), "serve", "--size", size, "--socket", socket, "--control", control]
                   + list(arguments), socket, control)
+
+
+def znbd_memory_server(binaries, scratch, mebibytes, workers):
+    """znbd's NBD server over a plain RAM device (`znbd-bench serve memory`):
+    the protocol's cost without compression."""
+    socket = os.path.join(scratch, "nbd.sock")
+    return Server([os.path.join(binaries, "znbd-bench"), "serve", "memory", socket, str(mebibytes), str(workers)],
+                  socket)
 
 
 def nbdkit_server(scratch, size, allocator):
