@@ -7,8 +7,7 @@
 #
 # znbd_flags NAME=DEFAULT... -- ARGS
 #     Parses GNU-style flags: `--NAME VALUE` or `--NAME=VALUE` sets the shell
-#     variable NAME (dashes become underscores), DEFAULT when absent; a
-#     NAME given as `NAME?` is a switch (--NAME sets it to 1, else empty).
+#     variable NAME (dashes become underscores), DEFAULT when absent.
 #     --help (or -h) prints the tool's header (its leading comment) and
 #     exits 0; any other argument is one line on stderr and exit 64.
 # znbd_usage_error MESSAGE      that line, and exit 64
@@ -40,20 +39,14 @@ znbd_help() {
 }
 
 znbd_flags() {
-    local -A value_flags=() switch_flags=()
+    local -A value_flags=()
     local spec name
     while (($#)) && [[ $1 != -- ]]; do
         spec=$1
         shift
-        if [[ $spec == *\? ]]; then
-            name=${spec%\?}
-            switch_flags[$name]=1
-            printf -v "${name//-/_}" '%s' ""
-        else
-            name=${spec%%=*}
-            value_flags[$name]=1
-            printf -v "${name//-/_}" '%s' "${spec#*=}"
-        fi
+        name=${spec%%=*}
+        value_flags[$name]=1
+        printf -v "${name//-/_}" '%s' "${spec#*=}"
     done
     [[ ${1:-} == -- ]] && shift
     local argument flag
@@ -70,15 +63,10 @@ znbd_flags() {
             ;;
         --*)
             flag=${argument#--}
-            if [[ -n ${switch_flags[$flag]:-} ]]; then
-                printf -v "${flag//-/_}" '%s' 1
-            elif [[ -n ${value_flags[$flag]:-} ]]; then
-                (($#)) || znbd_usage_error "$argument needs a value"
-                printf -v "${flag//-/_}" '%s' "$1"
-                shift
-            else
-                znbd_usage_error "unknown argument $argument"
-            fi
+            [[ -n ${value_flags[$flag]:-} ]] || znbd_usage_error "unknown argument $argument"
+            (($#)) || znbd_usage_error "$argument needs a value"
+            printf -v "${flag//-/_}" '%s' "$1"
+            shift
             ;;
         *) znbd_usage_error "unknown argument $argument" ;;
         esac
