@@ -1,12 +1,15 @@
-"""Shared pieces of the Python tools (bench, bench-codecs, seed-experiment,
-soak): running commands, building znbd, the corpus, starting servers, the
+"""Shared pieces of the Python tools (bench, seed-experiment, soak; the
+bash tools share tools/lib.sh): their flags, running commands, building
+znbd (here or at another git revision), the corpus, starting servers, the
 kernel's zram, and fio with its JSON read back."""
 
+import argparse
 import json
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,6 +18,32 @@ MIB = 1 << 20
 
 def log(tool, message):
     print(f"{tool}: {message}", file=sys.stderr, flush=True)
+
+
+class ToolParser(argparse.ArgumentParser):
+    """The tools' flags: GNU style (--seconds 10 or --seconds=10), no
+    abbreviations; --help prints the tool's header (`header`, its docstring)
+    and exits 0; a bad argument is one line on stderr and exit status 64."""
+
+    def __init__(self, tool, header):
+        super().__init__(prog=tool, add_help=False, allow_abbrev=False)
+        self.header = header
+        self.add_argument("-h", "--help", action="store_true")
+
+    def parse_args(self, args=None, namespace=None):
+        options = super().parse_args(args, namespace)
+        if options.help:
+            try:
+                print(self.header.strip("\n"), flush=True)
+            except BrokenPipeError:  # tools/bench --help | head
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        return options
+
+    def error(self, message):
+        message = message.replace("unrecognized arguments:", "unknown argument")
+        print(f"{self.prog}: {message} (tools/{self.prog} --help)", file=sys.stderr, flush=True)
+        sys.exit(64)
 
 
 def run(command, timeout=600, check=True, **kwargs):
@@ -44,16 +73,47 @@ def rss(pid):
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def build_znbd(products=("znbd",)):
-    """Builds the products (release) as tools/run does; returns the binaries' folder."""
-    builds = "".join(f"swift build -c release --product {product} >/dev/null && " for product in products)
-    script = f"source tools/setup >/dev/null && {builds}swift build -c release --show-bin-path"
-    return run(["bash", "-c", script], cwd=ROOT, timeout=3600).strip().splitlines()[-1]
+def build_znbd(products=("znbd",), tree=ROOT, scratch_path=None):
+    """Builds the products (release) as tools/run does, in `tree` (a checkout
+    of this repository; tools/setup is always this one's), in `scratch_path`
+    when given (else the tree's .build); returns the binaries' folder."""
+    swift = "swift build -c release" + (f" --scratch-path {scratch_path}" if scratch_path else "")
+    builds = "".join(f"{swift} --product {product} >/dev/null && " for product in products)
+    script = f"source {ROOT}/tools/setup >/dev/null && {builds}{swift} --show-bin-path"
+    return run(["bash", "-c", script], cwd=tree, timeout=3600).strip().splitlines()[-1]
+
+
+def git(*arguments, cwd=ROOT):
+    return run(["git"] + list(arguments), cwd=cwd).strip()
+
+
+def build_at_revision(revision, products, folder):
+    """Builds the products (release) at git revision `revision` of this
+    repository: a temporary detached worktree at FOLDER/tree, built with
+    the scratch path FOLDER/build (kept between runs, so that only what
+    changed is rebuilt), removed again after the build. This checkout's
+    Package.resolved, when there is one, pins the same dependencies on both
+    sides. Returns (the revision's full hash, the binaries' folder)."""
+    commit = git("rev-parse", "--verify", f"{revision}^{{commit}}")
+    tree, scratch = os.path.join(folder, "tree"), os.path.join(folder, "build")
+    os.makedirs(folder, exist_ok=True)
+    if os.path.exists(tree):
+        run(["git", "worktree", "remove", "--force", tree], cwd=ROOT, check=False)
+    run(["git", "worktree", "prune"], cwd=ROOT)
+    run(["git", "worktree", "add", "--detach", "--force", tree, commit], cwd=ROOT)
+    try:
+        resolved = os.path.join(ROOT, "Package.resolved")
+        if os.path.exists(resolved):
+            with open(resolved) as source, open(os.path.join(tree, "Package.resolved"), "w") as copy:
+                copy.write(source.read())
+        return commit, build_znbd(products, tree=tree, scratch_path=scratch)
+    finally:
+        run(["git", "worktree", "remove", "--force", tree], cwd=ROOT, check=False)
 
 
 def corpus_file(mebibytes=128):
     """tools/corpus's file of real files, built once into tools/out."""
-    path = run([os.path.join(ROOT, "tools/corpus"), str(mebibytes)], cwd=ROOT).strip()
+    path = run([os.path.join(ROOT, "tools/corpus"), "--mib", str(mebibytes)], cwd=ROOT).strip()
     return path if path.startswith("/") else os.path.join(ROOT, path)
 
 
@@ -98,11 +158,15 @@ class Server:
 
     def __init__(self, command, socket, control=None):
         self.socket, self.control = socket, control
+        self.errors = tempfile.TemporaryFile(mode="w+")  # read back if the server dies at start
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        wait_for_path(socket)
-        if control:
-            wait_for_path(control)
+                                        stderr=self.errors)
+        for path in [socket] + ([control] if control else []):
+            wait_for(lambda: os.path.exists(path) or self.process.poll() is not None, 20, f"{path} did not appear")
+            if self.process.poll() is not None:
+                self.errors.seek(0)
+                raise RuntimeError(f"{' '.join(command)} exited {self.process.returncode}: "
+                                   f"{self.errors.read().strip()[-2000:]}")
 
     @property
     def uri(self):
@@ -124,12 +188,21 @@ class Server:
     def close(self):
         self.process.terminate()
         self.process.wait(timeout=20)
+        self.errors.close()
 
 
 def znbd_server(binaries, scratch, size, arguments=()):
     socket, control = os.path.join(scratch, "nbd.sock"), os.path.join(scratch, "control.sock")
     return Server([os.path.join(binaries, "znbd"), "serve", "--size", size, "--socket", socket, "--control", control]
                   + list(arguments), socket, control)
+
+
+def znbd_memory_server(binaries, scratch, mebibytes, workers):
+    """znbd's NBD server over a plain RAM device (`znbd-bench serve memory`):
+    the protocol's cost without compression."""
+    socket = os.path.join(scratch, "nbd.sock")
+    return Server([os.path.join(binaries, "znbd-bench"), "serve", "memory", socket, str(mebibytes), str(workers)],
+                  socket)
 
 
 def nbdkit_server(scratch, size, allocator):

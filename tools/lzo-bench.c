@@ -1,4 +1,4 @@
-// The codec benchmark's reference loop in C against liblzo2: the same work
+// tools/bench-lzo-swift-vs-c's reference loop in C against liblzo2: the same work
 // as `znbd-bench codec` (see tools/znbd-bench/CodecBenchmark.swift), so the ratio
 // of the two is the cost of the Swift layer.
 //

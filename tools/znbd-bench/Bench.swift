@@ -1,12 +1,13 @@
-// znbd-bench: the project's benchmarks (never timed assertions in tests).
+// znbd-bench: the Swift half of the project's benchmarks (never timed
+// assertions in tests). Each subcommand prints machine-readable lines; the
+// tool named beside it runs it beside its peers and computes the ratios.
 //
-//   znbd-bench codec CORPUS_FILE [PASSES]
-//   znbd-bench pool [OPERATIONS_PER_THREAD] [--size BYTES]
-//   znbd-bench device CORPUS_FILE [ROUNDS] [--max-chain N]
-//   znbd-bench serve memory|zram SOCKET MIB [WORKERS]
-//
-// Each prints machine-readable lines; the tools/bench-* scripts run them
-// beside their peers in the same run and compute the ratios.
+//   znbd-bench codec CORPUS_FILE [PASSES]                  tools/bench-lzo-swift-vs-c
+//   znbd-bench pool [OPERATIONS_PER_THREAD] [--size BYTES] tools/bench-pool
+//   znbd-bench device CORPUS_FILE [ROUNDS] [--max-chain N] [--algorithm A]
+//                                                          tools/bench-device
+//   znbd-bench serve memory|zram SOCKET MIB [WORKERS]      tools/bench --targets znbd-memory
+//                                                          (memory; zram is for runs by hand)
 
 import ArgumentParser
 import PageCodec
@@ -16,7 +17,7 @@ import ZSPool
 struct ZNBDBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "znbd-bench",
-        abstract: "znbd's benchmarks; the tools/bench-* scripts run them beside their peers.",
+        abstract: "znbd's benchmarks; the tools/bench* scripts run them beside their peers.",
         subcommands: [Codec.self, Pool.self, Device.self, Serve.self])
 }
 
