@@ -18,7 +18,7 @@ import ZRAM
 ///   from their threads: the streams are the seed's, the interleaving of
 ///   the workers is not.
 ///
-/// The suite runs a bounded number of streams; `tools/fuzz-nbd SECONDS`
+/// The suite runs a bounded number of streams; `tools/fuzz-nbd --seconds N`
 /// runs both for as long as asked (ZNBD_FUZZ_SECONDS each). It found a
 /// FLUSH whose reserved offset trapped when converted to Int (BadInputTests
 /// keeps it).
