@@ -1,6 +1,12 @@
 // BlockDevice: the contract between a device (ZRAM's compressed disk, or the
 // plain MemoryBlockDevice) and whoever serves it (the NBD server).
 //
+// THE MAP
+//   BlockDevice.swift        the BlockDevice protocol, BlockDeviceError, and
+//                            allocation extents (this file)
+//   MemoryBlockDevice.swift  a plain RAM disk for protocol tests and
+//                            benchmarks
+//
 // Offsets and lengths are in bytes, at any alignment: a device serves a range
 // that is not a multiple of its sector size (reading and patching the pages
 // at the edges). Whoever serves it decides what to ask of clients (NBD

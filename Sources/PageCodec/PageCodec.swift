@@ -1,3 +1,21 @@
+// PageCodec: compress and decompress one 4 KiB page, with LZO1X-1 (zram's
+// default), lz4 or zstd, through the C shims CLZO, CLZ4 and CZSTD (internal
+// imports: no C type appears in this module's API).
+//
+// THE MAP
+//   PageCodec.swift     the contract every codec keeps (this file): the
+//                       PageCodec protocol and PageCodecError
+//   LZO1X1Codec.swift   LZO1X-1 on liblzo2
+//   LZ4Codec.swift      lz4 on liblz4 (acceleration as its level)
+//   ZstdCodec.swift     zstd on libzstd, one frame per page
+//   CodecChoice.swift   CompressionAlgorithm (the number a slot records),
+//                       CodecChoice (an algorithm and its level, as zram's
+//                       algorithm_params), AnyPageCodec (a switch, no
+//                       existential) and PageDecoder (any algorithm's pages)
+//
+// docs/ARCHITECTURE.md's "Page codec contract" says what a codec promises
+// about buffer sizes, corrupt input and allocation.
+
 import ZNBDSystem
 
 /// Why a page could not be compressed or decompressed.

@@ -1,3 +1,6 @@
+// ZNBDCommandLine: how both executables fail: one line on stderr and an
+// exit status of sysexits.h, never a stack trace (this file only).
+
 public import ArgumentParser
 
 #if canImport(Glibc)

@@ -1,3 +1,17 @@
+// ZNBDControlServer: the control endpoint over a running device, for
+// znbdctl, curl and Prometheus.
+//
+// THE MAP
+//   ControlEndpoint.swift  the routes (one table: method, path, answer) as
+//                          plain code over the device, its maintenance and
+//                          the NBD server's figures; testable without a
+//                          socket (this file)
+//   ControlServer.swift    HTTP/1.1 on a Unix socket (SwiftNIO), its own
+//                          event loop and worker threads
+//   CoreFigures.swift      the core's structured figures (class rows, frame
+//                          maps, passes, codec names) as the API's documents
+//   Prometheus.swift       /metrics, rendered from the figures' declarations
+
 #if canImport(FoundationEssentials)
     import FoundationEssentials
 #else

@@ -7,7 +7,7 @@ import ZNBDControlAPI
 /// Serves a ControlEndpoint as HTTP/1.1 on a Unix socket (so that
 /// `curl --unix-socket PATH http://localhost/v1/stats` works).
 ///
-/// It has its own event loop and one worker thread, apart from the NBD
+/// It has its own event loop and two worker threads, apart from the NBD
 /// server's: a slow scrape or a long compaction never occupies a thread that
 /// serves NBD clients. (The device itself is shared: a compaction step holds
 /// one class's lock while it empties one zspage, as in zsmalloc.) Requests

@@ -1,15 +1,32 @@
-// CompressedBlockDevice: the compressed RAM disk, as drivers/block/zram is
-// in the kernel. One slot per 4 KiB page (SlotTable); each page's content is
+// ZRAM: the compressed block device, as drivers/block/zram is in the kernel.
+//
+// THE MAP, in the order a request's data flows
+//   CompressedBlockDevice.swift  the device (this file): configuration,
+//                        read, write (whole pages and read-modify-write of
+//                        partial ones), discard, write-zeroes, figures
+//   SlotTable.swift      one 16-byte slot per page: content, flags, the slot
+//                        lock, the access time
+//   DeviceCounters.swift the running counters behind the device's figures
+//                        (ZNBDFigures' DeviceFigure and RecompressionFigure)
+//   Recompression.swift  idle marks and recompression with a second codec,
+//                        and the compression figures
+//   Maintenance.swift    the thread that compacts, migrates frames and
+//                        recompresses idle pages by itself
+//   LockLevels.swift     ZRAM's two locks in the one lock order
+//   Validation.swift     the check that slots, figures and pool agree
+//
+// CompressedBlockDevice: the compressed RAM disk. One slot per 4 KiB page (SlotTable); each page's content is
 // nothing (unallocated), one repeated 8-byte word (same-filled), or a ZSPool
 // object holding its compressed stream (LZO1X-1 by default; lz4 or zstd by
 // choice; the slot records which) or, when that would need the pool's huge
 // class anyway, the raw page. Recompression.swift stores idle or huge pages
 // again with a stronger codec.
 //
-// LOCKS: the slot lock (per page) is outermost; under it the pool takes its
-// own (see ZSPool.swift). A request that covers several pages takes their
-// slot locks one at a time, never two at once, so no order between slots is
-// needed; each page is atomic, as in zram, and a multi-page request is not.
+// LOCKS: the slot lock (per page) is the outermost lock a request takes;
+// under it the pool takes its own (see ZSPool.swift). A request that covers
+// several pages takes their slot locks one at a time, never two at once, so
+// no order between slots is needed; each page is atomic, as in zram, and a
+// multi-page request is not.
 //
 // WRITE PATH (zram_write_page): a whole-page write is checked for same-fill,
 // compressed and stored in a new pool object *before* the slot lock is taken;

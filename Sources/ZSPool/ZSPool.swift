@@ -96,7 +96,8 @@ public final class ZSPool: Sendable {
     public struct Configuration: Sendable {
         /// Address space reserved for frames (rounded up to 2 MiB blocks).
         public var capacityBytes: Int
-        /// Most frames per zspage (1...16; zsmalloc uses 4).
+        /// Most frames per zspage (1...16; zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE
+        /// defaults to 8 since Linux 6.3, 4 before).
         public var maxChain: Int
         /// Cap on frame bytes in use; nil for none. Changeable at run time.
         public var memLimitBytes: Int?

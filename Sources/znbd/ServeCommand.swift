@@ -1,3 +1,18 @@
+// znbd: the daemon. It wires ZRAM's device to the NBD server and the
+// control endpoint, and runs until SIGTERM or SIGINT.
+//
+// THE MAP, in the order a start runs
+//   ServeCommand.swift      `znbd serve`: the options, checked into a
+//                           DaemonConfiguration (this file)
+//   ProcessProtection.swift what keeps it serving as this machine's swap
+//                           (I/O flusher, memory lock, OOM score), applied
+//                           before any thread exists
+//   SocketFile.swift        the socket files: directories, a live server's
+//                           refused, a dead one's replaced, removal at exit
+//   Daemon.swift            start (device, NBD server, maintenance, control
+//                           endpoint; undone newest first if a step fails),
+//                           the start line, the clean stop
+
 import ArgumentParser
 #if canImport(FoundationEssentials)
     import FoundationEssentials

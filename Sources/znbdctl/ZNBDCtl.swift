@@ -1,3 +1,13 @@
+// znbdctl: figures and control of a running znbd, as zramctl and
+// /sys/block/zramN are for zram. Links ZNBDControlAPI and ZNBDFigures and no
+// part of the device.
+//
+// THE MAP
+//   ZNBDCtl.swift        the subcommands, and how each prints its document
+//                        (this file)
+//   ControlClient.swift  one HTTP/1.1 request over the control socket, and
+//                        what each failure means for the exit status
+
 import ArgumentParser
 import NIOCore
 import NIOHTTP1
