@@ -7,21 +7,10 @@ import ZNBDSystem
 /// progress), and per command name (read, write, …, "unknown") the
 /// requests, payload bytes and errors by errno name (absent names are zero).
 public struct NBDServerFigures: Sendable, Equatable {
-    public struct Command: Sendable, Equatable {
-        public var requests, bytes: Int
-        public var errors: [String: Int]
-
-        public init(requests: Int, bytes: Int, errors: [String: Int]) {
-            self.requests = requests
-            self.bytes = bytes
-            self.errors = errors
-        }
-    }
-
     public var totals: Figures<ServerFigure>
-    public var commands: [String: Command]
+    public var commands: [String: CommandFigures]
 
-    public init(totals: Figures<ServerFigure>, commands: [String: Command]) {
+    public init(totals: Figures<ServerFigure>, commands: [String: CommandFigures]) {
         self.totals = totals
         self.commands = commands
     }
@@ -57,7 +46,7 @@ final class ServerCounters: Sendable {
     }
 
     func snapshot(bytesInFlight: Int) -> NBDServerFigures {
-        var commands: [String: NBDServerFigures.Command] = [:]
+        var commands: [String: CommandFigures] = [:]
         for command in NBDCommand.known + [.unknown(UInt16.max)] {
             let base = Self.base(command)
             var errors: [String: Int] = [:]

@@ -44,23 +44,10 @@ public struct StatsDocument: Sendable, Codable, Equatable {
     /// "unknown" for unknown types) the requests, payload bytes and errors
     /// by errno name.
     public struct NBD: Sendable, Codable, Equatable {
-        public struct Command: Sendable, Codable, Equatable {
-            public var requests: Int
-            public var bytes: Int
-            /// Errors by errno name (EINVAL, ENOSPC, …); absent names are zero.
-            public var errors: [String: Int]
-
-            public init(requests: Int, bytes: Int, errors: [String: Int]) {
-                self.requests = requests
-                self.bytes = bytes
-                self.errors = errors
-            }
-        }
-
         public var totals: Figures<ServerFigure>
-        public var commands: [String: Command]
+        public var commands: [String: CommandFigures]
 
-        public init(totals: Figures<ServerFigure>, commands: [String: Command]) {
+        public init(totals: Figures<ServerFigure>, commands: [String: CommandFigures]) {
             self.totals = totals
             self.commands = commands
         }
@@ -69,7 +56,7 @@ public struct StatsDocument: Sendable, Codable, Equatable {
             let container = try decoder.container(keyedBy: FigureCodingKey.self)
             totals = Figures()
             try totals.decode(from: container)
-            commands = try container.decode([String: Command].self, forKey: FigureCodingKey("commands"))
+            commands = try container.decode([String: CommandFigures].self, forKey: FigureCodingKey("commands"))
         }
 
         public func encode(to encoder: any Encoder) throws {

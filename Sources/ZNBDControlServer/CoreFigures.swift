@@ -36,11 +36,7 @@ extension FramesDocument {
 
 extension StatsDocument.NBD {
     public init(_ server: NBDServerFigures) {
-        self.init(
-            totals: server.totals,
-            commands: server.commands.mapValues {
-                Command(requests: $0.requests, bytes: $0.bytes, errors: $0.errors)
-            })
+        self.init(totals: server.totals, commands: server.commands)
     }
 }
 

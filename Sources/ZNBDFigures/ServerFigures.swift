@@ -25,3 +25,19 @@ public enum ServerFigure: Int, FigureFamily {
         }
     }
 }
+
+/// One command's row of the NBD server's table (GET /v1/stats
+/// `nbd.commands`, by command name): its requests, payload bytes, and
+/// errors by errno name (absent names are zero). Rendered as
+/// FigureCatalog.Table's command families.
+public struct CommandFigures: Sendable, Codable, Equatable {
+    public var requests: Int
+    public var bytes: Int
+    public var errors: [String: Int]
+
+    public init(requests: Int, bytes: Int, errors: [String: Int]) {
+        self.requests = requests
+        self.bytes = bytes
+        self.errors = errors
+    }
+}
