@@ -150,6 +150,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         handOverUnflushedReplies(context: context)
         budget.cancelWait(ObjectIdentifier(self))
         wake = nil
+        releaseWorkIfDone()
         counters.connectionsOpen.subtract(1, ordering: .relaxed)
         context.fireChannelInactive()
     }
@@ -395,7 +396,19 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         inFlightRequests -= requests
         inFlightBytes -= cost
         budget.release(cost)
+        releaseWorkIfDone()
         resume(context: context)
+    }
+
+    /// `work`'s drain closure holds this handler and its context, and the
+    /// handler holds `work`: a cycle, kept while workers may still hand back
+    /// results (each releases its room in the budgets). Once the connection
+    /// is closed and nothing of it is in flight, no worker holds a job of it
+    /// and none will be given one (nothing starts after `closed`): drop it,
+    /// or the connection, its channel and the device behind it are never
+    /// freed.
+    private func releaseWorkIfDone() {
+        if closed && inFlightRequests == 0 { work = nil }
     }
 
     /// Room again, or the rest of a pass: parse what is buffered, send what
