@@ -20,6 +20,12 @@
 #define MCL_ONFAULT 4
 #endif
 
+// LeakSanitizer's interface (sanitizer/lsan_interface.h), declared weak: the
+// runtime that defines it is linked in only by AddressSanitizer builds, and
+// elsewhere (normal and ThreadSanitizer builds) the addresses are null.
+extern void __lsan_register_root_region(const void *p, size_t size) __attribute__((weak));
+extern void __lsan_unregister_root_region(const void *p, size_t size) __attribute__((weak));
+
 int clinux_current_cpu(void) { return sched_getcpu(); }
 
 int clinux_pin_to_cpu(int cpu) {
@@ -87,4 +93,12 @@ int clinux_memlock_limit(uint64_t *limit) {
     if (getrlimit(RLIMIT_MEMLOCK, &current) != 0) return -1;
     *limit = current.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)current.rlim_cur;
     return 0;
+}
+
+void clinux_leak_check_add_root(const void *address, size_t length) {
+    if (__lsan_register_root_region) __lsan_register_root_region(address, length);
+}
+
+void clinux_leak_check_remove_root(const void *address, size_t length) {
+    if (__lsan_unregister_root_region) __lsan_unregister_root_region(address, length);
 }

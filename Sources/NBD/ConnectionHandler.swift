@@ -18,7 +18,9 @@ import ZNBDSystem
 /// - `jobsToSubmit`: the pending batch of requests for the workers, handed
 ///   over together at the end of a pass (one acquisition of their queue);
 /// - `work`: the connection's share of the workers, from transmission on
-///   (nil without workers), through which their results come back;
+///   (nil without workers), through which their results come back; dropped
+///   once the connection is closed with nothing in flight
+///   (`releaseWorkIfDone`);
 /// - `workerResults`: the batch of results being answered, kept to reuse
 ///   its storage;
 /// - `wake`: how the server-wide budget, on any thread, wakes this
@@ -96,6 +98,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
         handOver(unflushed, context: context)
         budget.cancelWait(ObjectIdentifier(self))
         wake = nil
+        releaseWorkIfDone()
         counters.connectionsOpen.subtract(1, ordering: .relaxed)
         context.fireChannelInactive()
     }
@@ -275,7 +278,19 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
     private func repliesLeft(_ replies: NBDConnectionStateMachine.ReplyBatch, context: ChannelHandlerContext) {
         machine.repliesLeft(replies)
         budget.release(replies.cost)
+        releaseWorkIfDone()
         resume(context: context)
+    }
+
+    /// `work`'s drain closure holds this handler and its context, and the
+    /// handler holds `work`: a cycle, kept while workers may still hand back
+    /// results (each releases its room in the budgets). Once the connection
+    /// is closing or closed and nothing of it is in flight, no worker holds
+    /// a job of it and none will be given one (nothing is parsed or started
+    /// once it is not open): drop it, or the connection, its channel and the
+    /// device behind it are never freed.
+    private func releaseWorkIfDone() {
+        if !machine.isOpen && machine.flow.requests == 0 { work = nil }
     }
 
     /// Room again, or the rest of a pass: parse what is buffered, send what

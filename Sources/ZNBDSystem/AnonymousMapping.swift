@@ -13,6 +13,12 @@ public import SystemPackage
 /// arena, the slot table and the plain RAM device rely on all three. The
 /// address never changes while the value lives; pointers into it must not
 /// outlive it. Not copyable: exactly one owner unmaps it.
+///
+/// A mapping made with `holdsHeapPointers` is a root for LeakSanitizer,
+/// which otherwise never looks into a mapping and would report the heap
+/// blocks whose only pointers are kept there (ZSPool's zspage records) as
+/// leaked; it then still reports them if the mapping's owner leaks, since
+/// the owner's deinit is what unmaps it.
 public struct AnonymousMapping: ~Copyable {
     /// The first usable byte, aligned as asked.
     public let base: UnsafeMutableRawPointer
@@ -20,11 +26,13 @@ public struct AnonymousMapping: ~Copyable {
     public let byteCount: Int
     private let mappingStart: UnsafeMutableRawPointer
     private let mappingLength: Int
+    private let holdsHeapPointers: Bool
 
     /// Maps `byteCount` bytes (at least one page; rounded up to whole
     /// pages) starting at a multiple of `alignment`, a power of two no
     /// smaller than a page. Only address space is reserved.
-    public init(byteCount: Int, alignment: Int = pageSize) throws(Errno) {
+    /// `holdsHeapPointers`: the owner keeps pointers to heap blocks in it.
+    public init(byteCount: Int, alignment: Int = pageSize, holdsHeapPointers: Bool = false) throws(Errno) {
         precondition(byteCount >= 0 && alignment >= pageSize && alignment.nonzeroBitCount == 1)
         let usable = max(pageSize, (byteCount + pageSize - 1) & ~(pageSize - 1))
         // Map `alignment - pageSize` more, so an aligned start fits inside.
@@ -36,9 +44,15 @@ public struct AnonymousMapping: ~Copyable {
         let misalignment = Int(bitPattern: start) & (alignment - 1)
         base = start + (misalignment == 0 ? 0 : alignment - misalignment)
         self.byteCount = usable
+        // A root from the mmap to the munmap, registered and unregistered
+        // with the same start and length, as LeakSanitizer requires (a
+        // no-op without its runtime).
+        self.holdsHeapPointers = holdsHeapPointers
+        if holdsHeapPointers { clinux_leak_check_add_root(mappingStart, mappingLength) }
     }
 
     deinit {
+        if holdsHeapPointers { clinux_leak_check_remove_root(mappingStart, mappingLength) }
         munmap(mappingStart, mappingLength)
     }
 

@@ -48,7 +48,9 @@ struct ChunkedIdAllocator {
 /// cost memory only once an entry in them is touched, so a table whose
 /// empty entry is all-zero bytes (the handle table) costs what its live ids
 /// have used, not whole chunks. `prepareChunk`, when given, fills a new
-/// chunk's non-zero defaults before any id in it is handed out.
+/// chunk's non-zero defaults before any id in it is handed out. Chunks of a
+/// table whose entries point to heap blocks (`holdsHeapPointers`: the
+/// zspage records' lists) are mapped as LeakSanitizer roots.
 ///
 /// The directory never moves and a chunk, once published, never moves or
 /// goes away before the table: an entry reached through an id stays valid.
@@ -74,6 +76,7 @@ final class ChunkedTable: @unchecked Sendable {
     /// Chunk addresses, 0 for a chunk not made yet.
     private let directory: UnsafeMutablePointer<Atomic<UInt>>
     private let prepareChunk: ((UnsafeMutableRawPointer) -> Void)?
+    private let holdsHeapPointers: Bool
     private let ids: Locked<Ids>
     private let caches = IdCaches()
 
@@ -90,9 +93,13 @@ final class ChunkedTable: @unchecked Sendable {
 
     /// Room for `capacity` entries in chunks of `1 << chunkShift` entries,
     /// `chunkBytes` each.
-    init(capacity: Int, chunkShift: Int, chunkBytes: Int, prepareChunk: ((UnsafeMutableRawPointer) -> Void)? = nil) {
+    init(
+        capacity: Int, chunkShift: Int, chunkBytes: Int, holdsHeapPointers: Bool = false,
+        prepareChunk: ((UnsafeMutableRawPointer) -> Void)? = nil
+    ) {
         self.chunkShift = chunkShift
         self.chunkBytes = chunkBytes
+        self.holdsHeapPointers = holdsHeapPointers
         self.prepareChunk = prepareChunk
         directorySize = max(1, (capacity + (1 << chunkShift) - 1) >> chunkShift)
         directory = .allocate(capacity: directorySize)
@@ -146,7 +153,10 @@ final class ChunkedTable: @unchecked Sendable {
             while taken < count {
                 var made: ChunkMapping?
                 let id = ids.allocator.allocate { chunk in
-                    guard let mapping = try? AnonymousMapping(byteCount: chunkBytes) else { return false }
+                    guard
+                        let mapping = try? AnonymousMapping(
+                            byteCount: chunkBytes, holdsHeapPointers: holdsHeapPointers)
+                    else { return false }
                     prepareChunk?(mapping.base)
                     directory[chunk].store(UInt(bitPattern: mapping.base), ordering: .releasing)
                     made = ChunkMapping(mapping)

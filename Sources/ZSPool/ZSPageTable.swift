@@ -27,7 +27,8 @@ import ZNBDSystem
 /// makes the records the pool's largest metadata), else on the heap. The
 /// `slots` pointer names the run either way, and never changes while the
 /// zspage lives, so readers need no lock for it beyond what keeps the
-/// zspage alive.
+/// zspage alive. That pointer is the only one to a run on the heap, so the
+/// table's chunks are LeakSanitizer roots (`holdsHeapPointers`).
 struct ZSPageRecord {
     /// Words of slots and frames a record holds itself.
     static let inlineWords = 4
@@ -189,7 +190,7 @@ final class ZSPageTable: @unchecked Sendable {
     init(capacity: Int) {
         table = ChunkedTable(
             capacity: capacity, chunkShift: Self.chunkShift, chunkBytes: ZSPageRecord.Layout.chunkBytes,
-            prepareChunk: Self.prepareChunk)
+            holdsHeapPointers: true, prepareChunk: Self.prepareChunk)
     }
 
     deinit {

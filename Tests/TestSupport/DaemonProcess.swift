@@ -66,6 +66,20 @@ public final class DaemonProcess: @unchecked Sendable {
     /// What the daemon logged (stdout and stderr).
     public var log: String { readTextFile(standardErrorURL.path) }
 
+    /// The part of the log a failure shows: from the first sanitizer report
+    /// on when there is one (its first lines say what went wrong and
+    /// where; a leak report runs to thousands of lines), else the last 4000
+    /// characters.
+    public var logForFailure: String {
+        let log = self.log
+        let reports = ["ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer"]
+        guard let first = reports.compactMap({ log.range(of: $0)?.lowerBound }).min() else {
+            return String(log.suffix(4000))
+        }
+        let lineStart = log[..<first].lastIndex(of: "\n").map { log.index(after: $0) } ?? log.startIndex
+        return String(log[lineStart...])
+    }
+
     /// Waits until both sockets accept connections; throws, with the
     /// daemon's log, if it exits or takes longer than `timeout` seconds.
     public func waitUntilServing(timeout: Double = 20) throws {
@@ -142,7 +156,7 @@ public func withDaemon<Result>(
     guard stop.status == 0 else {
         throw DaemonProcess.Failure(
             description:
-                "znbd ended with status \(stop.status.map(String.init) ?? "none") at SIGTERM: \(daemon.log.suffix(4000))"
+                "znbd ended with status \(stop.status.map(String.init) ?? "none") at SIGTERM: \(daemon.logForFailure)"
         )
     }
     return result

@@ -1,6 +1,7 @@
 // CLinux: the few glibc and kernel interfaces Swift's Glibc module does not
 // export (they need _GNU_SOURCE, are variadic, or are newer than glibc's
-// headers), and the per-thread state that the lock-order checker keeps.
+// headers), the per-thread state that the lock-order checker keeps, and
+// LeakSanitizer's root regions where its runtime is linked in.
 // Every symbol is prefixed clinux_.
 #ifndef ZNBD_CLINUX_H
 #define ZNBD_CLINUX_H
@@ -51,6 +52,19 @@ int clinux_lock_on_fault(void *address, size_t length);
 /// RLIMIT_MEMLOCK's soft limit in bytes, UINT64_MAX when unlimited. 0, or -1
 /// with errno.
 int clinux_memlock_limit(uint64_t *limit);
+
+// MARK: LeakSanitizer's roots (ZNBDSystem's AnonymousMapping)
+
+/// Tells LeakSanitizer that [address, address + length) holds pointers to
+/// heap blocks: it scans the heap, stacks, thread-local storage and globals
+/// for them, never an anonymous mapping, and would report a block whose only
+/// pointer is kept there as leaked. Does nothing when the sanitizer runtime
+/// is not linked in (any build but AddressSanitizer's).
+void clinux_leak_check_add_root(const void *address, size_t length);
+
+/// Undoes clinux_leak_check_add_root, with the same address and length,
+/// before the range is unmapped.
+void clinux_leak_check_remove_root(const void *address, size_t length);
 
 // MARK: Lock-order checking (ZNBDSystem's LockOrder, in checked builds)
 //
