@@ -6,7 +6,7 @@ import TestSupport
 @testable import ZRAM
 
 @Suite("ZRAM: zram's figures, mem_limit and the compression accounting", .serialized)
-struct DeviceStatsTests {
+struct DeviceFiguresTests {
     @Test("zero pages: same_pages rises by N and mem_used_total by 0")
     func zeroPages() throws {
         let device = try CompressedBlockDevice.make(pages: 256)
