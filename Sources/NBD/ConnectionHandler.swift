@@ -166,7 +166,7 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                     break
                 case .transmission(let processor):
                     work = workers == nil ? nil : makeWork(processor: processor, context: context)
-                case .close(_, let close):
+                case .close(let close):
                     perform(close, context: context)
                     _ = machine.endPass()
                     return
@@ -185,14 +185,17 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                     // A write's payload is a buffer of its own (the parser's
                     // ownPayloads), not a slice of a receive buffer the
                     // channel will write into again: the worker may read it
-                    // and drop it.
+                    // and drop it. The machine hands requests to workers
+                    // only when there are some, and `work` is made as
+                    // transmission begins and kept while requests are in
+                    // flight.
                     jobsToSubmit.append(WorkerJob(connection: work!, request: request, cost: cost))
                 case .wait:
                     break pass
                 }
             case .disconnect:
                 counters.record(.init(command: .disconnect, error: nil, bytes: 0))
-            case .protocolError(_, let close):
+            case .protocolError(let close):
                 counters.protocolErrors.add(1, ordering: .relaxed)
                 perform(close, context: context)
                 _ = machine.endPass()

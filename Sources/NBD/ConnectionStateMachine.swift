@@ -53,7 +53,7 @@ struct NBDConnectionStateMachine {
         case open
         /// The client shut its side of the connection.
         case ended
-        /// NBD_CMD_DISC arrived, or a fatal error: nothing more is parsed.
+        /// NBD_CMD_DISC arrived: nothing more is parsed.
         case disconnected
     }
 
@@ -105,6 +105,8 @@ struct NBDConnectionStateMachine {
     private(set) var flow = Flow()
     private let limits: Limits
     private let hasWorkers: Bool
+    /// The export's largest request payload: what a read may be charged.
+    private let maximumPayload: Int
     private var parser: NBDFrameParser
     /// Replies written since the last flush.
     private var unflushedReplies = ReplyBatch(requests: 0, cost: 0)
@@ -123,6 +125,7 @@ struct NBDConnectionStateMachine {
     init(export: NBDExport, limits: Limits, hasWorkers: Bool) {
         self.limits = limits
         self.hasWorkers = hasWorkers
+        maximumPayload = export.maximumPayload
         parser = NBDFrameParser(maximumPayload: export.maximumPayload, ownPayloads: hasWorkers)
         phase = .handshake(NBDHandshake(export: export))
     }
@@ -270,7 +273,7 @@ struct NBDConnectionStateMachine {
         /// NBD_CMD_DISC: count it; nothing more is parsed.
         case disconnect
         /// The stream cannot be understood any more: count it and close.
-        case protocolError(reason: String, Close)
+        case protocolError(Close)
     }
 
     enum HandshakeNext {
@@ -279,7 +282,7 @@ struct NBDConnectionStateMachine {
         /// share of this connection) for this processor.
         case transmission(NBDRequestProcessor)
         /// The handshake ended the connection: close.
-        case close(reason: String, Close)
+        case close(Close)
     }
 
     /// Starts a parse pass; false when one is under way or the connection
@@ -309,8 +312,8 @@ struct NBDConnectionStateMachine {
         }
         parserStarved = false
         switch frame {
-        case .protocolError(let reason):
-            return .protocolError(reason: reason, close()!)
+        case .protocolError:
+            return .protocolError(close()!)
         case .handshake(let message):
             return handshakeStep(message, allocator: allocator)
         case .request(let request):
@@ -330,7 +333,7 @@ struct NBDConnectionStateMachine {
     /// request. A connection with nothing in progress always has room in its
     /// own (a request may be larger than the budget).
     private mutating func reserveStep(for request: NBDRequest) -> PassStep? {
-        let cost = NBDRequestProcessor.replyBudget(for: request)
+        let cost = NBDRequestProcessor.replyBudget(for: request, maximumPayload: maximumPayload)
         guard flow.requests == 0 || flow.bytes + cost <= limits.maximumInFlightBytes else { return nil }
         flow.waiting = nil
         return .reserve(request, cost: cost, holdsNothing: flow.requests == 0)
@@ -354,15 +357,16 @@ struct NBDConnectionStateMachine {
             let processor = NBDRequestProcessor(export: handshake.export, session: session)
             phase = .transmission(processor)
             return .handshake(reply: reply, next: .transmission(processor))
-        case .close(let reason):
-            return .handshake(reply: reply, next: .close(reason: reason, close()!))
+        case .close:
+            return .handshake(reply: reply, next: .close(close()!))
         }
     }
 
     enum Admission {
         /// Run it here, now, with this processor; then `ranInline`.
         case runInline(NBDRequestProcessor)
-        /// Hand it to the workers.
+        /// Hand it to the workers (only with workers, in transmission: the
+        /// handler's share of them exists).
         case runOnWorker
         /// No room in the server's budget: the request waits, the pass
         /// ends, and the budget wakes the connection when room frees up.
@@ -420,8 +424,10 @@ struct NBDConnectionStateMachine {
 
     /// A request's reply was written to the channel (it leaves with the next
     /// flush). Only while open: the handler counts a reply for a closed
-    /// connection as left at once (`repliesLeft`).
+    /// connection as left at once (`repliesLeft`); counted here, it would
+    /// wait for a flush that never comes, and its room with it.
     mutating func replyWritten(cost: Int) {
+        precondition(isOpen, "a reply written to a connection that is not open")
         unflushedReplies.requests += 1
         unflushedReplies.cost += cost
     }

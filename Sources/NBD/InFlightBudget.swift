@@ -4,9 +4,9 @@ import Synchronization
 
 /// The bytes all connections of a server may hold for requests in progress:
 /// write payloads not yet stored, reply data not yet handed to the socket.
-/// Each connection has a budget of its own too (NBDConnectionHandler); this
-/// one bounds their sum, so many connections that stop reading cannot add
-/// up to more than it.
+/// Each connection has a budget of its own too (NBDConnectionStateMachine's
+/// Limits); this one bounds their sum, so many connections that stop reading
+/// cannot add up to more than it.
 ///
 /// A connection that holds nothing may always take one request of up to
 /// `alwaysAllowed` bytes, whatever the total: otherwise a few clients that

@@ -48,13 +48,19 @@ public struct NBDRequestProcessor: Sendable {
         public var bytes: Int
     }
 
-    /// The most bytes the reply to `request` can take, for back-pressure:
-    /// a read's data, a write's payload (held until the write is done),
-    /// block status at its most descriptors, a header for the rest.
-    public static func replyBudget(for request: NBDRequest) -> Int {
+    /// The most bytes the request holds until its reply has left, for
+    /// back-pressure: a write's payload (held until the write is done), a
+    /// read's data, block status at its most descriptors, a header for the
+    /// rest. Never more than the request can really take: a write whose
+    /// payload was dropped (over `maximumPayload`) holds none, and a read
+    /// over `maximumPayload` is refused with an error, so it is charged at
+    /// most that much. Charged its length, a read longer than the server's
+    /// whole budget would wait for room forever, and its client with it.
+    public static func replyBudget(for request: NBDRequest, maximumPayload: Int) -> Int {
         let header = 32
         switch request.type {
-        case .read, .write: return header + Int(request.length)
+        case .read: return header + min(Int(request.length), maximumPayload)
+        case .write: return header + (request.payload?.readableBytes ?? 0)
         case .blockStatus: return header + 8 * min(maximumExtents, Int(request.length) / 512 + 1)
         default: return header
         }

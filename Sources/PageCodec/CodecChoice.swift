@@ -71,7 +71,11 @@ public struct CodecChoice: Sendable, Equatable, CustomStringConvertible {
     /// (lz4 takes it as its acceleration, as the kernel does, or as
     /// `acceleration=N`). Empty params: the library's default.
     public static func parse(algorithm name: String, params: String) throws(Invalid) -> CodecChoice {
-        let algorithm = try algorithm(named: name)
+        try parse(algorithm: try algorithm(named: name), params: params)
+    }
+
+    /// As `parse(algorithm:params:)`, for an algorithm already known.
+    public static func parse(algorithm: CompressionAlgorithm, params: String) throws(Invalid) -> CodecChoice {
         var level: Int?
         for field in params.split(whereSeparator: { $0 == " " || $0 == "," }) {
             let pair = field.split(separator: "=", maxSplits: 1)

@@ -2,10 +2,15 @@
 /// in /sys/block/zramN/mm_stat and io_stat, then request counts. At the top
 /// level of GET /v1/stats, so `jq .orig_data_size` reads as mm_stat does.
 /// Counted by ZRAM's CompressedBlockDevice.
+///
+/// Declared in mm_stat's order (each mm_stat and io_stat figure names its
+/// position), but for huge_pages before pages_compacted: the order of
+/// `znbdctl stats`' columns (… SAME HUGE COMPACTED), which scripts may read
+/// by position.
 public enum DeviceFigure: Int, FigureFamily {
     case diskSize
     case origDataSize, comprDataSize, memUsedTotal, memLimit, memUsedMax
-    case samePages, pagesCompacted, hugePages, hugePagesSince
+    case samePages, hugePages, hugePagesSince, pagesCompacted
     case failedReads, failedWrites, invalidIO, notifyFree
     case reads, writes, discards, zeroes, bytesRead, bytesWritten
 

@@ -75,7 +75,7 @@ public enum RecompressionFigure: Int, FigureFamily {
     static let pages = MetricFamily(
         "recompression_pages_total", .counter,
         help:
-            "Pages the recompression codec compressed, by outcome (incompressible: huge pages kept raw, part of not_smaller)."
+            "Pages the recompression codec compressed, by outcome: recompressed, not_smaller (of which incompressible: huge pages kept raw), raced (all three in pages_tried), and without_room (left for want of pool room, not in pages_tried)."
     )
     static let bytes = MetricFamily(
         "recompression_bytes_total", .counter, help: "Object bytes of the recompressed pages, before and after.")

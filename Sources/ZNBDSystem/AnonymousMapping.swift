@@ -17,8 +17,9 @@ public import SystemPackage
 /// A mapping made with `holdsHeapPointers` is a root for LeakSanitizer,
 /// which otherwise never looks into a mapping and would report the heap
 /// blocks whose only pointers are kept there (ZSPool's zspage records) as
-/// leaked; it then still reports them if the mapping's owner leaks, since
-/// the owner's deinit is what unmaps it.
+/// leaked. The root lasts from the mmap to the munmap: if the mapping's
+/// owner leaks, the root stays, the blocks it points to stay reachable, and
+/// LeakSanitizer reports the owner (a heap object) rather than them.
 public struct AnonymousMapping: ~Copyable {
     /// The first usable byte, aligned as asked.
     public let base: UnsafeMutableRawPointer

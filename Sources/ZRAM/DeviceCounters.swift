@@ -55,11 +55,14 @@ final class DeviceCounters: Sendable {
         }
     }
 
+    /// One recompression figure, every run's added up.
+    func load(_ figure: RecompressionFigure) -> Int { counters.load(Self.recompressionBase + figure.rawValue) }
+
     /// Every recompression run's figures added up.
     func recompressionTotals() -> Figures<RecompressionFigure> {
         var totals = Figures<RecompressionFigure>()
         for figure in RecompressionFigure.allCases {
-            totals[figure] = counters.load(Self.recompressionBase + figure.rawValue)
+            totals[figure] = load(figure)
         }
         return totals
     }

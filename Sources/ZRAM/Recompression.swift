@@ -274,7 +274,7 @@ extension CompressedBlockDevice {
 
     /// Objects freed by recompression since the start: each left a hole in
     /// its zspage, as a discard does, for the maintenance thread to compact.
-    var objectsRecompressed: Int { counters.recompressionTotals()[.pagesRecompressed] }
+    var objectsRecompressed: Int { counters.load(RecompressionFigure.pagesRecompressed) }
 }
 
 /// What happened to one page.

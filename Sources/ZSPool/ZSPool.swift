@@ -1,6 +1,22 @@
 // ZSPool: a movable, zsmalloc-style pool of variable-size objects.
 //
-// THE MAP
+// THE MAP, file by file, in the order an object's bytes meet them
+//   ZSPool.swift         the pool: allocate, write, read, free; the classes'
+//                        lists (this file, and the design below)
+//   SizeClass.swift      the size classes and each one's zspage shape
+//   HandleTable.swift    handles: stable ids, generations, the pin
+//   ZSPageTable.swift    zspage records (structure of arrays in chunks) and
+//                        their slot and frame lists
+//   ChunkedTable.swift   the id-indexed chunks both tables live in, and the
+//                        per-CPU id caches in front of their allocators
+//   FrameArena.swift     the mapping of frames and blocks, and frame owners
+//   Compaction.swift     objects moved out of the emptiest zspages
+//   Migration.swift      frames moved out of the sparsest blocks
+//   ZSPoolFigures.swift  the pool's figures (PoolFigure) and class table
+//   Validator.swift      the check of every list, count and owner
+//   LockLevels.swift     the pool's locks in the one lock order
+//
+// THE DESIGN
 //
 // Memory. One anonymous mapping (FrameArena) reserved at start-up and cut
 // into 4 KiB *frames*, numbered like PFNs and grouped in 2 MiB *blocks*. A

@@ -50,10 +50,13 @@ extension ZSPool {
                 }
                 listBytes += lists.listBytes
                 liveObjects += lists.objectsUsed
+                // `map`, not the array itself: the copy is read after the
+                // lock, while I/O changes groupCounts in place (a copy that
+                // shared its storage would race; Figures.detached says more).
                 return ZSPoolFigures.Class(
                     index: spec.index, size: spec.size, framesPerZspage: spec.framesPerZspage,
                     objectsPerZspage: spec.objectsPerZspage, isHuge: spec.isHuge,
-                    zspagesByFullness: lists.groupCounts, almostEmpty: almostEmpty, almostFull: almostFull,
+                    zspagesByFullness: lists.groupCounts.map { $0 }, almostEmpty: almostEmpty, almostFull: almostFull,
                     full: lists.groupCounts[FullnessGroup.full], zspages: lists.zspageCount,
                     objectsAllocated: lists.zspageCount * spec.objectsPerZspage, objectsUsed: lists.objectsUsed,
                     framesUsed: lists.zspageCount * spec.framesPerZspage)

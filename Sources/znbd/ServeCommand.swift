@@ -137,13 +137,13 @@ struct Serve: AsyncParsableCommand {
         help: ArgumentHelp(
             "auto: a maintenance thread compacts the pool and gives memory back by itself, after discards, when waste grows, and under memory pressure; off: only znbdctl compact does.",
             valueName: "auto|off"))
-    var compaction = Switch.auto
+    var compaction = AutoOrOff.auto
 
     @Option(
         help: ArgumentHelp(
             "auto: maintenance also moves frames out of sparse 2 MiB blocks so that emptied blocks return to the OS; off: compaction only.",
             valueName: "auto|off"))
-    var migration = Switch.auto
+    var migration = AutoOrOff.auto
 
     @Option(
         help: ArgumentHelp(
@@ -220,7 +220,7 @@ struct Serve: AsyncParsableCommand {
         let codec: CodecChoice
         var recompression: CodecChoice?
         do {
-            codec = try CodecChoice.parse(algorithm: algorithm.algorithm.description, params: algorithmParams)
+            codec = try CodecChoice.parse(algorithm: algorithm.algorithm, params: algorithmParams)
         } catch {
             throw ValidationError(
                 "--algorithm \(algorithm.algorithm) --algorithm-params '\(algorithmParams)': \(error)")
@@ -327,8 +327,8 @@ struct Serve: AsyncParsableCommand {
     }
 }
 
-/// A setting that is on by default and may be turned off.
-enum Switch: String, Sendable, CaseIterable, ExpressibleByArgument {
+/// A setting that is on by default (auto) and may be turned off.
+enum AutoOrOff: String, Sendable, CaseIterable, ExpressibleByArgument {
     case auto, off
 }
 

@@ -120,7 +120,7 @@ struct ControlEndpointTests {
             table.first?.split(separator: " ").map(String.init)
                 == [
                     "NAME", "ALGORITHM", "DISKSIZE", "DATA", "COMPR", "TOTAL", "RATIO", "MEM-LIMIT", "MEM-USED", "SAME",
-                    "COMPACTED", "HUGE", "RSS",
+                    "HUGE", "COMPACTED", "RSS",
                 ])
         let row = table.last?.split(separator: " ").map(String.init) ?? []
         #expect(

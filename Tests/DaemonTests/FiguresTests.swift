@@ -15,26 +15,33 @@ import ZRAM
 @Suite("Figures: declared once, and every output derived from the declarations")
 struct FiguresTests {
     /// A family's placements in GET /v1/stats: the JSON path of the object
-    /// its figures sit in, and the Prometheus prefix they are rendered with.
+    /// its figures sit in, the Prometheus prefix they are rendered with, and
+    /// the heading of their section in `znbdctl stats --details`.
     struct Placement {
         var family: any FigureFamily.Type
         var path: [String]
         var prefix: String
+        var title: String
+
+        init(_ family: any FigureFamily.Type, path: [String], prefix: String? = nil, title: String? = nil) {
+            self.family = family
+            self.path = path
+            self.prefix = prefix ?? family.metricPrefix
+            self.title = title ?? family.title
+        }
     }
 
     static let placements: [Placement] = [
-        Placement(family: DeviceFigure.self, path: [], prefix: DeviceFigure.metricPrefix),
-        Placement(family: ProcessFigure.self, path: [], prefix: ProcessFigure.metricPrefix),
-        Placement(family: PoolFigure.self, path: ["pool"], prefix: PoolFigure.metricPrefix),
-        Placement(family: ServerFigure.self, path: ["nbd"], prefix: ServerFigure.metricPrefix),
-        Placement(family: MaintenanceFigure.self, path: ["maintenance"], prefix: MaintenanceFigure.metricPrefix),
+        Placement(DeviceFigure.self, path: []),
+        Placement(ProcessFigure.self, path: []),
+        Placement(PoolFigure.self, path: ["pool"]),
+        Placement(ServerFigure.self, path: ["nbd"]),
+        Placement(MaintenanceFigure.self, path: ["maintenance"]),
         Placement(
-            family: RecompressionFigure.self, path: ["maintenance", "recompression"],
-            prefix: FigureCatalog.maintenanceRecompressionPrefix),
-        Placement(family: CompressionFigure.self, path: ["compression"], prefix: CompressionFigure.metricPrefix),
-        Placement(
-            family: RecompressionFigure.self, path: ["compression", "recompression"],
-            prefix: RecompressionFigure.metricPrefix),
+            RecompressionFigure.self, path: ["maintenance", "recompression"],
+            prefix: FigureCatalog.maintenanceRecompressionPrefix, title: "recompression by the maintenance thread"),
+        Placement(CompressionFigure.self, path: ["compression"]),
+        Placement(RecompressionFigure.self, path: ["compression", "recompression"]),
     ]
 
     /// The keys of each figure object that are not figures: the document's
@@ -147,19 +154,29 @@ struct FiguresTests {
         }
     }
 
-    @Test("znbdctl's text: every declared figure in --details, every declared column in the table")
+    @Test("znbdctl's text: each family's section of --details lists exactly its figures; the table every column")
     func text() throws {
         let endpoint = try Self.endpoint()
         let stats = endpoint.stats(pool: endpoint.device.poolFigures())
-        let details = TextViews.details(stats)
-        let lines = details.split(separator: "\n")
-        for placement in Self.placements {
-            for declaration in placement.family.declarations {
-                #expect(
-                    lines.contains { $0.hasPrefix("  \(declaration.key) ") },
-                    "--details lacks \(declaration.key) (\(placement.path))")
+        // Sections: a heading ending in ":" alone on its line, then its
+        // figures, one per line, each indented by two spaces.
+        var sections: [String: [String]] = [:]
+        var current: String?
+        for line in TextViews.details(stats).split(separator: "\n") {
+            if line.hasPrefix("  ") {
+                guard let current else { continue }
+                sections[current, default: []].append(String(line.dropFirst(2).prefix { $0 != " " }))
+            } else if line.hasSuffix(":") {
+                current = String(line.dropLast())
+            } else {
+                current = nil
             }
         }
+        for placement in Self.placements {
+            let keys = placement.family.declarations.map(\.key)
+            #expect(sections[placement.title] == keys, "--details' \"\(placement.title)\" section")
+        }
+        #expect(Set(sections.keys) == Set(Self.placements.map(\.title)), "sections: \(sections.keys.sorted())")
         let header = TextViews.statsTable(stats).split(separator: "\n").first?.split(separator: " ").map(String.init)
         let columns = (DeviceFigure.declarations + ProcessFigure.declarations).compactMap(\.column)
         #expect(Set(columns).isSubset(of: Set(header ?? [])), "table header \(header ?? [])")

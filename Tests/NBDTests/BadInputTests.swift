@@ -96,6 +96,28 @@ struct BadInputTests {
         }
     }
 
+    @Test(
+        "requests longer than the server's whole budget are refused, not held forever: a huge read, a dropped payload",
+        arguments: [2, 0])
+    func overBudget(workerThreads: Int) async throws {
+        try await withServedDevice(
+            mebibytes: 8, workerThreads: workerThreads, maximumPayload: 64 << 10, maximumInFlightBytesTotal: 4 << 20
+        ) { served in
+            let client = try RawClient(socketPath: served.socketPath)
+            try client.handshake()
+            // Charged its length, this read (4 GiB) or this write (its 8 MiB
+            // payload dropped) would wait for room the budget never has.
+            try client.sendRequest(type: NBDCommand.read.rawValue, cookie: 1, offset: 0, length: .max)
+            #expect(try client.receiveSimpleReply().error == NBDError.einval.rawValue)
+            let big = [UInt8](repeating: 0x55, count: 8 << 20)
+            try client.sendRequest(
+                type: NBDCommand.write.rawValue, cookie: 2, offset: 0, length: UInt32(big.count), payload: big)
+            #expect(try client.receiveSimpleReply().error == NBDError.einval.rawValue)
+            try client.sendRequest(type: NBDCommand.read.rawValue, cookie: 3, offset: 0, length: 4096)
+            #expect(try client.receiveSimpleReply(dataLength: 4096).cookie == 3)
+        }
+    }
+
     @Test("malformed requests through nbdsh with strict mode off")
     func nbdshMalformed() async throws {
         try await withServedDevice(mebibytes: 16) { served in

@@ -41,7 +41,8 @@ struct ConnectionStateMachineTests {
         RawClient.request(type: NBDCommand.read.rawValue, cookie: cookie, offset: 0, length: length)
     }
 
-    /// A machine past the handshake, with `bytes` (requests) buffered.
+    /// A machine past the handshake, and the buffer it parses from (empty:
+    /// the tests append requests to it).
     static func inTransmission(
         limits: Machine.Limits = limits(), hasWorkers: Bool = false
     ) -> (machine: Machine, buffer: ByteBuffer) {
@@ -99,7 +100,7 @@ struct ConnectionStateMachineTests {
                 }
             case .disconnect:
                 result.disconnected = true
-            case .protocolError(_, let close):
+            case .protocolError(let close):
                 result.close = close
                 return result
             }
@@ -233,16 +234,29 @@ struct ConnectionStateMachineTests {
         #expect(secondClose == nil, "already closing")
         let flush = machine.flush()
         #expect(flush == nil)
-        let began = machine.beginPass()
-        #expect(!began)
         buffer.writeBytes(Self.read(cookie: 2))
-        #expect(Self.pass(&machine, &buffer).inline.isEmpty)
+        #expect(Self.pass(&machine, &buffer).inline.isEmpty, "nothing is parsed or started once closing")
         let unflushed = machine.channelInactive()
         #expect(unflushed == nil)
         guard case .closed = machine.phase else {
             Issue.record("not closed: \(machine.phase)")
             return
         }
+    }
+
+    @Test("the channel gone: the replies written and not flushed are handed over, and nothing runs after")
+    func channelGone() {
+        var (machine, buffer) = Self.inTransmission()
+        buffer.writeBytes(Self.read(cookie: 1))
+        buffer.writeBytes(Self.read(cookie: 2))
+        _ = Self.pass(&machine, &buffer)
+        let unflushed = machine.channelInactive()
+        #expect(unflushed == .init(requests: 2, cost: 2 * (32 + 4096)))
+        #expect(!machine.isOpen)
+        let close = machine.close()
+        #expect(close == nil, "already closed")
+        machine.repliesLeft(unflushed!)
+        #expect(machine.flow.requests == 0 && machine.flow.bytes == 0)
     }
 
     @Test("bad magic in transmission: a protocol error that closes")

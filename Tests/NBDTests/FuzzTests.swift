@@ -119,8 +119,8 @@ struct FuzzTests {
         var closedByServer = false
         var replyBytes = 0
 
-        /// Counts a reply's bytes; the first 4 bytes of a transmission
-        /// reply are a reply magic.
+        /// Counts a reply's bytes; a transmission reply begins with a 4-byte
+        /// reply magic.
         mutating func read(_ reply: inout ByteBuffer) {
             replyBytes += reply.readableBytes
             if let magic = reply.getInteger(at: reply.readerIndex, as: UInt32.self),
@@ -140,8 +140,6 @@ struct FuzzTests {
         throws -> Outcome
     {
         let channel = EmbeddedChannel()
-        let limits = NBDConnectionHandler.Limits(
-            maximumInFlightRequests: 8, maximumInFlightBytes: 1 << 20, inlineLimit: .max, inlineWorkPerPass: 64 << 10)
         try channel.pipeline.syncOperations.addHandler(
             NBDConnectionHandler(
                 export: export, limits: limits, workers: nil, counters: ServerCounters(), budget: budget))
@@ -149,16 +147,7 @@ struct FuzzTests {
         var outcome = Outcome()
         func drain() throws {
             channel.embeddedEventLoop.run()
-            while var reply = try channel.readOutbound(as: ByteBuffer.self) {
-                outcome.replyBytes += reply.readableBytes
-                // The first 8 bytes of a transmission reply are a reply magic.
-                if let magic = reply.getInteger(at: reply.readerIndex, as: UInt32.self),
-                    magic == NBDMagic.simpleReply || magic == NBDMagic.structuredReply
-                {
-                    outcome.reachedTransmission = true
-                }
-                reply.moveReaderIndex(to: reply.writerIndex)
-            }
+            while var reply = try channel.readOutbound(as: ByteBuffer.self) { outcome.read(&reply) }
         }
         try drain()
         var offset = 0
@@ -180,6 +169,9 @@ struct FuzzTests {
             try drain()
             channel.embeddedEventLoop.advanceTime(by: .seconds(1))
             try drain()
+            // Every whole request answered, the client's input over: the
+            // server closes (a frame half sent is no request).
+            #expect(!channel.isActive, "still open after the end of the client's input")
         }
         _ = try channel.finish(acceptAlreadyClosed: true)
         return outcome
@@ -235,6 +227,7 @@ struct FuzzTests {
             try await settle()
             await loop.advanceTime(by: .seconds(1))
             try await settle()
+            #expect(!channel.isActive, "still open after the end of the client's input")
         }
         _ = try await channel.finish(acceptAlreadyClosed: true)
         // Jobs the workers had not started when the channel closed are

@@ -21,6 +21,7 @@ struct ServedDevice {
 func withServedDevice<Result>(
     mebibytes: Int = 64, readOnly: Bool = false, device: (any BlockDevice)? = nil, workerThreads: Int = 2,
     eventLoopThreads: Int = 2, maximumPayload: Int = NBDExport.defaultMaximumPayload,
+    maximumInFlightBytesTotal: Int = NBDServer.Configuration().maximumInFlightBytesTotal,
     _ body: (ServedDevice) async throws -> Result
 ) async throws -> Result {
     let directory = try makeTemporaryDirectory("znbd-nbd-test")
@@ -32,7 +33,7 @@ func withServedDevice<Result>(
             maximumPayload: maximumPayload),
         configuration: .init(
             unixSocketPath: directory.appendingPathComponent("nbd.sock").path, eventLoopThreads: eventLoopThreads,
-            workerThreads: workerThreads))
+            workerThreads: workerThreads, maximumInFlightBytesTotal: maximumInFlightBytesTotal))
     do {
         _ = try await server.start()
         let result = try await body(ServedDevice(server: server, device: device, directory: directory))

@@ -75,8 +75,8 @@ struct LayoutTests {
                 Field("inline", at: Layout.inline, UInt32.self, count: count * ZSPageRecord.inlineWords),
             ], end: Layout.chunkBytes)
         #expect(Layout.chunkBytes == 48 * count, "ARCHITECTURE.md and ZSPageTable.swift say 48 bytes a record")
-        // The chunk is a mapping of its own, so page alignment covers every field.
-        #expect(Layout.count == ZSPageTable.chunkSize)
+        // Each chunk is a mapping of its own (page-aligned), so a field
+        // aligned within the chunk is aligned in memory.
     }
 
     @Test("id caches: a shard's lock, counts and ids aligned and back to back")
