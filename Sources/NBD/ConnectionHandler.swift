@@ -172,10 +172,13 @@ final class NBDConnectionHandler: ChannelDuplexHandler {
                     return
                 }
             case .reserve(let request, let cost, let holdsNothing):
-                let granted =
-                    wake.map {
-                        budget.acquire(cost, holdsNothing: holdsNothing, owner: ObjectIdentifier(self), wake: $0)
-                    } ?? false
+                // `if let`, not `wake.map`: passed through map's generic
+                // closure, `wake` is re-thunked into two heap boxes per request.
+                var granted = false
+                if let wake {
+                    granted = budget.acquire(
+                        cost, holdsNothing: holdsNothing, owner: ObjectIdentifier(self), wake: wake)
+                }
                 switch machine.reserved(request, cost: cost, granted: granted) {
                 case .runInline(let processor):
                     let (reply, outcome) = processor.process(request, allocator: context.channel.allocator)
