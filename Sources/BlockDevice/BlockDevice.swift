@@ -8,9 +8,9 @@
 //                            benchmarks
 //
 // Offsets and lengths are in bytes, at any alignment: a device serves a range
-// that is not a multiple of its sector size (reading and patching the pages
-// at the edges). Whoever serves it decides what to ask of clients (NBD
-// enforces the sector size on clients that agreed to block sizes). A device
+// that is not a multiple of its page (reading and patching the pages at the
+// edges). Whoever serves it decides what to ask of clients (NBD advertises
+// `minimumBlockSize` and enforces it on clients that agreed to block sizes). A device
 // checks every request against its size and answers with a BlockDeviceError,
 // never a trap: requests come straight from the network.
 
@@ -64,9 +64,10 @@ public struct AllocationExtent: Sendable, Equatable {
 public protocol BlockDevice: AnyObject, Sendable {
     /// The device size in bytes.
     var byteCount: Int { get }
-    /// The unit clients are asked to align to (NBD's minimum block size).
-    /// The device itself serves any byte range.
-    var sectorSize: Int { get }
+    /// The unit clients are asked to align to (NBD's minimum block size): 1
+    /// for a device that serves any byte range, reading and patching the
+    /// pages at its edges.
+    var minimumBlockSize: Int { get }
     /// The unit the device stores; I/O aligned to it avoids read-modify-write.
     var preferredBlockSize: Int { get }
 
@@ -75,8 +76,12 @@ public protocol BlockDevice: AnyObject, Sendable {
     /// Forgets the data of the range; it then reads as zeroes. A device may
     /// keep parts it cannot free (partial pages).
     func discard(offset: Int, length: Int) throws(BlockDeviceError)
-    /// Makes the range read as zeroes, storing as little as it can.
-    func writeZeroes(offset: Int, length: Int) throws(BlockDeviceError)
+    /// Makes the range read as zeroes, storing as little as it can. With
+    /// `mayDeallocate`, whole pages are freed as a discard frees them (the
+    /// kernel's zram does so for every REQ_OP_WRITE_ZEROES); without it
+    /// (NBD's NO_HOLE) they stay allocated, reading as zeroes (`.zero`).
+    /// Partial pages at either edge are zeroed in place either way.
+    func writeZeroes(offset: Int, length: Int, mayDeallocate: Bool) throws(BlockDeviceError)
     /// Makes completed writes durable; a RAM device has nothing to do.
     func flush() throws(BlockDeviceError)
     /// The allocation status of the range from `offset`, as extents that

@@ -30,7 +30,7 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
     }
 
     public let byteCount: Int
-    public var sectorSize: Int { 512 }
+    public let minimumBlockSize: Int
     public var preferredBlockSize: Int { pageSize }
 
     static let chunkSize = 64 << 10
@@ -45,10 +45,15 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
     private let status: UnsafeMutablePointer<Atomic<UInt8>>
     private let stripes: UnsafeMutablePointer<pthread_mutex_t>
 
-    /// A device of `byteCount` bytes (a multiple of the page size).
-    public init(byteCount: Int) throws(ConfigurationError) {
+    /// A device of `byteCount` bytes (a multiple of the page size) that
+    /// asks clients for `minimumBlockSize` alignment (a power of two up to
+    /// the page size; tests use 512 to see NBD refuse misaligned requests).
+    public init(byteCount: Int, minimumBlockSize: Int = 1) throws(ConfigurationError) {
         guard byteCount > 0, byteCount % pageSize == 0 else { throw .invalidSize(byteCount) }
+        precondition(
+            minimumBlockSize > 0 && minimumBlockSize <= pageSize && minimumBlockSize & (minimumBlockSize - 1) == 0)
         self.byteCount = byteCount
+        self.minimumBlockSize = minimumBlockSize
         let pages = byteCount / pageSize
         do {
             data = try AnonymousMapping(byteCount: byteCount)
@@ -120,12 +125,24 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
         setStatus(Self.statusUnallocated, offset: first, length: end - first, wholePagesOnly: true)
     }
 
-    public func writeZeroes(offset: Int, length: Int) throws(BlockDeviceError) {
+    public func writeZeroes(offset: Int, length: Int, mayDeallocate: Bool) throws(BlockDeviceError) {
         try validateRange(offset: offset, length: length)
-        forEachChunk(offset: offset, length: length) { position, count in
-            memset(bytes + position, 0, count)
+        func clear(_ start: Int, _ count: Int) {
+            forEachChunk(offset: start, length: count) { position, chunk in memset(bytes + position, 0, chunk) }
         }
-        setStatus(Self.statusZero, offset: offset, length: length, wholePagesOnly: true)
+        if mayDeallocate {
+            // The whole pages are discarded; only the partial pages at the
+            // edges are cleared by hand.
+            let end = offset + length
+            let firstWhole = min(end, (offset + pageSize - 1) / pageSize * pageSize)
+            let endWhole = max(firstWhole, end / pageSize * pageSize)
+            clear(offset, firstWhole - offset)
+            clear(endWhole, end - endWhole)
+            try discard(offset: offset, length: length)
+        } else {
+            clear(offset, length)
+            setStatus(Self.statusZero, offset: offset, length: length, wholePagesOnly: true)
+        }
     }
 
     public func flush() throws(BlockDeviceError) {}

@@ -23,7 +23,7 @@ public struct NBDExport: Sendable {
         self.maximumPayload = maximumPayload
     }
 
-    public var minimumBlockSize: Int { device.sectorSize }
+    public var minimumBlockSize: Int { device.minimumBlockSize }
     public var preferredBlockSize: Int { device.preferredBlockSize }
 
     /// Whether a client asking for `requested` gets this export.

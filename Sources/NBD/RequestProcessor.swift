@@ -24,9 +24,11 @@ public struct NBDReply: Sendable {
 /// safe to call from any thread, and testable without sockets.
 ///
 /// Alignment: a client that asked for NBD_INFO_BLOCK_SIZE in NBD_OPT_GO has
-/// agreed to the export's minimum block size (512), and misaligned requests
-/// get EINVAL; any other client (NBD_OPT_EXPORT_NAME, or GO without that
-/// request) gets the specification's default, a minimum block size of 1.
+/// agreed to the export's minimum block size (the device's: 1 for znbd's,
+/// which serves any byte range, as nbdkit's memory plugin does), and
+/// misaligned requests get EINVAL; any other client (NBD_OPT_EXPORT_NAME, or
+/// GO without that request) gets the specification's default, a minimum
+/// block size of 1.
 public struct NBDRequestProcessor: Sendable {
     public let export: NBDExport
     public let session: NBDSession
@@ -98,7 +100,8 @@ public struct NBDRequestProcessor: Sendable {
                 try device.discard(offset: offset, length: length)
                 outcome.bytes = length
             case .writeZeroes:
-                try device.writeZeroes(offset: offset, length: length)
+                try device.writeZeroes(
+                    offset: offset, length: length, mayDeallocate: request.flags & NBDCommandFlag.noHole == 0)
                 outcome.bytes = length
             case .flush:
                 try device.flush()

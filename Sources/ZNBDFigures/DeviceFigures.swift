@@ -11,7 +11,7 @@ public enum DeviceFigure: Int, FigureFamily {
     case diskSize
     case origDataSize, comprDataSize, memUsedTotal, memLimit, memUsedMax
     case samePages, hugePages, hugePagesSince, pagesCompacted
-    case failedReads, failedWrites, invalidIO, notifyFree
+    case failedReads, failedWrites, failedWritesNoSpace, invalidIO, notifyFree
     case reads, writes, discards, zeroes, bytesRead, bytesWritten
 
     public static let title = "device (zram's mm_stat, io_stat and requests)"
@@ -82,6 +82,12 @@ public enum DeviceFigure: Int, FigureFamily {
                 "failed_writes", .counter, metric: "failed_writes_total",
                 help: "Writes that failed, no space or codec error (io_stat failed_writes).",
                 kernel: .ioStat(2, "failed_writes"))
+        case .failedWritesNoSpace:
+            .init(
+                "failed_writes_no_space", .counter, metric: "failed_writes_no_space_total",
+                help:
+                    "Writes refused with ENOSPC because the pool had no memory left (its mem_limit, or its address space); part of failed_writes."
+            )
         case .invalidIO:
             .init(
                 "invalid_io", .counter, metric: "invalid_io_total",
@@ -89,7 +95,8 @@ public enum DeviceFigure: Int, FigureFamily {
         case .notifyFree:
             .init(
                 "notify_free", .counter, metric: "notify_free_total",
-                help: "Pages in discarded ranges (io_stat notify_free).", kernel: .ioStat(4, "notify_free"))
+                help: "Whole pages in discarded or zeroed ranges, stored or already empty (io_stat notify_free).",
+                kernel: .ioStat(4, "notify_free"))
         case .reads: .init("reads", Self.requests, labels: [.init("op", "read")], kernel: .other("stat"))
         case .writes: .init("writes", Self.requests, labels: [.init("op", "write")], kernel: .other("stat"))
         case .discards: .init("discards", Self.requests, labels: [.init("op", "discard")], kernel: .other("stat"))

@@ -97,7 +97,10 @@ public final class CompressedBlockDevice: BlockDevice {
     static let maximumPoolBytes = 64 << 30
 
     public let byteCount: Int
-    public var sectorSize: Int { 512 }
+    /// Any byte range is served: a partial page is read, patched and
+    /// stored again (the kernel's zram, whose logical block is its page,
+    /// never needs to).
+    public var minimumBlockSize: Int { 1 }
     public var preferredBlockSize: Int { pageSize }
     /// The pool holding the pages' objects. Internal: only the slots name
     /// its handles; the control plane gets figures and `compact()`.
@@ -201,7 +204,7 @@ public final class CompressedBlockDevice: BlockDevice {
                 counters.add(.bytesWritten, source.count)
             }
         } catch {
-            counters.add(.failedWrites)
+            countFailedWrite(error)
             throw error
         }
     }
@@ -214,24 +217,29 @@ public final class CompressedBlockDevice: BlockDevice {
         let firstPage = (offset + pageSize - 1) / pageSize
         let endPage = (offset + length) / pageSize
         guard firstPage < endPage else { return }
-        for page in firstPage..<endPage {
-            // A page never written (or already discarded) is left alone:
-            // looking reads the zero page, taking the lock would write the
-            // slot and make it resident. mkfs discards the whole device, and
-            // the table is 16 bytes per page.
-            if !slots.isUnallocated(page) { install(.unallocated, at: page, now: 0) }
-            counters.add(.notifyFree)
-        }
+        for page in firstPage..<endPage { deallocate(page) }
     }
 
-    public func writeZeroes(offset: Int, length: Int) throws(BlockDeviceError) {
+    /// Zeroes the range. With `mayDeallocate` (an NBD write-zeroes without
+    /// NO_HOLE: what the kernel's nbd driver sends for a REQ_OP_WRITE_ZEROES
+    /// without REQ_NOUNMAP) whole pages are freed as a discard frees them, so
+    /// DATA and same_pages read as zram's do, which turns every
+    /// REQ_OP_WRITE_ZEROES into a discard; without it they become zero pages
+    /// (same_pages, reported as zero but not a hole). Partial pages at the
+    /// edges are patched with zeroes either way (zram, whose logical block is
+    /// its page, never sees them).
+    public func writeZeroes(offset: Int, length: Int, mayDeallocate: Bool) throws(BlockDeviceError) {
         try checkRange(offset: offset, length: length)
         counters.add(.zeroes)
         let now = slots.now
         do {
             try forEachPagePiece(offset: offset, length: length) { (piece) throws(BlockDeviceError) in
                 if piece.isWholePage {
-                    install(.sameFilled(fill: 0), at: piece.page, now: now)
+                    if mayDeallocate {
+                        deallocate(piece.page)
+                    } else {
+                        install(.sameFilled(fill: 0), at: piece.page, now: now)
+                    }
                 } else {
                     try withZeroes(count: piece.pageRange.count) { (zeroes) throws(BlockDeviceError) in
                         try patchPage(piece.page, at: piece.pageRange.lowerBound, with: zeroes, now: now)
@@ -239,9 +247,27 @@ public final class CompressedBlockDevice: BlockDevice {
                 }
             }
         } catch {
-            counters.add(.failedWrites)
+            countFailedWrite(error)
             throw error
         }
+    }
+
+    /// A write or write-zeroes that failed: zram's failed_writes, and apart
+    /// those the pool had no room for, which the daemon warns about.
+    private func countFailedWrite(_ error: BlockDeviceError) {
+        counters.add(.failedWrites)
+        if error == .noSpace { counters.add(.failedWritesNoSpace) }
+    }
+
+    /// Frees a whole page's content and counts it in notify_free, as
+    /// zram_bio_discard counts every page of the range, stored or not.
+    private func deallocate(_ page: Int) {
+        // A page never written (or already discarded) is left alone: looking
+        // reads the zero page, taking the lock would write the slot and make
+        // it resident. mkfs discards the whole device, and the table is 16
+        // bytes per page.
+        if !slots.isUnallocated(page) { install(.unallocated, at: page, now: 0) }
+        counters.add(.notifyFree)
     }
 
     public func flush() throws(BlockDeviceError) {

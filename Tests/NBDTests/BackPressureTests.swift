@@ -23,7 +23,7 @@ final class GatedDevice: BlockDevice, @unchecked Sendable {
     }
 
     var byteCount: Int { inner.byteCount }
-    var sectorSize: Int { inner.sectorSize }
+    var minimumBlockSize: Int { inner.minimumBlockSize }
     var preferredBlockSize: Int { inner.preferredBlockSize }
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
         try inner.read(into: buffer, at: offset)
@@ -38,8 +38,8 @@ final class GatedDevice: BlockDevice, @unchecked Sendable {
     func discard(offset: Int, length: Int) throws(BlockDeviceError) {
         try inner.discard(offset: offset, length: length)
     }
-    func writeZeroes(offset: Int, length: Int) throws(BlockDeviceError) {
-        try inner.writeZeroes(offset: offset, length: length)
+    func writeZeroes(offset: Int, length: Int, mayDeallocate: Bool) throws(BlockDeviceError) {
+        try inner.writeZeroes(offset: offset, length: length, mayDeallocate: mayDeallocate)
     }
     func flush() throws(BlockDeviceError) {}
     func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError) -> [AllocationExtent]

@@ -1,4 +1,5 @@
 import BlockDevice
+import CNBD
 import Foundation
 import NBD
 import Synchronization
@@ -92,7 +93,9 @@ struct MaintenanceStressTests {
                 if first < end { model.replaceSubrange(first..<end, with: repeatElement(0, count: end - first)) }
                 counts["trim", default: 0] += 1
             case 5:
-                try client.zero(count: length, at: base + offset)
+                // With or without NO_HOLE: zero pages, or freed pages.
+                let noHole = random.next() % 2 == 0 ? UInt32(LIBNBD_CMD_FLAG_NO_HOLE) : 0
+                try client.zero(count: length, at: base + offset, flags: noHole)
                 model.replaceSubrange(offset..<offset + length, with: repeatElement(0, count: length))
                 counts["zero", default: 0] += 1
             default:

@@ -155,7 +155,9 @@ struct ServerLimitsTests {
         }
     }
 
-    @Test("EXPORT_NAME and GO without block sizes: any alignment round-trips; GO with them: EINVAL, counted")
+    @Test(
+        "any alignment round-trips from EXPORT_NAME, GO without and GO with block sizes (minimum 1); a device asking 512 refuses clients that agreed, counted"
+    )
     func blockSizeSemantics() async throws {
         let size = 4 << 20
         let device = try CompressedBlockDevice(.init(byteCount: size))
@@ -195,8 +197,21 @@ struct ServerLimitsTests {
             }
             #expect(firstDifference(try goWithoutSizes.read(count: size, at: 0), model) == nil)
 
-            // A client that asked for the sizes in GO is held to them.
-            let invalidBefore = device.figures()[.invalidIO]
+            // A client that asked for the sizes in GO (libnbd's default, so
+            // nbdfuse's) was told 1: sub-512 and unaligned requests work.
+            let agreed = try served.client(strict: true, blockSizes: true)
+            try agreed.write([UInt8](repeating: 0x5A, count: 100), at: 4096 + 3)
+            model.replaceSubrange(4096 + 3..<4096 + 103, with: repeatElement(0x5A, count: 100))
+            #expect(firstDifference(try agreed.read(count: 700, at: 4000), model[4000..<4700]) == nil)
+            try agreed.zero(count: 50, at: 4096 + 20)
+            model.replaceSubrange(4096 + 20..<4096 + 70, with: repeatElement(0, count: 50))
+            #expect(firstDifference(try agreed.read(count: size, at: 0), model) == nil)
+        }
+
+        // A device that asks for 512: a client that agreed is held to it.
+        let strict = try AlignmentDemandingDevice(
+            inner: CompressedBlockDevice(.init(byteCount: size)), minimumBlockSize: 512)
+        try await withServedDevice(device: strict) { served in
             let agreed = try RawClient(socketPath: served.socketPath)
             try agreed.handshake(blockSizes: true)
             try agreed.sendRequest(type: NBDCommand.read.rawValue, cookie: 1, offset: 100, length: 512)
@@ -206,12 +221,17 @@ struct ServerLimitsTests {
                 payload: [UInt8](repeating: 1, count: 100))
             #expect(try agreed.receiveSimpleReply().error == NBDError.einval.rawValue)
             try agreed.sendRequest(type: NBDCommand.read.rawValue, cookie: 3, offset: 512, length: 512)
-            #expect(firstDifference(try agreed.receiveSimpleReply(dataLength: 512).data, model[512..<1024]) == nil)
+            #expect(try agreed.receiveSimpleReply(dataLength: 512).data == [UInt8](repeating: 0, count: 512))
             // Range and alignment refusals are zram's invalid_io.
-            #expect(device.figures()[.invalidIO] == invalidBefore + 2)
+            #expect(strict.inner.figures()[.invalidIO] == 2)
             try agreed.sendRequest(type: NBDCommand.read.rawValue, cookie: 4, offset: UInt64(size), length: 512)
             #expect(try agreed.receiveSimpleReply().error == NBDError.einval.rawValue)
-            #expect(device.figures()[.invalidIO] == invalidBefore + 3)
+            #expect(strict.inner.figures()[.invalidIO] == 3)
+            // The same client, not having agreed, gets any alignment.
+            let other = try RawClient(socketPath: served.socketPath)
+            try other.handshake(blockSizes: false)
+            try other.sendRequest(type: NBDCommand.read.rawValue, cookie: 5, offset: 100, length: 512)
+            #expect(try other.receiveSimpleReply(dataLength: 512).error == 0)
         }
     }
 
@@ -323,4 +343,38 @@ struct ServerLimitsTests {
             #expect(trimSlowest < bound, "a 4 KiB read waited \(trimSlowest) beside a 2 GiB trim")
         }
     }
+}
+
+/// A compressed device that asks clients for a larger minimum block size
+/// than its own 1, so that the server's refusal of misaligned requests from
+/// clients that agreed to block sizes stays tested.
+final class AlignmentDemandingDevice: BlockDevice {
+    let inner: CompressedBlockDevice
+    let minimumBlockSize: Int
+
+    init(inner: CompressedBlockDevice, minimumBlockSize: Int) {
+        self.inner = inner
+        self.minimumBlockSize = minimumBlockSize
+    }
+
+    var byteCount: Int { inner.byteCount }
+    var preferredBlockSize: Int { inner.preferredBlockSize }
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
+        try inner.read(into: buffer, at: offset)
+    }
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
+        try inner.write(bytes, at: offset)
+    }
+    func discard(offset: Int, length: Int) throws(BlockDeviceError) {
+        try inner.discard(offset: offset, length: length)
+    }
+    func writeZeroes(offset: Int, length: Int, mayDeallocate: Bool) throws(BlockDeviceError) {
+        try inner.writeZeroes(offset: offset, length: length, mayDeallocate: mayDeallocate)
+    }
+    func flush() throws(BlockDeviceError) {}
+    func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError) -> [AllocationExtent]
+    {
+        try inner.allocationExtents(offset: offset, length: length, maximumExtents: maximumExtents)
+    }
+    func recordInvalidRequest() { inner.recordInvalidRequest() }
 }

@@ -92,7 +92,7 @@ public final class RawClient: @unchecked Sendable {
 
     /// Greeting, client flags (NO_ZEROES), NBD_OPT_GO for `name`: ready for
     /// requests. `blockSizes`: GO asks for NBD_INFO_BLOCK_SIZE, so the
-    /// client has agreed to the export's 512-byte minimum; without it the
+    /// client has agreed to the export's minimum block size; without it the
     /// server's minimum block size is 1.
     public func handshake(name: String = "", structuredReplies: Bool = false, blockSizes: Bool = true) throws {
         let greeting = try receive(18)

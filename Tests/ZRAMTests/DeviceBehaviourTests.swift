@@ -68,7 +68,7 @@ struct DeviceBehaviourTests {
         // Off sector boundaries is the server's business (NBD refuses it only
         // to clients that agreed to block sizes): the device serves it.
         try device.write([UInt8](repeating: 2, count: 512), at: 100)
-        try device.writeZeroes(offset: 0, length: 100)
+        try device.writeZeroes(offset: 0, length: 100, mayDeallocate: true)
         var expected = [UInt8](repeating: 1, count: 4096)
         expected.replaceSubrange(0..<100, with: repeatElement(0, count: 100))
         expected.replaceSubrange(100..<612, with: repeatElement(2, count: 512))
@@ -99,9 +99,9 @@ struct DeviceBehaviourTests {
                 AllocationExtent(length: 2 * 4096, status: .unallocated),
                 AllocationExtent(length: 4 * 4096, status: .data),
             ])
-        // Write-zeroes over pages 5 (half) ... 7 (whole): the half is patched,
-        // whole pages become zero pages.
-        try device.writeZeroes(offset: 5 * 4096 + 2048, length: 2048 + 2 * 4096)
+        // Write-zeroes with NO_HOLE over pages 5 (half) ... 7 (whole): the
+        // half is patched, whole pages become zero pages.
+        try device.writeZeroes(offset: 5 * 4096 + 2048, length: 2048 + 2 * 4096, mayDeallocate: false)
         expected.replaceSubrange(5 * 4096 + 2048..<8 * 4096, with: repeatElement(0, count: 2048 + 2 * 4096))
         #expect(try device.read(count: 8 * 4096, at: 0) == expected)
         #expect(
@@ -122,6 +122,49 @@ struct DeviceBehaviourTests {
         #expect(
             try device.allocationExtents(offset: 2 * 4096, length: 4096, maximumExtents: 1)
                 == [AllocationExtent(length: 4096, status: .data)])
+        try device.validate()
+    }
+
+    @Test("write-zeroes that may deallocate frees whole pages as zram does; with NO_HOLE they are zero pages")
+    func writeZeroesFiguresMatchZram() throws {
+        let device = try CompressedBlockDevice.make(pages: 8)
+        let corpus = try Corpus.pages(8)
+        try device.write(corpus.bytes, at: 0)
+        let stored = device.figures()
+        #expect(stored[.origDataSize] == 8 * 4096 && stored[.samePages] == 0)
+        // Pages 1 (from its middle) to 4 (whole) without NO_HOLE: 2, 3 and 4
+        // are freed, like a discard, and page 1's second half is patched.
+        try device.writeZeroes(offset: 4096 + 2048, length: 2048 + 3 * 4096, mayDeallocate: true)
+        var expected = corpus.bytes
+        expected.replaceSubrange(4096 + 2048..<5 * 4096, with: repeatElement(0, count: 2048 + 3 * 4096))
+        #expect(try device.read(count: 8 * 4096, at: 0) == expected)
+        var figures = device.figures()
+        #expect(figures[.origDataSize] == 5 * 4096)
+        #expect(figures[.samePages] == 0)
+        #expect(figures[.notifyFree] == 3)
+        #expect(figures[.zeroes] == 1)
+        #expect(
+            try device.allocationExtents(offset: 0, length: 8 * 4096, maximumExtents: 10) == [
+                AllocationExtent(length: 2 * 4096, status: .data),
+                AllocationExtent(length: 3 * 4096, status: .unallocated),
+                AllocationExtent(length: 3 * 4096, status: .data),
+            ])
+        // The same over pages 5 to 7 with NO_HOLE: three zero pages, still
+        // counted in DATA as zram counts same-filled pages.
+        try device.writeZeroes(offset: 5 * 4096, length: 3 * 4096, mayDeallocate: false)
+        expected.replaceSubrange(5 * 4096..<8 * 4096, with: repeatElement(0, count: 3 * 4096))
+        #expect(try device.read(count: 8 * 4096, at: 0) == expected)
+        figures = device.figures()
+        #expect(figures[.origDataSize] == 5 * 4096)
+        #expect(figures[.samePages] == 3)
+        #expect(figures[.notifyFree] == 3)
+        #expect(
+            try device.allocationExtents(offset: 5 * 4096, length: 3 * 4096, maximumExtents: 10)
+                == [AllocationExtent(length: 3 * 4096, status: .zero)])
+        // Deallocating zero pages frees them too.
+        try device.writeZeroes(offset: 5 * 4096, length: 3 * 4096, mayDeallocate: true)
+        figures = device.figures()
+        #expect(figures[.origDataSize] == 2 * 4096 && figures[.samePages] == 0)
         try device.validate()
     }
 

@@ -103,7 +103,8 @@ struct DeviceConcurrencyTests {
                                 try device.discard(offset: offset, length: length)
                                 model.discard(offset: offset, length: length)
                             default:
-                                try device.writeZeroes(offset: offset, length: length)
+                                try device.writeZeroes(
+                                    offset: offset, length: length, mayDeallocate: roll % 2 == 0)
                                 model.zero(offset: offset, length: length)
                             }
                         } catch {
