@@ -128,6 +128,7 @@ let package = Package(
             name: "znbd",
             dependencies: [
                 "ZRAM", "NBD", "PageCodec", "ZNBDControlAPI", "ZNBDControlServer", "ZNBDCommandLine", "ZNBDSystem",
+                "ZNBDFigures",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

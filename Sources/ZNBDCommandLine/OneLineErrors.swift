@@ -1,5 +1,6 @@
 // ZNBDCommandLine: how both executables fail: one line on stderr and an
-// exit status of sysexits.h, never a stack trace (this file only).
+// exit status of sysexits.h, never a stack trace (OneLineErrors.swift); the
+// release number both report (Version.swift).
 
 public import ArgumentParser
 

@@ -15,6 +15,7 @@ public enum ByteSize {
     public static func parse(_ text: String) throws(ParseError) -> Int {
         let trimmed = text.trimmingWhitespace()
         guard !trimmed.isEmpty else { throw ParseError(description: "empty size") }
+        guard !trimmed.hasPrefix("-") else { throw ParseError(description: "a size cannot be negative") }
         let numberEnd = trimmed.firstIndex { !($0.isASCII && ($0.isNumber || $0 == ".")) } ?? trimmed.endIndex
         let number = trimmed[..<numberEnd]
         var suffix = trimmed[numberEnd...].uppercased()

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Where znbd puts its sockets unless told, and where znbdctl looks.
 ///
 /// root: /run/znbd; another user: $XDG_RUNTIME_DIR/znbd, or /tmp/znbd-UID
@@ -25,6 +29,30 @@ public enum ControlPaths {
 
     public static func defaultControlSocket(userID: UInt32, environment: [String: String]) -> String {
         controlSocket(nextTo: defaultNBDSocket(userID: userID, environment: environment))
+    }
+
+    /// Every control socket in `directory` (names ending in -control.sock),
+    /// sorted: the daemons `znbdctl list` asks.
+    public static func controlSockets(in directory: String) throws(ListingError) -> [String] {
+        guard let stream = opendir(directory) else {
+            throw ListingError(description: "cannot read \(directory): \(String(cString: strerror(errno)))")
+        }
+        defer { closedir(stream) }
+        var names: [String] = []
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            guard name.hasSuffix("-control.sock") else { continue }
+            var status = stat()
+            let path = directory + "/" + name
+            if lstat(path, &status) == 0 && status.st_mode & S_IFMT == S_IFSOCK { names.append(path) }
+        }
+        return names.sorted()
+    }
+
+    public struct ListingError: Error, CustomStringConvertible {
+        public let description: String
     }
 
     /// The kernel's limit for a Unix socket path (sun_path less its NUL).

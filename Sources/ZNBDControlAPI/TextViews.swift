@@ -6,28 +6,53 @@ public import ZNBDFigures
 public enum TextViews {
     /// zramctl's table: the name and codec, then every device and process
     /// figure that declares a column, with RATIO (DATA / COMPR) after TOTAL,
-    /// as zramctl's COMP-RATIO.
-    public static func statsTable(_ stats: StatsDocument) -> String {
-        var header = ["NAME", "ALGORITHM"]
-        var row = [stats.export.name.isEmpty ? "(default)" : stats.export.name, algorithmName(stats.compression)]
-        func add<Family: FigureFamily>(_ figures: Figures<Family>) {
-            for figure in Family.allCases {
-                let declaration = figure.declaration
-                guard let column = declaration.column else { continue }
-                header.append(column)
-                let noLimit = figure as? DeviceFigure == .memLimit
-                row.append(format(figures[figure], declaration, zeroAs: noLimit ? "-" : nil))
-                if figure as? DeviceFigure == .memUsedTotal {
-                    header.append("RATIO")
-                    let device = stats.device
-                    let compressed = device[.comprDataSize]
-                    row.append(formatRatio(compressed > 0 ? Double(device[.origDataSize]) / Double(compressed) : 0))
+    /// as zramctl's COMP-RATIO; below it, a warning line once writes have
+    /// been refused for want of memory.
+    public static func statsTable(_ stats: StatsDocument) -> String { statsTable([stats], listing: false) }
+
+    /// The same table with a row per daemon; `listing` (znbdctl list) puts
+    /// each daemon's NBD socket first, as zramctl puts the device's path.
+    public static func statsTable(_ documents: [StatsDocument], listing: Bool) -> String {
+        var header: [String] = []
+        var rows: [[String]] = []
+        var warnings = ""
+        for stats in documents {
+            var names = listing ? ["SOCKET"] : []
+            var row = listing ? [stats.export.nbdSocket ?? "-"] : []
+            names += ["NAME", "ALGORITHM"]
+            row += [stats.export.name.isEmpty ? "(default)" : stats.export.name, algorithmName(stats.compression)]
+            func add<Family: FigureFamily>(_ figures: Figures<Family>) {
+                for figure in Family.allCases {
+                    let declaration = figure.declaration
+                    guard let column = declaration.column else { continue }
+                    names.append(column)
+                    let noLimit = figure as? DeviceFigure == .memLimit
+                    row.append(format(figures[figure], declaration, zeroAs: noLimit ? "-" : nil))
+                    if figure as? DeviceFigure == .memUsedTotal {
+                        names.append("RATIO")
+                        let device = stats.device
+                        let compressed = device[.comprDataSize]
+                        row.append(
+                            formatRatio(compressed > 0 ? Double(device[.origDataSize]) / Double(compressed) : 0))
+                    }
                 }
             }
+            add(stats.device)
+            add(stats.process)
+            header = names
+            rows.append(row)
+            let refused = stats.device[.failedWritesNoSpace]
+            if refused > 0 {
+                warnings +=
+                    "warning: \(listing ? (stats.export.nbdSocket ?? "-") + ": " : "")\(refused) write\(refused == 1 ? "" : "s") refused since the start: no pool memory left"
+                    + (stats.device[.memLimit] > 0 ? " under mem_limit" : "")
+                    + " (failed_writes_no_space); a filesystem on the device may have gone read-only"
+                    + " (docs/OPERATIONS.md, \"When the pool is full\")\n"
+            }
         }
-        add(stats.device)
-        add(stats.process)
-        return table([header, row], leftAligned: 2)
+        // Warnings below the rows, so scripts that read the table by line
+        // keep working.
+        return table([header] + rows, leftAligned: listing ? 3 : 2) + warnings
     }
 
     /// Every figure of the document, family by family, one per line under

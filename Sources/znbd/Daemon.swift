@@ -6,6 +6,7 @@ import NIOPosix
 import ServiceLifecycle
 import ZNBDControlAPI
 import ZNBDControlServer
+import ZNBDFigures
 import ZNBDSystem
 import ZRAM
 
@@ -56,7 +57,16 @@ final class Daemon: Service {
             return
         }
         try? await gracefulShutdown()
-        logger.info("stopping: answering requests already received, then closing")
+        let open = running.server.figures()[.connectionsOpen]
+        if open > 0 {
+            // Whatever is attached loses its disk: say so where the operator
+            // looks (the state does not outlive the process yet).
+            logger.warning(
+                "stopping with \(open) client connection\(open == 1 ? "" : "s") open: answering requests already received, then closing; what is attached (a mounted filesystem, swap) loses this disk's data"
+            )
+        } else {
+            logger.info("stopping: no client connected")
+        }
         await running.stop()
         logger.info("stopped")
     }
@@ -67,12 +77,16 @@ final class Daemon: Service {
         let control: ControlServer
         let maintenance: DeviceMaintenance
         let socketPaths: [String]
+        let madeDirectories: [String]
+        let noSpaceWatch: Task<Void, Never>
 
         func stop() async {
+            noSpaceWatch.cancel()
             await server.shutdown(drainTimeout: .milliseconds(1500))
             await control.shutdown()
             maintenance.stop()
             socketPaths.forEach(SocketFile.remove)
+            madeDirectories.forEach(SocketFile.removeDirectory)
         }
     }
 
@@ -82,8 +96,21 @@ final class Daemon: Service {
         // writes) go back to the kernel when freed, so the RSS falls once a
         // burst of large requests or a client that stopped reading is gone.
         HeapPolicy.mapLargeAllocations(atLeast: 128 << 10)
-        try await SocketFile.prepare(configuration.socketPath, role: "NBD socket (--socket)")
-        try await SocketFile.prepare(configuration.controlPath, role: "control socket (--control)")
+        // Directories made here are removed at exit, newest first, if empty.
+        var madeDirectories: [String] = []
+        do throws(StartupError) {
+            for (path, role) in [
+                (configuration.socketPath, "NBD socket (--socket)"),
+                (configuration.controlPath, "control socket (--control)"),
+            ] {
+                if let made = try await SocketFile.prepare(path, role: role) { madeDirectories.insert(made, at: 0) }
+            }
+        } catch {
+            madeDirectories.forEach(SocketFile.removeDirectory)
+            throw error
+        }
+        var rollback = StartupRollback()
+        rollback.onFailure { [madeDirectories] in madeDirectories.forEach(SocketFile.removeDirectory) }
 
         let device: CompressedBlockDevice
         do {
@@ -93,8 +120,7 @@ final class Daemon: Service {
                     memLimitBytes: configuration.memLimitBytes, algorithm: configuration.algorithm,
                     recompressionAlgorithm: configuration.recompressionAlgorithm))
         } catch {
-            throw StartupError(
-                description: "cannot create a \(ByteSize.format(configuration.sizeBytes)) device: \(error)")
+            throw await rollback.fail("cannot create a \(ByteSize.format(configuration.sizeBytes)) device: \(error)")
         }
         let export = NBDExport(
             name: configuration.name,
@@ -105,7 +131,6 @@ final class Daemon: Service {
             configuration: .init(
                 unixSocketPath: configuration.socketPath, tcpHost: configuration.tcp?.host,
                 tcpPort: configuration.tcp?.port ?? 0, workerThreads: configuration.workers))
-        var rollback = StartupRollback()
         rollback.onFailure {
             await server.shutdown(drainTimeout: .zero)
             SocketFile.remove(configuration.socketPath)
@@ -140,9 +165,7 @@ final class Daemon: Service {
             throw await rollback.fail("cannot listen on \(configuration.controlPath): \(SocketFile.describe(error))")
         }
         maintenance.start()
-        for line in protection.lines {
-            if line.isWarning { logger.warning("\(line.text)") } else { logger.info("\(line.text)") }
-        }
+        for line in protection.lines { logger.log(level: line.level, "\(line.text)") }
         if configuration.protection.ioFlusher != .off {
             let threads = ProcessControls.ioFlusherThreads()
             logger.info("I/O flusher threads: \(threads.flushers) of \(threads.threads)")
@@ -162,9 +185,18 @@ final class Daemon: Service {
         }
         logger.info("\(codecs)")
         logger.info("\(Self.attachLine(configuration, tcpAddress: tcpAddress))")
+        let logger = self.logger
+        let noSpaceWatch = Task {
+            var warnings = NoSpaceWarnings()
+            while !Task.isCancelled {
+                if let line = warnings.observe(device.figures(), now: .now) { logger.warning("\(line)") }
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
         return Running(
             server: server, control: control, maintenance: maintenance,
-            socketPaths: [configuration.socketPath, configuration.controlPath])
+            socketPaths: [configuration.socketPath, configuration.controlPath], madeDirectories: madeDirectories,
+            noSpaceWatch: noSpaceWatch)
     }
 
     /// The start line: what is served, and how each kind of client attaches.
@@ -191,6 +223,35 @@ final class Daemon: Service {
             : "'"
                 + text.split(separator: "'", omittingEmptySubsequences: false)
                 .joined(separator: "'\\''") + "'"
+    }
+}
+
+/// When writes start failing for want of pool memory, one warning with the
+/// figures, then at most one a minute while they go on failing: a client
+/// sees only EIO, and a filesystem above it may go read-only without a word
+/// from anyone else.
+struct NoSpaceWarnings {
+    static let interval = Duration.seconds(60)
+    private var counted = 0
+    private var warned: (at: ContinuousClock.Instant, count: Int)?
+
+    /// The warning to log for the figures read at `now`, if one is due.
+    mutating func observe(_ figures: Figures<DeviceFigure>, now: ContinuousClock.Instant) -> String? {
+        let count = figures[.failedWritesNoSpace]
+        defer { counted = count }
+        guard count > counted else { return nil }
+        if let warned, now - warned.at < Self.interval { return nil }
+        let new = count - (warned?.count ?? counted)
+        warned = (now, count)
+        let limit = figures[.memLimit]
+        let used = ByteSize.format(figures[.memUsedTotal])
+        let cause =
+            limit > 0
+            ? "the pool is at its memory limit (mem_used_total \(used), mem_limit \(ByteSize.format(limit)))"
+            : "the pool has no memory left (mem_used_total \(used), no mem_limit)"
+        return "writes refused with ENOSPC: \(cause); \(new) write\(new == 1 ? "" : "s") failed"
+            + " (failed_writes_no_space \(count) since the start). A filesystem on the device may go read-only:"
+            + " raise the limit with `znbdctl mem-limit`, then see docs/OPERATIONS.md, \"When the pool is full\""
     }
 }
 

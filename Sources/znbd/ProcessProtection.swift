@@ -1,4 +1,5 @@
 import ArgumentParser
+import Logging
 import SystemPackage
 import ZNBDSystem
 
@@ -57,11 +58,13 @@ enum ProcessProtection {
         }
     }
 
-    /// What `apply` did: one line per measure for the log, and whether it
-    /// is a warning (a measure the process was not permitted).
+    /// What `apply` did: one line per measure for the log, at info when it
+    /// was applied, at notice when `auto` found it not permitted (a plain
+    /// RAM disk needs none of them, so that is no warning; `on` makes it an
+    /// error instead).
     struct Outcome: Sendable {
         struct Line: Sendable, Equatable {
-            var isWarning: Bool
+            var level: Logger.Level
             var text: String
         }
         var lines: [Line] = []
@@ -78,9 +81,9 @@ enum ProcessProtection {
     /// thread (threads created earlier are not I/O flushers).
     static func apply(_ request: Request) -> Outcome {
         var outcome = Outcome()
-        func note(_ text: String) { outcome.lines.append(.init(isWarning: false, text: text)) }
+        func note(_ text: String) { outcome.lines.append(.init(level: .info, text: text)) }
         func refuse(_ text: String, required: Bool) {
-            outcome.lines.append(.init(isWarning: true, text: text))
+            outcome.lines.append(.init(level: required ? .error : .notice, text: text))
             if required { outcome.failures.append(text) }
         }
 

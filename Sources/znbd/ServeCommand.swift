@@ -12,6 +12,8 @@
 //   Daemon.swift            start (device, NBD server, maintenance, control
 //                           endpoint; undone newest first if a step fails),
 //                           the start line, the clean stop
+//   LogOutput.swift         the log lines: a syslog priority for the
+//                           journal, a time and level elsewhere
 
 import ArgumentParser
 #if canImport(FoundationEssentials)
@@ -43,6 +45,7 @@ struct ZNBDCommand: AsyncParsableCommand {
             Pages are compressed with LZO1X-1 into a zsmalloc-style pool; pages of one repeated \
             word cost no memory. Attach with nbd-client, nbdfuse or qemu; read figures with znbdctl.
             """,
+        version: "znbd \(ZNBDVersion.number)",
         subcommands: [Serve.self],
         defaultSubcommand: Serve.self)
 
@@ -80,7 +83,10 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve a compressed RAM disk over NBD (the default command).")
 
-    @Option(help: "Device size, a multiple of 4 KiB, with K, M, G or T (binary units).")
+    // Options that take numbers are parsed unconditionally, so that `-1G`
+    // is a value to refuse with a reason, not a missing one.
+    @Option(
+        parsing: .unconditional, help: "Device size, a multiple of 4 KiB, with K, M, G or T (binary units).")
     var size = "1G"
 
     @Option(help: "Export name clients ask for (default: empty, the default export).")
@@ -100,10 +106,14 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Serve the export read-only.")
     var readOnly = false
 
-    @Option(help: ArgumentHelp("Cap on pool memory, as zram's mem_limit (0: none).", valueName: "size"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("Cap on pool memory, as zram's mem_limit (0: none).", valueName: "size"))
     var memLimit: String?
 
-    @Option(help: ArgumentHelp("Most frames per zspage, 1-\(SizeClassTable.maxChainLimit).", valueName: "n"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("Most frames per zspage, 1-\(SizeClassTable.maxChainLimit).", valueName: "n"))
     var maxChain = SizeClassTable.defaultMaxChain
 
     @Option(
@@ -130,7 +140,9 @@ struct Serve: AsyncParsableCommand {
             valueName: "age|off"))
     var recompressIdleAge: String?
 
-    @Option(help: ArgumentHelp("The most pages per second the maintenance thread recompresses.", valueName: "pages"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("The most pages per second the maintenance thread recompresses.", valueName: "pages"))
     var recompressRate = MaintenancePolicy().recompressPagesPerSecond
 
     @Option(
@@ -146,6 +158,7 @@ struct Serve: AsyncParsableCommand {
     var migration = AutoOrOff.auto
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
             "Reclaimable memory that starts a maintenance pass (default: 10% of pool memory, at least 16M).",
             valueName: "size"))
@@ -180,10 +193,11 @@ struct Serve: AsyncParsableCommand {
     var logLevel = LogLevelOption(.info)
 
     @Option(
+        parsing: .unconditional,
         help: ArgumentHelp(
-            "Threads that compress written pages (default: one per core); 0 runs writes on the connection's event loop thread, as every other request runs.",
+            "Threads that compress written pages (default: one per core, \(System.coreCount) here); 0 runs writes on the connection's event loop thread, as every other request runs.",
             valueName: "n"))
-    var workers = System.coreCount
+    var workers: Int?
 
     /// The options, checked and turned into what the daemon needs. Called
     /// once, by run(); a ValidationError from it exits 64 like a parse error.
@@ -261,6 +275,7 @@ struct Serve: AsyncParsableCommand {
                 throw ValidationError("--oom-score-adj \(oomScoreAdj): must be -1000 to 1000, or keep")
             }
         }
+        let workers = self.workers ?? System.coreCount
         guard (0...256).contains(workers) else { throw ValidationError("--workers \(workers): must be 0 to 256") }
         guard name.utf8.count <= 4096 else { throw ValidationError("--name: at most 4096 bytes (the NBD limit)") }
 
@@ -318,11 +333,7 @@ struct Serve: AsyncParsableCommand {
         let configuration = try configuration()
         let protection = appliedProtection.withLock { $0 } ?? ProcessProtection.Outcome()
         let level = configuration.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        LoggingSystem.bootstrap { _ in DaemonLogHandler(logLevel: level) }
         try await Daemon(configuration: configuration, protection: protection).serve()
     }
 }

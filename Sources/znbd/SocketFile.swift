@@ -6,15 +6,20 @@ import SystemPackage
     import Glibc
 #endif
 
-/// The daemon's Unix socket files: make their directory, refuse one a live
-/// server answers on, remove them at exit. A socket file left by a daemon
-/// that died answers nothing (ECONNREFUSED) and is replaced.
+/// The daemon's Unix socket files: make their directory (one level), refuse
+/// one a live server answers on, remove them (and a directory made for
+/// them) at exit. A socket file left by a daemon that died answers nothing
+/// (ECONNREFUSED) and is replaced.
 enum SocketFile {
-    static func prepare(_ path: String, role: String) async throws(StartupError) {
-        try makeParentDirectory(of: path, role: role)
+    /// Makes the socket's directory if it is missing (one level: the
+    /// directory itself, never its parents), and checks that no live server
+    /// answers at `path`. Returns the directory when this call made it, for
+    /// `removeDirectory` at exit.
+    static func prepare(_ path: String, role: String) async throws(StartupError) -> String? {
+        let made = try makeDirectory(of: path, role: role)
         switch FileSystemEntry.kind(path) {
         case .missing:
-            return
+            return made
         case .other:
             throw StartupError(
                 description: "\(role) \(path) exists and is not a socket; remove it or choose another path")
@@ -27,7 +32,7 @@ enum SocketFile {
                 .connect(unixDomainSocketPath: path).get()
             try? await channel.close()
         } catch {
-            if errnoCode(of: error) == ECONNREFUSED { return }  // stale: the bind replaces it
+            if errnoCode(of: error) == ECONNREFUSED { return made }  // stale: the bind replaces it
             throw StartupError(description: "\(role) \(path) cannot be checked: \(describe(error))")
         }
         throw StartupError(description: "\(role) \(path) is in use by a running server (another znbd?)")
@@ -38,19 +43,36 @@ enum SocketFile {
         if FileSystemEntry.kind(path) == .socket { unlink(path) }
     }
 
-    private static func makeParentDirectory(of path: String, role: String) throws(StartupError) {
+    /// Removes a directory `prepare` made, if nothing else has been put in
+    /// it since (rmdir refuses a directory that is not empty).
+    static func removeDirectory(_ directory: String) {
+        rmdir(directory)
+    }
+
+    /// The socket's directory: there already, or made here when its parent
+    /// exists (so the default /run/znbd and $XDG_RUNTIME_DIR/znbd appear by
+    /// themselves, and a mistyped path is an error, not a new tree).
+    private static func makeDirectory(of path: String, role: String) throws(StartupError) -> String? {
         let directory = FilePath(path).removingLastComponent()
+        var status = stat()
+        if stat(directory.string, &status) == 0 {
+            guard status.st_mode & S_IFMT == S_IFDIR else {
+                throw StartupError(description: "\(role) \(path): \(directory) is not a directory")
+            }
+            return nil
+        }
         // root's /run/znbd is readable by all (the sockets' own modes guard
         // them); another user's directory is private.
         let mode: mode_t = getuid() == 0 ? 0o755 : 0o700
-        var prefix = FilePath(root: directory.root, [FilePath.Component]())
-        for component in directory.components {
-            prefix.append(component)
-            if mkdir(prefix.string, mode) != 0 && Glibc.errno != EEXIST {
-                let reason = String(cString: strerror(Glibc.errno))
-                throw StartupError(description: "\(role) \(path): cannot create directory \(prefix): \(reason)")
-            }
+        guard mkdir(directory.string, mode) == 0 else {
+            let code = Glibc.errno
+            let reason =
+                code == ENOENT
+                ? "its parent \(directory.removingLastComponent()) does not exist (znbd makes only the socket's own directory)"
+                : String(cString: strerror(code))
+            throw StartupError(description: "\(role) \(path): cannot create directory \(directory): \(reason)")
         }
+        return directory.string
     }
 
     /// errno behind a NIO error, when there is one.

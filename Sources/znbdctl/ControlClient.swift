@@ -2,6 +2,13 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import ZNBDCommandLine
+import ZNBDControlAPI
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 #if canImport(Glibc)
     import Glibc
@@ -71,8 +78,36 @@ struct ControlClient {
         defer { deadline.cancel() }
         do {
             return try await answer.futureResult.get()
+        } catch is HTTPParserError {
+            // NIO's parser errors describe themselves as llhttp's constants
+            // ("invalid constant string"); say what it means instead.
+            throw notControlEndpoint("its answer is not HTTP")
         } catch {
             throw notControlEndpoint("\(error)")
+        }
+    }
+
+    /// Sends `path` and decodes the 200 answer as `Document`, with the body
+    /// as sent; an error answer becomes its message (exit 1), an answer
+    /// that does not decode, exit 76.
+    func fetch<Document: Decodable>(
+        _ type: Document.Type, _ method: HTTPMethod = .GET, _ path: String, body: [UInt8] = [],
+        timeout: TimeAmount = .seconds(30)
+    ) async throws(ControlClientError) -> (document: Document, body: [UInt8]) {
+        let response = try await request(method, path, body: body, timeout: timeout)
+        guard response.status == 200 else {
+            let message = (try? JSONDecoder().decode(ErrorDocument.self, from: Data(response.body)))?.error
+            throw ControlClientError(
+                description:
+                    "znbd answered \(response.status): \(message ?? String(decoding: response.body, as: UTF8.self))",
+                exitCode: ControlClientError.refused)
+        }
+        do {
+            return (try JSONDecoder().decode(Document.self, from: Data(response.body)), response.body)
+        } catch {
+            throw ControlClientError(
+                description: "\(socketPath) answered \(path) with something znbdctl cannot read: \(error)",
+                exitCode: ControlClientError.protocolError)
         }
     }
 

@@ -32,7 +32,10 @@ struct ZNBDCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "znbdctl",
         abstract: "Figures and control of a running znbd (as zramctl and /sys/block/zramN are for zram).",
-        subcommands: [Stats.self, Classes.self, Frames.self, Compact.self, Idle.self, Recompress.self, MemLimit.self])
+        version: "znbdctl \(ZNBDVersion.number)",
+        subcommands: [
+            Stats.self, List.self, Classes.self, Frames.self, Compact.self, Idle.self, Recompress.self, MemLimit.self,
+        ])
 
     // Declared here too, so that --control may come before the subcommand.
     @OptionGroup var options: ControlOptions
@@ -57,28 +60,12 @@ struct ControlOptions: ParsableArguments {
                     userID: getuid(), environment: ProcessInfo.processInfo.environment))
     }
 
-    /// GET or send `path`, and decode the 200 answer as `Document`; an error
-    /// answer becomes its message.
+    /// GET or send `path`, and decode the 200 answer as `Document`.
     func fetch<Document: Decodable>(
         _ type: Document.Type, _ method: HTTPMethod = .GET, _ path: String, body: [UInt8] = [],
         timeout: TimeAmount = .seconds(30)
     ) async throws -> (document: Document, body: [UInt8]) {
-        let client = self.client
-        let response = try await client.request(method, path, body: body, timeout: timeout)
-        guard response.status == 200 else {
-            let message = (try? JSONDecoder().decode(ErrorDocument.self, from: Data(response.body)))?.error
-            throw ControlClientError(
-                description:
-                    "znbd answered \(response.status): \(message ?? String(decoding: response.body, as: UTF8.self))",
-                exitCode: ControlClientError.refused)
-        }
-        do {
-            return (try JSONDecoder().decode(Document.self, from: Data(response.body)), response.body)
-        } catch {
-            throw ControlClientError(
-                description: "\(client.socketPath) answered \(path) with something znbdctl cannot read: \(error)",
-                exitCode: ControlClientError.protocolError)
-        }
+        try await client.fetch(type, method, path, body: body, timeout: timeout)
     }
 
     /// Fetches a document and prints it: as the daemon sent it with
@@ -92,12 +79,18 @@ struct ControlOptions: ParsableArguments {
     }
 }
 
-func printOut(_ text: String) {
+func printOut(_ text: String) { writeAll(text, to: STDOUT_FILENO) }
+
+/// A line on stderr that is not the command's failure (that is one line
+/// too, written by ZNBDCommandLine at exit).
+func printError(_ line: String) { writeAll(line + "\n", to: STDERR_FILENO) }
+
+private func writeAll(_ text: String, to descriptor: Int32) {
     var text = text
     text.withUTF8 { bytes in
         var offset = 0
         while offset < bytes.count {
-            let written = write(STDOUT_FILENO, bytes.baseAddress! + offset, bytes.count - offset)
+            let written = write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
             if written <= 0 { return }
             offset += written
         }
@@ -116,8 +109,14 @@ struct Stats: AsyncParsableCommand {
     @Flag(help: "The nine mm_stat figures in the kernel's order, as /sys/block/zramN/mm_stat prints them.")
     var raw = false
 
-    @Option(help: ArgumentHelp("Print again every SECONDS until interrupted.", valueName: "seconds"))
-    var watch: Double?
+    // A string, so that a refusal quotes what was typed ("0", not "0.0").
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("Print again every SECONDS (0.1 to 86400) until interrupted.", valueName: "seconds"))
+    var watch: String?
+
+    /// --watch in seconds, checked by validate().
+    var interval: Double? { watch.flatMap(Double.init) }
 
     @Flag(help: "After the table: the codecs, the maintenance thread's settings, and every figure under its JSON key.")
     var details = false
@@ -125,13 +124,13 @@ struct Stats: AsyncParsableCommand {
     func validate() throws {
         if json && raw { throw ValidationError("--json and --raw: choose one") }
         if details && (json || raw) { throw ValidationError("--details goes with the table, not --json or --raw") }
-        if let watch, !(watch >= 0.1 && watch <= 86_400) {
+        if let watch, !(interval.map { $0 >= 0.1 && $0 <= 86_400 } ?? false) {
             throw ValidationError("--watch \(watch): must be 0.1 to 86400 seconds")
         }
     }
 
     func run() async throws {
-        let clearScreen = watch != nil && !json && !raw && isatty(STDOUT_FILENO) == 1
+        let clearScreen = interval != nil && !json && !raw && isatty(STDOUT_FILENO) == 1
         while true {
             let (stats, body) = try await options.fetch(StatsDocument.self, .GET, "/v1/stats")
             let text =
@@ -141,8 +140,49 @@ struct Stats: AsyncParsableCommand {
                     ? TextViews.mmStatLine(stats)
                     : TextViews.statsTable(stats) + (details ? "\n" + TextViews.details(stats) : "")
             printOut((clearScreen ? "\u{1B}[H\u{1B}[2J" : "") + text)
-            guard let watch else { return }
-            try await Task.sleep(for: .seconds(watch))
+            guard let interval else { return }
+            try await Task.sleep(for: .seconds(interval))
+        }
+    }
+}
+
+struct List: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract:
+            "Every znbd running in a directory, one row each (as zramctl with no arguments lists every zram device).")
+
+    @Option(
+        help: ArgumentHelp(
+            "Where to look for control sockets, *-control.sock (default: /run/znbd for root, else $XDG_RUNTIME_DIR/znbd).",
+            valueName: "dir"))
+    var directory: String?
+
+    @Flag(help: "A JSON array of the daemons' /v1/stats objects.")
+    var json = false
+
+    func run() async throws {
+        let directory =
+            self.directory
+            ?? ControlPaths.runtimeDirectory(userID: getuid(), environment: ProcessInfo.processInfo.environment)
+        let sockets = try ControlPaths.controlSockets(in: directory)
+        var rows: [(stats: StatsDocument, body: [UInt8])] = []
+        for socket in sockets {
+            do {
+                let (stats, body) = try await ControlClient(socketPath: socket).fetch(
+                    StatsDocument.self, .GET, "/v1/stats", timeout: .seconds(5))
+                rows.append((stats, body))
+            } catch {
+                // A daemon that stopped and left its socket, or another
+                // user's: said on stderr, the others still listed.
+                printError("znbdctl: list: \(socket): \(error)")
+            }
+        }
+        if json {
+            printOut("[" + rows.map { String(decoding: $0.body, as: UTF8.self) }.joined(separator: ",") + "]\n")
+        } else if rows.isEmpty {
+            printError("znbdctl: list: no znbd answers in \(directory)")
+        } else {
+            printOut(TextViews.statsTable(rows.map(\.stats), listing: true))
         }
     }
 }
@@ -234,11 +274,13 @@ struct Recompress: AsyncParsableCommand {
             valueName: "type"))
     var type = "all"
 
-    @Option(help: ArgumentHelp("Only pages stored in at least this many bytes (zram's threshold).", valueName: "bytes"))
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("Only pages stored in at least this many bytes (zram's threshold).", valueName: "bytes"))
     var threshold: Int?
 
     @Option(
-        name: .customLong("max-pages"),
+        name: .customLong("max-pages"), parsing: .unconditional,
         help: ArgumentHelp("Stop after compressing this many pages again.", valueName: "n"))
     var maxPages: Int?
 

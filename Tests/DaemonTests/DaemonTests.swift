@@ -228,7 +228,9 @@ struct DaemonFiguresTests {
         }
     }
 
-    @Test("mem-limit: a write past it fails with ENOSPC and keeps the old data; lifting it lets writes in")
+    @Test(
+        "mem-limit: a write past it fails with ENOSPC, keeps the old data and is warned about; lifting it lets writes in"
+    )
     func memLimitThroughTheCLI() async throws {
         try await withDaemon(["--size", "64M"]) { daemon in
             let client = try LibNBDClient(uri: daemon.uri)
@@ -244,11 +246,76 @@ struct DaemonFiguresTests {
                 StatsDocument.self, from: Data(try daemon.znbdctl(["stats", "--json"]).standardOutput.utf8))
             #expect(stats.device[.memLimit] == 1 << 20)
             #expect(stats.device[.failedWrites] > 0)
+            #expect(stats.device[.failedWritesNoSpace] == stats.device[.failedWrites])
             #expect(stats.nbd.commands["write"]?.errors["ENOSPC"] ?? 0 >= 1)
+            // Said where an operator looks: below the table, and in the log
+            // (checked once a second by the daemon).
+            let table = try daemon.znbdctl(["stats"]).standardOutput
+            #expect(table.contains("refused since the start: no pool memory left under mem_limit"), "\(table)")
+            let deadline = ContinuousClock.now + .seconds(10)
+            while !daemon.log.contains("writes refused with ENOSPC"), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(
+                daemon.log.contains("znbd warning: writes refused with ENOSPC: the pool is at its memory limit"),
+                "\(daemon.log)")
             let lifted = try daemon.znbdctl(["mem-limit", "0"])
             #expect(lifted.status == 0 && lifted.standardOutput.contains("none"))
             try client.write(large, at: 1 << 20)
             #expect(try client.read(count: large.count, at: 1 << 20) == large)
+        }
+    }
+
+    @Test("block sizes 1 / 4096 / 32M: libnbd, which enforces the minimum it agreed to, writes 100 bytes at 7")
+    func byteGranularRequests() async throws {
+        try await withDaemon(["--size", "16M"]) { daemon in
+            let info = try runCommand(["nbdinfo", daemon.uri], timeout: 30)
+            #expect(info.status == 0, "\(info.standardError)")
+            #expect(info.standardOutput.contains("block_size_minimum: 1"), "\(info.standardOutput)")
+            #expect(info.standardOutput.contains("block_size_preferred: 4096"))
+            #expect(info.standardOutput.contains("block_size_maximum: 33554432"))
+            let client = try LibNBDClient(uri: daemon.uri, strict: true, blockSizes: true)
+            let bytes = [UInt8]((0..<100).map { UInt8($0) })
+            try client.write([UInt8](repeating: 0xEE, count: 8192), at: 0)
+            try client.write(bytes, at: 7)
+            var expected = [UInt8](repeating: 0xEE, count: 8192)
+            expected.replaceSubrange(7..<107, with: bytes)
+            #expect(try client.read(count: 8192, at: 0) == expected)
+            #expect(try client.read(count: 3, at: 4095) == [0xEE, 0xEE, 0xEE])
+        }
+    }
+
+    @Test("znbdctl list: every daemon of a directory, one row each; a stale socket is said and skipped")
+    func listEveryDaemon() async throws {
+        try await withDaemon(["--size", "16M", "--name", "first"]) { first in
+            let directory = first.directory.path
+            let second = try DaemonProcess(
+                ["--size", "32M", "--name", "second"], directory: first.directory, socketPath: directory + "/b.sock",
+                controlPath: directory + "/b-control.sock")
+            defer { second.cleanUp() }
+            try second.waitUntilServing()
+            // A socket nobody answers on any more.
+            let stale = directory + "/stale-control.sock"
+            let bind = try runCommand(
+                ["python3", "-c", "import socket; socket.socket(socket.AF_UNIX).bind('\(stale)')"], timeout: 20)
+            #expect(bind.status == 0, "\(bind.standardError)")
+
+            let list = try runCommand(
+                [try DaemonProcess.executable("znbdctl"), "list", "--directory", directory], timeout: 30)
+            #expect(list.status == 0, "\(list.standardError)")
+            let lines = list.standardOutput.split(separator: "\n")
+            #expect(lines.count == 3, "\(list.standardOutput)")
+            #expect(lines.first?.hasPrefix("SOCKET") == true && lines.first?.contains("DISKSIZE") == true)
+            #expect(
+                lines.contains { $0.hasPrefix(directory + "/b.sock") && $0.contains("second") && $0.contains("32M") })
+            #expect(lines.contains { $0.hasPrefix(first.socketPath) && $0.contains("first") && $0.contains("16M") })
+            #expect(list.standardError.contains("stale-control.sock"), "\(list.standardError)")
+
+            let json = try runCommand(
+                [try DaemonProcess.executable("znbdctl"), "list", "--directory", directory, "--json"], timeout: 30)
+            let documents = try JSONDecoder().decode([StatsDocument].self, from: Data(json.standardOutput.utf8))
+            #expect(documents.map(\.export.name).sorted() == ["first", "second"])
+            #expect(second.signal(SIGTERM).status == 0)
         }
     }
 

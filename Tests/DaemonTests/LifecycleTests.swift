@@ -72,6 +72,8 @@ struct DaemonLifecycleTests {
             #expect(!FileManager.default.fileExists(atPath: daemon.socketPath))
             #expect(!FileManager.default.fileExists(atPath: daemon.controlPath))
             #expect(daemon.log.contains("stopped"))
+            // Both connections were open at the signal, and the log says so.
+            #expect(daemon.log.contains("znbd warning: stopping with 2 client connections open"), "\(daemon.log)")
         }
     }
 
@@ -82,6 +84,11 @@ struct DaemonLifecycleTests {
             (["--size", "1000"], "not a multiple of 4 KiB"),
             (["--size", "12X"], "unknown unit"),
             (["--size", "lots"], "not a size"),
+            (["--size", "-1G"], "--size -1G: a size cannot be negative"),
+            (["--mem-limit", "-5M"], "a size cannot be negative"),
+            (["--workers", "-1"], "--workers -1: must be 0 to 256"),
+            (["--max-chain", "-3"], "--max-chain -3: must be 1 to 16"),
+            (["--socket", "/nonexistent-znbd-test/dir/nbd.sock"], "its parent /nonexistent-znbd-test does not exist"),
             (["--mem-limit", "1Q"], "unknown unit"),
             (["--max-chain", "99"], "must be 1 to 16"),
             (["--compaction", "sometimes"], "Please provide one of 'auto' and 'off'"),
@@ -114,6 +121,8 @@ struct DaemonLifecycleTests {
             [try DaemonProcess.executable("znbd"), "--socket", directory.path + "/nbd.sock"] + arguments, timeout: 20)
         Self.expectUsageError(result, contains: message)
         #expect(!FileManager.default.fileExists(atPath: directory.path + "/nbd.sock"))
+        // A mistyped socket path makes no directory tree.
+        #expect(!FileManager.default.fileExists(atPath: "/nonexistent-znbd-test"))
     }
 
     static func expectUsageError(
@@ -126,6 +135,20 @@ struct DaemonLifecycleTests {
             result.standardError.hasPrefix("znbd: ") && result.standardError.contains(message),
             "stderr: \(result.standardError)", sourceLocation: sourceLocation)
         #expect(!result.timedOut, sourceLocation: sourceLocation)
+    }
+
+    @Test("--version and the shell completion scripts, for both executables")
+    func versionAndCompletions() throws {
+        for name in ["znbd", "znbdctl"] {
+            let executable = try DaemonProcess.executable(name)
+            let version = try runCommand([executable, "--version"], timeout: 20)
+            #expect(version.status == 0, "\(version.standardError)")
+            #expect(version.standardOutput.hasPrefix("\(name) ") && version.standardOutput.contains("."))
+            for shell in ["bash", "zsh", "fish"] {
+                let script = try runCommand([executable, "--generate-completion-script", shell], timeout: 20)
+                #expect(script.status == 0 && script.standardOutput.contains(name), "\(name) \(shell)")
+            }
+        }
     }
 
     @Test("a live socket, an address in use, a path that is no socket: exit 64; a stale socket is replaced")
@@ -177,6 +200,21 @@ struct DaemonLifecycleTests {
         let client = try LibNBDClient(uri: successor.uri)
         #expect(client.size == 16 << 20)
         #expect(successor.signal(SIGTERM).status == 0)
+        #expect(successor.log.contains("stopping with 1 client connection open"), "\(successor.log)")
+
+        // A missing socket directory whose parent exists is made, and removed
+        // again at exit.
+        let parent = try makeTemporaryDirectory("znbd-args")
+        defer { try? FileManager.default.removeItem(at: parent) }
+        let made = parent.path + "/made"
+        let maker = try DaemonProcess(
+            ["--size", "16M"], directory: parent, socketPath: made + "/nbd.sock", controlPath: made + "/c.sock")
+        defer { maker.cleanUp() }
+        try maker.waitUntilServing()
+        #expect(FileManager.default.fileExists(atPath: made + "/nbd.sock"))
+        #expect(maker.signal(SIGTERM).status == 0)
+        #expect(maker.log.contains("stopping: no client connected"), "\(maker.log)")
+        #expect(!FileManager.default.fileExists(atPath: made), "\(made) is left behind")
     }
 }
 

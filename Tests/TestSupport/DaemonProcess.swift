@@ -36,18 +36,27 @@ public final class DaemonProcess: @unchecked Sendable {
         return path
     }
 
-    /// Starts `znbd serve --socket DIR/nbd.sock --control DIR/nbd-control.sock ARGUMENTS`,
-    /// through `launcher` when given (a command that execs the rest, such
-    /// as setpriv or prlimit: the process is still znbd's).
-    public init(_ arguments: [String], directory: URL? = nil, launcher: [String] = []) throws {
+    /// Starts `znbd serve --socket DIR/nbd.sock --control DIR/nbd-control.sock ARGUMENTS`
+    /// (or the socket paths given), through `launcher` when given (a command
+    /// that execs the rest, such as setpriv or prlimit: the process is still
+    /// znbd's). The log is DIR/znbd.log, or DIR/znbd-NAME.log for a socket
+    /// NAME.sock given.
+    public init(
+        _ arguments: [String], directory: URL? = nil, launcher: [String] = [], socketPath: String? = nil,
+        controlPath: String? = nil
+    ) throws {
         ownsDirectory = directory == nil
         self.directory = try directory ?? makeTemporaryDirectory("znbd-daemon")
-        socketPath = self.directory.appendingPathComponent("nbd.sock").path
-        controlPath = self.directory.appendingPathComponent("nbd-control.sock").path
-        standardErrorURL = self.directory.appendingPathComponent("znbd.log")
+        self.socketPath = socketPath ?? self.directory.appendingPathComponent("nbd.sock").path
+        self.controlPath = controlPath ?? self.directory.appendingPathComponent("nbd-control.sock").path
+        // Two daemons may share a directory: each logs to a file of its own.
+        let socketName = socketPath.map { URL(fileURLWithPath: $0).deletingPathExtension().lastPathComponent }
+        standardErrorURL = self.directory.appendingPathComponent(socketName.map { "znbd-\($0).log" } ?? "znbd.log")
         _ = FileManager.default.createFile(atPath: standardErrorURL.path, contents: nil)
         let command =
-            launcher + [try Self.executable("znbd"), "serve", "--socket", socketPath, "--control", controlPath]
+            launcher + [
+                try Self.executable("znbd"), "serve", "--socket", self.socketPath, "--control", self.controlPath,
+            ]
             + arguments
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = command
