@@ -195,7 +195,7 @@ struct Serve: AsyncParsableCommand {
     @Option(
         parsing: .unconditional,
         help: ArgumentHelp(
-            "Threads that compress written pages (default: one per core, \(System.coreCount) here); 0 runs writes on the connection's event loop thread, as every other request runs.",
+            "Threads that compress written pages (default: one per core); 0 runs writes on the connection's event loop thread, as every other request runs.",
             valueName: "n"))
     var workers: Int?
 
