@@ -72,20 +72,11 @@ struct EndToEndTests {
         .enabled(if: Machine.missing == nil, "\(Machine.missing ?? "")"))
     func memoryLimitRecovery() async throws {
         // 256 MiB of disk, 24 MiB of pool: random data fills the pool first.
-        let daemon = try DaemonProcess(["--size", "256M", "--mem-limit", "24M"])
-        defer { daemon.cleanUp() }
-        try daemon.waitUntilServing()
-        let mountPoint = daemon.directory.appendingPathComponent("mnt").path
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        let attachment = try Attachment(daemon: daemon)
-        var mounted = false
-        defer {
-            if mounted { _ = try? runCommand(["umount", "-l", mountPoint], timeout: 60) }
-            attachment.detach()
-        }
+        let disk = try AttachedDaemon(["--size", "256M", "--mem-limit", "24M"])
+        defer { disk.close() }
+        let (daemon, attachment, mountPoint) = (disk.daemon, disk.attachment, disk.mountPoint)
         try shell(["mkfs.ext4", "-q", "-F", attachment.device], timeout: 120)
-        try shell(["mount"] + attachment.mountOptions + [attachment.device, mountPoint], timeout: 60)
-        mounted = true
+        try disk.mount()
         // What was there before the limit, with its checksum.
         try shell(
             [
@@ -118,13 +109,11 @@ struct EndToEndTests {
         // The recovery docs/OPERATIONS.md gives, step by step.
         let lifted = try daemon.znbdctl(["mem-limit", "0"])
         #expect(lifted.status == 0, "\(lifted.standardError)")
-        try shell(["umount", mountPoint], timeout: 120)
-        mounted = false
+        try disk.unmount()
         let repair = try runCommand(["e2fsck", "-fy", attachment.device], timeout: 300)
         #expect(repair.status == 0 || repair.status == 1, "e2fsck -fy: \(repair.status) \(repair.standardOutput)")
         try shell(["e2fsck", "-fn", attachment.device], timeout: 300)
-        try shell(["mount"] + attachment.mountOptions + [attachment.device, mountPoint], timeout: 60)
-        mounted = true
+        try disk.mount()
         try dropCaches()
         try shell(["sha256sum", "-c", "--quiet", "\(daemon.directory.path)/kept.sum"], timeout: 60)
         try shell(["rm", "-f", "\(mountPoint)/fill", "\(mountPoint)/after"], timeout: 60)
@@ -133,8 +122,7 @@ struct EndToEndTests {
         let restored = try daemon.znbdctl(["mem-limit", "24M"])
         #expect(restored.status == 0, "\(restored.standardError)")
         try shell(["sh", "-c", "head -c 8M /dev/urandom > '\(mountPoint)/new' && sync"], timeout: 60)
-        try shell(["umount", mountPoint], timeout: 120)
-        mounted = false
+        try disk.unmount()
         try shell(["e2fsck", "-fn", attachment.device], timeout: 300)
     }
 
@@ -147,17 +135,9 @@ struct EndToEndTests {
         let treeBytes =
             usage.standardOutput.split(separator: "\n").last.flatMap { Int($0.split(separator: "\t")[0]) } ?? 0
         let mebibytes = max(512, (treeBytes + treeBytes / 2) >> 20 + 64)
-        let daemon = try DaemonProcess(["--size", "\(mebibytes)M"])
-        defer { daemon.cleanUp() }
-        try daemon.waitUntilServing()
-        let mountPoint = daemon.directory.appendingPathComponent("mnt").path
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        let attachment = try Attachment(daemon: daemon)
-        var mounted = false
-        defer {
-            if mounted { _ = try? runCommand(["umount", "-l", mountPoint], timeout: 60) }
-            attachment.detach()
-        }
+        let disk = try AttachedDaemon(["--size", "\(mebibytes)M"])
+        defer { disk.close() }
+        let (daemon, attachment, mountPoint) = (disk.daemon, disk.attachment, disk.mountPoint)
 
         // Writes of 100 bytes off any boundary, as nbdkit's memory plugin
         // takes them: through nbdfuse (whose libnbd agreed to block sizes
@@ -174,8 +154,7 @@ struct EndToEndTests {
         #expect(back.standardOutput.hasPrefix(marker), "read back: \(back.standardOutput.debugDescription)")
 
         try shell(makeFilesystem + [attachment.device], timeout: 120)
-        try shell(["mount"] + attachment.mountOptions + [attachment.device, mountPoint], timeout: 60)
-        mounted = true
+        try disk.mount()
 
         // Copy real files in, and keep their checksums from the source.
         let sums = daemon.directory.appendingPathComponent("sums.txt").path
@@ -227,8 +206,7 @@ struct EndToEndTests {
         try dropCaches()
         try shell(["sh", "-c", "cd '\(mountPoint)' && sha256sum -c --quiet --strict '\(kept)'"], timeout: 600)
 
-        try shell(["umount", mountPoint], timeout: 120)
-        mounted = false
+        try disk.unmount()
         try shell(check + [attachment.device], timeout: 300)
         #expect(attachment.detach(), "nbdfuse did not exit after fusermount3 -u")
         let stop = daemon.signal(SIGTERM)
@@ -260,6 +238,46 @@ func shell(_ arguments: [String], timeout: Double) throws -> CommandResult {
                 """)
     }
     return result
+}
+
+/// A daemon with its device attached (Attachment) and a mount point beside
+/// it. `close()`, deferred by the test, undoes whatever is still done, in
+/// order: unmount (lazily), detach, kill the daemon.
+final class AttachedDaemon {
+    let daemon: DaemonProcess
+    let attachment: Attachment
+    let mountPoint: String
+    private var mounted = false
+
+    init(_ arguments: [String]) throws {
+        daemon = try DaemonProcess(arguments)
+        do {
+            try daemon.waitUntilServing()
+            mountPoint = daemon.directory.appendingPathComponent("mnt").path
+            try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+            attachment = try Attachment(daemon: daemon)
+        } catch {
+            daemon.cleanUp()
+            throw error
+        }
+    }
+
+    func mount() throws {
+        try shell(["mount"] + attachment.mountOptions + [attachment.device, mountPoint], timeout: 60)
+        mounted = true
+    }
+
+    func unmount() throws {
+        try shell(["umount", mountPoint], timeout: 120)
+        mounted = false
+    }
+
+    func close() {
+        if mounted { _ = try? runCommand(["umount", "-l", mountPoint], timeout: 60) }
+        mounted = false
+        attachment.detach()
+        daemon.cleanUp()
+    }
 }
 
 /// The device a user would mkfs: /dev/nbd0 through the kernel's nbd-client

@@ -6,14 +6,17 @@ import Testing
 import TestSupport
 
 /// A RAM device whose writes wait at a gate until the test opens it.
-final class GatedDevice: BlockDevice, @unchecked Sendable {
-    // @unchecked: `open` is guarded by `condition`'s mutex; `inner` is Sendable.
-    let inner: MemoryBlockDevice
+final class GatedDevice: ForwardingDevice, @unchecked Sendable {
+    // @unchecked: `open` is guarded by `condition`'s mutex.
+    let memory: MemoryBlockDevice
     let writesEntered = Atomic<Int>(0)
     private var open = false
     private let condition = NSCondition()
 
-    init(byteCount: Int) throws { inner = try MemoryBlockDevice(byteCount: byteCount) }
+    init(byteCount: Int) throws {
+        memory = try MemoryBlockDevice(byteCount: byteCount)
+        super.init(inner: memory)
+    }
 
     func openGate() {
         condition.lock()
@@ -22,29 +25,12 @@ final class GatedDevice: BlockDevice, @unchecked Sendable {
         condition.unlock()
     }
 
-    var byteCount: Int { inner.byteCount }
-    var minimumBlockSize: Int { inner.minimumBlockSize }
-    var preferredBlockSize: Int { inner.preferredBlockSize }
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
-        try inner.read(into: buffer, at: offset)
-    }
-    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
+    override func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
         writesEntered.add(1, ordering: .relaxed)
         condition.lock()
         while !open { condition.wait() }
         condition.unlock()
-        try inner.write(bytes, at: offset)
-    }
-    func discard(offset: Int, length: Int) throws(BlockDeviceError) {
-        try inner.discard(offset: offset, length: length)
-    }
-    func writeZeroes(offset: Int, length: Int, mayDeallocate: Bool) throws(BlockDeviceError) {
-        try inner.writeZeroes(offset: offset, length: length, mayDeallocate: mayDeallocate)
-    }
-    func flush() throws(BlockDeviceError) {}
-    func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError) -> [AllocationExtent]
-    {
-        try inner.allocationExtents(offset: offset, length: length, maximumExtents: maximumExtents)
+        try memory.write(bytes, at: offset)
     }
 }
 
@@ -184,7 +170,7 @@ struct BackPressureTests {
             // finish them, so a read of a written block could come first.
             func readPattern(_ index: Int) -> [UInt8] { [UInt8](repeating: UInt8(0xA0 + index), count: 4096) }
             for index in 0..<5 {
-                try readPattern(index).withUnsafeBytes { try device.inner.write($0, at: (200 + index) * 4096) }
+                try readPattern(index).withUnsafeBytes { try device.memory.write($0, at: (200 + index) * 4096) }
             }
             var batch: [UInt8] = []
             for index in 0..<130 {

@@ -44,3 +44,34 @@ func withServedDevice<Result>(
         throw error
     }
 }
+
+/// A device that hands every call to `inner`; a test subclasses it to
+/// change one thing (a gate on writes, a stricter minimum block size).
+class ForwardingDevice: BlockDevice, @unchecked Sendable {
+    // @unchecked: `inner` is Sendable; subclasses guard their own state.
+    let inner: any BlockDevice
+
+    init(inner: any BlockDevice) { self.inner = inner }
+
+    var byteCount: Int { inner.byteCount }
+    var minimumBlockSize: Int { inner.minimumBlockSize }
+    var preferredBlockSize: Int { inner.preferredBlockSize }
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
+        try inner.read(into: buffer, at: offset)
+    }
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
+        try inner.write(bytes, at: offset)
+    }
+    func discard(offset: Int, length: Int) throws(BlockDeviceError) {
+        try inner.discard(offset: offset, length: length)
+    }
+    func writeZeroes(offset: Int, length: Int, mayDeallocate: Bool) throws(BlockDeviceError) {
+        try inner.writeZeroes(offset: offset, length: length, mayDeallocate: mayDeallocate)
+    }
+    func flush() throws(BlockDeviceError) { try inner.flush() }
+    func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError) -> [AllocationExtent]
+    {
+        try inner.allocationExtents(offset: offset, length: length, maximumExtents: maximumExtents)
+    }
+    func recordInvalidRequest() { inner.recordInvalidRequest() }
+}

@@ -223,10 +223,10 @@ struct ServerLimitsTests {
             try agreed.sendRequest(type: NBDCommand.read.rawValue, cookie: 3, offset: 512, length: 512)
             #expect(try agreed.receiveSimpleReply(dataLength: 512).data == [UInt8](repeating: 0, count: 512))
             // Range and alignment refusals are zram's invalid_io.
-            #expect(strict.inner.figures()[.invalidIO] == 2)
+            #expect(strict.compressed.figures()[.invalidIO] == 2)
             try agreed.sendRequest(type: NBDCommand.read.rawValue, cookie: 4, offset: UInt64(size), length: 512)
             #expect(try agreed.receiveSimpleReply().error == NBDError.einval.rawValue)
-            #expect(strict.inner.figures()[.invalidIO] == 3)
+            #expect(strict.compressed.figures()[.invalidIO] == 3)
             // The same client, not having agreed, gets any alignment.
             let other = try RawClient(socketPath: served.socketPath)
             try other.handshake(blockSizes: false)
@@ -348,33 +348,15 @@ struct ServerLimitsTests {
 /// A compressed device that asks clients for a larger minimum block size
 /// than its own 1, so that the server's refusal of misaligned requests from
 /// clients that agreed to block sizes stays tested.
-final class AlignmentDemandingDevice: BlockDevice {
-    let inner: CompressedBlockDevice
-    let minimumBlockSize: Int
+final class AlignmentDemandingDevice: ForwardingDevice, @unchecked Sendable {
+    let compressed: CompressedBlockDevice
+    private let demanded: Int
 
     init(inner: CompressedBlockDevice, minimumBlockSize: Int) {
-        self.inner = inner
-        self.minimumBlockSize = minimumBlockSize
+        compressed = inner
+        demanded = minimumBlockSize
+        super.init(inner: inner)
     }
 
-    var byteCount: Int { inner.byteCount }
-    var preferredBlockSize: Int { inner.preferredBlockSize }
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
-        try inner.read(into: buffer, at: offset)
-    }
-    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(BlockDeviceError) {
-        try inner.write(bytes, at: offset)
-    }
-    func discard(offset: Int, length: Int) throws(BlockDeviceError) {
-        try inner.discard(offset: offset, length: length)
-    }
-    func writeZeroes(offset: Int, length: Int, mayDeallocate: Bool) throws(BlockDeviceError) {
-        try inner.writeZeroes(offset: offset, length: length, mayDeallocate: mayDeallocate)
-    }
-    func flush() throws(BlockDeviceError) {}
-    func allocationExtents(offset: Int, length: Int, maximumExtents: Int) throws(BlockDeviceError) -> [AllocationExtent]
-    {
-        try inner.allocationExtents(offset: offset, length: length, maximumExtents: maximumExtents)
-    }
-    func recordInvalidRequest() { inner.recordInvalidRequest() }
+    override var minimumBlockSize: Int { demanded }
 }
