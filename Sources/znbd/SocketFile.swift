@@ -53,7 +53,8 @@ enum SocketFile {
     /// exists (so the default /run/znbd and $XDG_RUNTIME_DIR/znbd appear by
     /// themselves, and a mistyped path is an error, not a new tree).
     private static func makeDirectory(of path: String, role: String) throws(StartupError) -> String? {
-        let directory = FilePath(path).removingLastComponent()
+        var directory = FilePath(path).removingLastComponent()
+        if directory.isEmpty { directory = "." }  // a bare name: the working directory
         var status = stat()
         if stat(directory.string, &status) == 0 {
             guard status.st_mode & S_IFMT == S_IFDIR else {

@@ -215,6 +215,16 @@ struct DaemonLifecycleTests {
         #expect(maker.signal(SIGTERM).status == 0)
         #expect(maker.log.contains("stopping: no client connected"), "\(maker.log)")
         #expect(!FileManager.default.fileExists(atPath: made), "\(made) is left behind")
+
+        // A bare socket name is in the working directory, which exists.
+        let relative = try runCommand(
+            [
+                "sh", "-c",
+                "cd '\(parent.path)' && timeout -s TERM 3 '\(znbd)' serve --size 16M --socket rel.sock 2>&1; true",
+            ], timeout: 30)
+        #expect(relative.standardOutput.contains("serving a 16M"), "\(relative.standardOutput)")
+        #expect(relative.standardOutput.contains("stopped"), "\(relative.standardOutput)")
+        #expect(!FileManager.default.fileExists(atPath: parent.path + "/rel.sock"))
     }
 }
 
