@@ -32,9 +32,11 @@ public enum ControlPaths {
     }
 
     /// Every control socket in `directory` (names ending in -control.sock),
-    /// sorted: the daemons `znbdctl list` asks.
+    /// sorted: the daemons `znbdctl list` asks. A directory that does not
+    /// exist holds none (no daemon has run yet, as zramctl lists no device).
     public static func controlSockets(in directory: String) throws(ListingError) -> [String] {
         guard let stream = opendir(directory) else {
+            if errno == ENOENT { return [] }
             throw ListingError(description: "cannot read \(directory): \(String(cString: strerror(errno)))")
         }
         defer { closedir(stream) }

@@ -315,6 +315,11 @@ struct DaemonFiguresTests {
                 [try DaemonProcess.executable("znbdctl"), "list", "--directory", directory, "--json"], timeout: 30)
             let documents = try JSONDecoder().decode([StatsDocument].self, from: Data(json.standardOutput.utf8))
             #expect(documents.map(\.export.name).sorted() == ["first", "second"])
+            // No daemon anywhere: nothing listed, said on stderr, exit 0.
+            let none = try runCommand(
+                [try DaemonProcess.executable("znbdctl"), "list", "--directory", directory + "/none"], timeout: 30)
+            #expect(none.status == 0 && none.standardOutput.isEmpty, "\(none.standardError)")
+            #expect(none.standardError.contains("no znbd answers in"), "\(none.standardError)")
             #expect(second.signal(SIGTERM).status == 0)
         }
     }
