@@ -220,14 +220,13 @@ public final class CompressedBlockDevice: BlockDevice {
         for page in firstPage..<endPage { deallocate(page) }
     }
 
-    /// Zeroes the range. With `mayDeallocate` (an NBD write-zeroes without
-    /// NO_HOLE: what the kernel's nbd driver sends for a REQ_OP_WRITE_ZEROES
-    /// without REQ_NOUNMAP) whole pages are freed as a discard frees them, so
-    /// DATA and same_pages read as zram's do, which turns every
-    /// REQ_OP_WRITE_ZEROES into a discard; without it they become zero pages
-    /// (same_pages, reported as zero but not a hole). Partial pages at the
-    /// edges are patched with zeroes either way (zram, whose logical block is
-    /// its page, never sees them).
+    /// Zeroes the range. With `mayDeallocate` (NBD's write-zeroes without
+    /// NO_HOLE, as libnbd's nbd_zero sends by default) whole pages are freed
+    /// as a discard frees them: the kernel's zram turns every
+    /// REQ_OP_WRITE_ZEROES into a discard, and DATA and same_pages then read
+    /// as its do. Without it they become zero pages (same_pages; block status
+    /// ZERO, not HOLE). Partial pages at the edges are patched with zeroes
+    /// either way (zram, whose logical block is its page, never sees them).
     public func writeZeroes(offset: Int, length: Int, mayDeallocate: Bool) throws(BlockDeviceError) {
         try checkRange(offset: offset, length: length)
         counters.add(.zeroes)
