@@ -225,6 +225,21 @@ struct DaemonLifecycleTests {
         #expect(relative.standardOutput.contains("serving a 16M"), "\(relative.standardOutput)")
         #expect(relative.standardOutput.contains("stopped"), "\(relative.standardOutput)")
         #expect(!FileManager.default.fileExists(atPath: parent.path + "/rel.sock"))
+
+        // Under systemd stderr is the journal's stream, named by
+        // JOURNAL_STREAM (device:inode): lines carry a syslog priority and
+        // no time. Here the "journal" is a file the test names the same way.
+        let journal = parent.path + "/journal.log"
+        _ = FileManager.default.createFile(atPath: journal, contents: nil)
+        _ = try runCommand(
+            [
+                "sh", "-c",
+                "JOURNAL_STREAM=$(stat -c %d:%i '\(journal)') timeout -s TERM 3 '\(znbd)' serve --size 16M --socket '\(parent.path)/j.sock' 2>>'\(journal)'; true",
+            ], timeout: 30)
+        let lines = try String(contentsOfFile: journal, encoding: .utf8).split(separator: "\n")
+        #expect(lines.contains { $0.hasPrefix("<6>serving a 16M") }, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("<6>stopped") }, "\(lines)")
+        #expect(lines.allSatisfy { $0.hasPrefix("<") }, "\(lines)")
     }
 }
 
