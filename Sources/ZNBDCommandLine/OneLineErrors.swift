@@ -26,11 +26,16 @@ extension ParsableCommand {
     /// The first half of `mainWithOneLineErrors`: parses the command line,
     /// or exits as it describes. Synchronous, so a caller on the main thread
     /// stays there (znbd applies per-thread settings before any thread).
-    public static func parseWithOneLineErrors(helpHint: String) -> any ParsableCommand {
+    /// `arguments` are the command line's unless given (without the
+    /// program's name); `context` is added to a failure's line (where
+    /// arguments that were not typed came from).
+    public static func parseWithOneLineErrors(
+        _ arguments: [String]? = nil, helpHint: String, context: String? = nil
+    ) -> any ParsableCommand {
         do {
-            return try parseAsRoot()
+            return try parseAsRoot(arguments)
         } catch {
-            exitWithOneLineError(error, helpHint: helpHint)
+            exitWithOneLineError(error, helpHint: helpHint, context: context)
         }
     }
 
@@ -50,7 +55,7 @@ extension ParsableCommand {
     }
 
     /// Prints `error` as one line (or the help it asks for) and exits.
-    public static func exitWithOneLineError(_ error: any Error, helpHint: String) -> Never {
+    public static func exitWithOneLineError(_ error: any Error, helpHint: String, context: String? = nil) -> Never {
         let name = configuration.commandName ?? "\(Self.self)"
         if let failure = error as? any CommandLineFailure {
             printErrorLine("\(name): \(failure.description)")
@@ -59,7 +64,8 @@ extension ParsableCommand {
         if let exitCode = error as? ExitCode { Glibc.exit(exitCode.rawValue) }
         let code = exitCode(for: error)
         if code == .success { exit(withError: error) }  // --help
-        printErrorLine("\(name): \(oneLine(message(for: error))) (see \(helpHint))")
+        let origin = context.map { " (\($0))" } ?? ""
+        printErrorLine("\(name): \(oneLine(message(for: error)))\(origin) (see \(helpHint))")
         Glibc.exit(code.rawValue)
     }
 }

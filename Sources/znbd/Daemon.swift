@@ -56,7 +56,10 @@ final class Daemon: Service {
             startupFailure.withLockedValue { $0 = error }
             return
         }
+        ServiceManager.notify(
+            "READY=1\nSTATUS=serving \(ByteSize.format(configuration.sizeBytes)) on \(configuration.socketPath)")
         try? await gracefulShutdown()
+        ServiceManager.notify("STOPPING=1")
         let open = running.server.figures()[.connectionsOpen]
         if open > 0 {
             // Whatever is attached loses its disk: say so where the operator

@@ -4,6 +4,11 @@
 // THE MAP, in the order a start runs
 //   ServeCommand.swift      `znbd serve`: the options, checked into a
 //                           DaemonConfiguration (this file)
+//   ConfigurationFile.swift /etc/znbd/znbd.conf: a section per device, its
+//                           keys `znbd serve` options (--config, --device)
+//   SystemdGenerator.swift  the sections as systemd units at boot: daemon,
+//                           nbd-client, mount or swap (znbd-generator)
+//   ServiceManager.swift    READY=1 and STOPPING=1 to systemd (Type=notify)
 //   ProcessProtection.swift what keeps it serving as this machine's swap
 //                           (I/O flusher, memory lock, OOM score), applied
 //                           before any thread exists
@@ -46,19 +51,31 @@ struct ZNBDCommand: AsyncParsableCommand {
             word cost no memory. Attach with nbd-client, nbdfuse or qemu; read figures with znbdctl.
             """,
         version: "znbd \(ZNBDVersion.number)",
-        subcommands: [Serve.self],
+        subcommands: [Serve.self, SystemdGenerator.self],
         defaultSubcommand: Serve.self)
 
     /// Bad arguments, and sockets or addresses that cannot be had, exit 64
     /// (EX_USAGE) with one line on stderr.
     static func main() async {
         let helpHint = "znbd serve --help"
+        var arguments = Array(CommandLine.arguments.dropFirst())
+        // systemd runs the generator by its link's name.
+        if CommandLine.arguments.first?.split(separator: "/").last.map(String.init) == SystemdGenerator.linkName {
+            arguments.insert(SystemdGenerator.configuration.commandName ?? "", at: 0)
+        }
+        let fromFile: ConfiguredDevice?
+        do throws(ConfigurationFile.Failure) {
+            fromFile = try ConfiguredDevice.expand(&arguments)
+        } catch {
+            exitWithOneLineError(error, helpHint: helpHint)
+        }
         // Parsed and protected here, on the main thread and before the first
         // suspension: no other thread exists yet, so every thread made later
         // descends from this one and inherits the I/O flusher flag. (Calling
         // an async function hops to the runtime's thread pool, whose first
         // thread would be made before the flag.)
-        let command = parseWithOneLineErrors(helpHint: helpHint)
+        let command = parseWithOneLineErrors(
+            arguments, helpHint: helpHint, context: fromFile.map { "with the options of \($0)" })
         if let serve = command as? Serve {
             do throws(StartupError) {
                 try serve.protectProcess()
@@ -88,6 +105,18 @@ struct Serve: AsyncParsableCommand {
     @Option(
         parsing: .unconditional, help: "Device size, a multiple of 4 KiB, with K, M, G or T (binary units).")
     var size = "1G"
+
+    @Option(
+        help: ArgumentHelp(
+            "Serve device NAME of the configuration file: its section's keys are options, those given here win (default socket: NAME.sock in /run/znbd).",
+            valueName: "name"))
+    var device: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "The configuration file --device reads (docs/OPERATIONS.md, \"Several devices\").",
+            valueName: "path"))
+    var config = ConfigurationFile.defaultPath
 
     @Option(help: "Export name clients ask for (default: empty, the default export).")
     var name = ""
@@ -280,7 +309,10 @@ struct Serve: AsyncParsableCommand {
         guard name.utf8.count <= 4096 else { throw ValidationError("--name: at most 4096 bytes (the NBD limit)") }
 
         let environment = ProcessInfo.processInfo.environment
-        let socketPath = socket ?? ControlPaths.defaultNBDSocket(userID: getuid(), environment: environment)
+        let socketPath =
+            socket
+            ?? device.map { ConfigurationFile.defaultSocket(forDevice: $0, userID: getuid(), environment: environment) }
+            ?? ControlPaths.defaultNBDSocket(userID: getuid(), environment: environment)
         let controlPath = control ?? ControlPaths.controlSocket(nextTo: socketPath)
         for (option, path) in [("--socket", socketPath), ("--control", controlPath)] {
             guard !path.isEmpty else { throw ValidationError("\(option): empty path") }
@@ -330,7 +362,14 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let configuration = try configuration()
+        let configuration: DaemonConfiguration
+        do {
+            configuration = try self.configuration()
+        } catch {
+            guard let device else { throw error }
+            throw ValidationError(
+                "\(error.message) (with the options of \(ConfiguredDevice(path: config, name: device)))")
+        }
         let protection = appliedProtection.withLock { $0 } ?? ProcessProtection.Outcome()
         let level = configuration.logLevel
         LoggingSystem.bootstrap { _ in DaemonLogHandler(logLevel: level) }

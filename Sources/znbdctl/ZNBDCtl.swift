@@ -45,7 +45,7 @@ struct ZNBDCtl: AsyncParsableCommand {
     }
 }
 
-/// --control, accepted before or after the subcommand.
+/// --control or --device, accepted before or after the subcommand.
 struct ControlOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
@@ -53,11 +53,25 @@ struct ControlOptions: ParsableArguments {
             valueName: "path"))
     var control: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "The device NAME of /etc/znbd/znbd.conf: its control socket, NAME-control.sock in the same directory.",
+            valueName: "name"))
+    var device: String?
+
+    func validate() throws {
+        if control != nil && device != nil {
+            throw ValidationError("--control and --device both name a daemon: give one")
+        }
+    }
+
     var client: ControlClient {
-        ControlClient(
+        let environment = ProcessInfo.processInfo.environment
+        let directory = ControlPaths.runtimeDirectory(userID: getuid(), environment: environment)
+        return ControlClient(
             socketPath: control
-                ?? ControlPaths.defaultControlSocket(
-                    userID: getuid(), environment: ProcessInfo.processInfo.environment))
+                ?? device.map { "\(directory)/\($0)-control.sock" }
+                ?? ControlPaths.defaultControlSocket(userID: getuid(), environment: environment))
     }
 
     /// GET or send `path`, and decode the 200 answer as `Document`.
