@@ -57,6 +57,24 @@ struct VMTests {
         #expect(lines.contains { $0.hasSuffix("] PASS") }, "the guest script did not reach PASS")
     }
 
+    /// Tests/VM/systemd.sh under `tools/vm --systemd`: systemd is the
+    /// guest's PID 1, znbd.conf declares an ext4 device, a swap device and
+    /// a served-only one; daemon-reload runs the generator and starting
+    /// multi-user.target brings all seven units up, as a boot does. About
+    /// 100 s under TCG, boot included.
+    @Test(
+        "systemd: znbd.conf's devices through the generator and znbd@.service: mount, swap, restart, stop in order",
+        .enabled(if: VirtualMachine.missing == nil, "\(VirtualMachine.missing ?? "")"))
+    func systemdUnits() throws {
+        let result = try runVM(["systemd"], memory: "1G", timeout: 420)
+        let lines = result.output.split(separator: "\n")
+        print(lines.filter { $0.hasPrefix("systemd: ") || $0.hasPrefix("vm: ") }.joined(separator: "\n"))
+        #expect(result.status == 0, "tools/vm systemd exited \(result.status):\n\(result.output.suffix(6000))")
+        #expect(
+            lines.contains { $0.hasPrefix("systemd: ") && $0.hasSuffix("] PASS") },
+            "the guest script did not reach PASS")
+    }
+
     /// Runs `tools/vm ARGUMENTS`: qemu and everything under it is killed
     /// when this returns, whatever happened. A VM that never started the
     /// guest's command (tools/vm's exit 125) cancels the test: reported as

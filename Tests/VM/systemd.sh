@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# `tools/vm --systemd systemd` inside a VM whose PID 1 is systemd: the
+# devices of a znbd.conf started by systemd itself, through the generator,
+# the template unit and the units it writes, as at boot.
+#
+#   [scratch]  ext4 on /dev/nbd0, mounted    [swap]  swap on /dev/nbd1
+#   [served]   served only (no nbd-device)
+#
+# Then: files through the mount; `znbdctl list` shows the three; stopping
+# the mount and restarting the attach unit keeps the filesystem (makefs
+# finds it and leaves it); stopping a daemon takes its mount and attach
+# down first, in order, and the daemon exits cleanly; starting the mount
+# again brings the chain back. Prints "systemd: [...] PASS" at the end.
+#
+# The unit files are the ones the package installs (tools/systemd/znbd@.service
+# with ExecStart pointing at $ZNBD_BIN), put where systemd looks at run time:
+# /run/systemd/system and /run/systemd/system-generators. /etc is the
+# host's, read-only: it gets a tmpfs overlay for /etc/znbd/znbd.conf.
+name=systemd
+source "$(dirname "$0")/lib.sh"
+
+[[ $(cat /proc/1/comm) == systemd ]] || fail "PID 1 is $(cat /proc/1/comm), not systemd (run with tools/vm --systemd)"
+units=(/run/systemd/system/znbd@.service /run/systemd/system-generators/znbd-generator)
+configured=""
+mount_unit='mnt-znbd\x2dscratch.mount'
+
+# Runs before lib.sh's cleanup, which exits with the status it finds.
+cleanup_units() {
+    local status=$?
+    set +e
+    if [[ -n $configured ]]; then
+        timeout 120 systemctl stop "$mount_unit" dev-nbd1.swap 'znbd-attach@*.service' 'znbd@*.service'
+        rm -f "${units[@]}" /etc/znbd/znbd.conf
+        timeout 60 systemctl daemon-reload
+    fi
+    return "$status"
+}
+trap 'cleanup_units; cleanup' EXIT
+
+say "systemd $(systemctl --version | head -1 | cut -d' ' -f2) is PID 1; state: $(systemctl is-system-running || true)"
+t 30 modprobe nbd nbds_max=4
+# /etc is the host's, shared read-only: a tmpfs over it for the one file.
+mkdir -p /run/etc-upper /run/etc-work
+mount -t overlay etc-overlay -o lowerdir=/etc,upperdir=/run/etc-upper,workdir=/run/etc-work /etc
+mounts+=(/etc)
+# The shared root is read-only: systemd makes the mount point in a tmpfs.
+mount -t tmpfs -o size=1m znbd-vm-mnt /mnt
+mounts+=(/mnt)
+mkdir -p /etc/znbd /run/systemd/system /run/systemd/system-generators
+sed "s|/usr/local/bin/znbd|$bin/znbd|" "$repo/tools/systemd/znbd@.service" >/run/systemd/system/znbd@.service
+ln -sf "$bin/znbd" /run/systemd/system-generators/znbd-generator
+cat >/etc/znbd/znbd.conf <<'EOF'
+[scratch]
+size = 256M
+mem-limit = 128M
+nbd-device = /dev/nbd0
+fs-type = ext4
+mount-point = /mnt/znbd-scratch
+
+[swap]
+size = 128M
+algorithm = zstd
+nbd-device = /dev/nbd1
+fs-type = swap
+swap-priority = 77
+
+[served]
+size = 64M
+EOF
+configured=yes
+t 60 systemctl daemon-reload
+generated=$(ls /run/systemd/generator/ | grep -c 'znbd\|nbd1\|scratch' || true)
+say "daemon-reload: the generator wrote $generated units: $(ls /run/systemd/generator | grep 'znbd\|nbd1\|scratch' | tr '\n' ' ')"
+[[ $(systemctl show -p Type --value znbd@scratch.service) == notify ]] || fail "znbd@scratch is not Type=notify"
+
+# As at boot: multi-user.target wants every generated unit.
+t 180 systemctl start multi-user.target
+for unit in znbd@scratch.service znbd@swap.service znbd@served.service znbd-attach@scratch.service \
+    znbd-attach@swap.service "$mount_unit" dev-nbd1.swap; do
+    state=$(systemctl is-active "$unit" || true)
+    [[ $state == active ]] || { systemctl status --no-pager "$unit" || true; fail "$unit is $state"; }
+done
+say "multi-user.target started all seven units"
+findmnt -n -o SOURCE,FSTYPE /mnt/znbd-scratch | grep -q '^/dev/nbd0 *ext4$' || fail "/mnt/znbd-scratch: $(findmnt -n /mnt/znbd-scratch)"
+swapon --show=NAME,PRIO --noheadings | grep -q '^/dev/nbd1 *77$' || fail "swap: $(swapon --show)"
+say "ext4 from /dev/nbd0 on /mnt/znbd-scratch; /dev/nbd1 is swap with priority 77"
+
+list=$(t 30 "$bin/znbdctl" list)
+echo "$list"
+for device in scratch swap served; do
+    grep -q "^/run/znbd/$device.sock " <<<"$list" || fail "znbdctl list has no $device"
+done
+
+head -c 16M /dev/urandom >/run/znbd-vm-data
+cp /run/znbd-vm-data /mnt/znbd-scratch/data
+t 60 sync
+t 30 "$bin/znbdctl" --device scratch stats
+
+# Stop the mount, restart the attach unit (its makefs step runs again):
+# the filesystem is found and kept.
+t 60 systemctl stop "$mount_unit"
+t 60 systemctl restart znbd-attach@scratch.service
+t 60 systemctl start "$mount_unit"
+drop_caches
+cmp /run/znbd-vm-data /mnt/znbd-scratch/data || fail "the file differs after the attach unit restarted"
+say "attach unit restarted: makefs left the filesystem alone, the file verifies"
+
+# Stopping a daemon stops what depends on it first: umount, detach, then
+# SIGTERM to a daemon with no client left.
+t 120 systemctl stop znbd@scratch.service
+findmnt /mnt/znbd-scratch >/dev/null && fail "still mounted after znbd@scratch stopped"
+[[ -e /sys/block/nbd0/pid ]] && fail "/dev/nbd0 still attached after znbd@scratch stopped"
+[[ $(systemctl show -p Result --value znbd@scratch.service) == success ]] \
+    || fail "znbd@scratch: $(systemctl show -p Result,ExecMainStatus znbd@scratch.service | tr '\n' ' ')"
+journalctl -b -u znbd@scratch.service --no-pager -o cat | tail -3
+journalctl -b -u znbd@scratch.service --no-pager -o cat | grep -q "stopping: no client connected" \
+    || fail "znbd@scratch did not log a stop with no client left"
+say "znbd@scratch stopped after its mount and attach units; the daemon had no client left and exited 0"
+
+# Back again: a new daemon, an empty disk, a new filesystem.
+t 120 systemctl start "$mount_unit"
+findmnt -n -o FSTYPE /mnt/znbd-scratch | grep -q ext4 || fail "not mounted again"
+[[ ! -e /mnt/znbd-scratch/data ]] || fail "a restarted daemon kept data it cannot have"
+say "started again: a fresh ext4 on a fresh device"
+
+t 120 systemctl stop dev-nbd1.swap "$mount_unit"
+t 120 systemctl stop 'znbd@*.service'
+swapon --show --noheadings | grep -q nbd1 && fail "swap still on"
+say PASS
