@@ -58,28 +58,38 @@ struct VMTests {
     }
 
     /// Tests/VM/systemd.sh under `tools/vm --systemd`: systemd is the
-    /// guest's PID 1, znbd.conf declares an ext4 device, a swap device and
-    /// a served-only one; daemon-reload runs the generator and starting
-    /// multi-user.target brings all seven units up, as a boot does. About
-    /// 100 s under TCG, boot included.
+    /// guest's PID 1; the files of tools/package's .deb are laid out where
+    /// it installs them; znbd.conf declares an ext4 device, a swap device
+    /// and a served-only one; daemon-reload runs the installed generator
+    /// and starting multi-user.target brings all seven units up, as a boot
+    /// does. About 100 s under TCG, boot included, after the package build
+    /// (seconds when PackageTests built it already, minutes from nothing).
     @Test(
-        "systemd: znbd.conf's devices through the generator and znbd@.service: mount, swap, restart, stop in order",
+        "systemd: the package's generator and znbd@.service bring up znbd.conf's devices: mount, swap, stop in order",
         .enabled(if: VirtualMachine.missing == nil, "\(VirtualMachine.missing ?? "")"))
     func systemdUnits() throws {
-        let result = try runVM(["systemd"], memory: "1G", timeout: 420)
+        let package = try runCommand([VirtualMachine.path("tools/package")], timeout: 1500)
+        let built = package.standardOutput.split(separator: "\n").first { $0.hasPrefix("package: built ") }
+        let deb = built.flatMap { $0.dropFirst("package: built ".count).split(separator: " ").first }.map(String.init)
+        #expect(package.status == 0 && deb != nil, "tools/package: \(package.standardOutput)\n\(package.standardError)")
+        guard let deb else { return }
+        let result = try runVM(["systemd"], memory: "1G", timeout: 420, environment: ["ZNBD_DEB": deb])
         let lines = result.output.split(separator: "\n")
         print(lines.filter { $0.hasPrefix("systemd: ") || $0.hasPrefix("vm: ") }.joined(separator: "\n"))
         #expect(result.status == 0, "tools/vm systemd exited \(result.status):\n\(result.output.suffix(6000))")
         #expect(
             lines.contains { $0.hasPrefix("systemd: ") && $0.hasSuffix("] PASS") },
             "the guest script did not reach PASS")
+        #expect(lines.contains { $0.contains("installed znbd_") }, "the guest did not use the package's files")
     }
 
     /// Runs `tools/vm ARGUMENTS`: qemu and everything under it is killed
     /// when this returns, whatever happened. A VM that never started the
     /// guest's command (tools/vm's exit 125) cancels the test: reported as
     /// cancelled, never as passed.
-    func runVM(_ arguments: [String], memory: String, timeout: Double) throws -> (status: Int32, output: String) {
+    func runVM(
+        _ arguments: [String], memory: String, timeout: Double, environment extra: [String: String] = [:]
+    ) throws -> (status: Int32, output: String) {
         let directory = try makeTemporaryDirectory("znbd-vm")
         defer { try? FileManager.default.removeItem(at: directory) }
         let outputURL = directory.appendingPathComponent("output.log")
@@ -93,6 +103,7 @@ struct VMTests {
         // The guest runs the binaries this test was built with.
         environment["ZNBD_BIN"] = try (DaemonProcess.executable("znbd") as NSString).deletingLastPathComponent
         _ = try DaemonProcess.executable("znbdctl")
+        environment.merge(extra) { $1 }
         process.environment = environment
         process.standardInput = FileHandle.nullDevice
         let output = try FileHandle(forWritingTo: outputURL)

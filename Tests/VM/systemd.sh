@@ -12,10 +12,13 @@
 # down first, in order, and the daemon exits cleanly; starting the mount
 # again brings the chain back. Prints "systemd: [...] PASS" at the end.
 #
-# The unit files are the ones the package installs (tools/systemd/znbd@.service
-# with ExecStart pointing at $ZNBD_BIN), put where systemd looks at run time:
-# /run/systemd/system and /run/systemd/system-generators. /etc is the
-# host's, read-only: it gets a tmpfs overlay for /etc/znbd/znbd.conf.
+# With ZNBD_DEB (tools/package's .deb), the package's files are put where
+# it installs them, as read-only overlays over the shared root's /usr and
+# /etc: /usr/bin/znbd, /lib/systemd/system/znbd@.service, the generator,
+# /etc/znbd/znbd.conf. Without it, this build's znbd ($ZNBD_BIN) and
+# tools/systemd/znbd@.service go where systemd looks at run time
+# (/run/systemd/system, /run/systemd/system-generators). /etc is the
+# host's, read-only: a tmpfs layer takes the test's znbd.conf.
 name=systemd
 source "$(dirname "$0")/lib.sh"
 
@@ -39,16 +42,37 @@ trap 'cleanup_units; cleanup' EXIT
 
 say "systemd $(systemctl --version | head -1 | cut -d' ' -f2) is PID 1; state: $(systemctl is-system-running || true)"
 t 30 modprobe nbd nbds_max=4
-# /etc is the host's, shared read-only: a tmpfs over it for the one file.
-mkdir -p /run/etc-upper /run/etc-work
-mount -t overlay etc-overlay -o lowerdir=/etc,upperdir=/run/etc-upper,workdir=/run/etc-work /etc
-mounts+=(/etc)
 # The shared root is read-only: systemd makes the mount point in a tmpfs.
 mount -t tmpfs -o size=1m znbd-vm-mnt /mnt
 mounts+=(/mnt)
-mkdir -p /etc/znbd /run/systemd/system /run/systemd/system-generators
-sed "s|/usr/local/bin/znbd|$bin/znbd|" "$repo/tools/systemd/znbd@.service" >/run/systemd/system/znbd@.service
-ln -sf "$bin/znbd" /run/systemd/system-generators/znbd-generator
+mkdir -p /run/etc-upper /run/etc-work
+if [[ -n ${ZNBD_DEB:-} ]]; then
+    # Installed as the package lays it out: its tree as the upper of two
+    # read-only layers over /usr (where /lib points) and under /etc's tmpfs.
+    mkdir -p /run/znbd-package /run/znbd-usr
+    t 60 dpkg-deb -x "$ZNBD_DEB" /run/znbd-package
+    cp -a /run/znbd-package/usr/. /run/znbd-usr/
+    if [[ -L /lib ]]; then
+        # Merged /usr (Debian 12): the package's /lib is /usr/lib.
+        mkdir -p /run/znbd-usr/lib
+        cp -a /run/znbd-package/lib/. /run/znbd-usr/lib/
+    else
+        mount -t overlay lib-overlay -o "lowerdir=/run/znbd-package/lib:/lib" /lib
+        mounts+=(/lib)
+    fi
+    mount -t overlay usr-overlay -o "lowerdir=/run/znbd-usr:/usr" /usr
+    mounts+=(/usr)
+    mount -t overlay etc-overlay -o "lowerdir=/run/znbd-package/etc:/etc,upperdir=/run/etc-upper,workdir=/run/etc-work" /etc
+    mounts+=(/etc)
+    bin=/usr/bin
+    say "installed $(basename "$ZNBD_DEB")'s files: $(/usr/bin/znbd --version)"
+else
+    mount -t overlay etc-overlay -o lowerdir=/etc,upperdir=/run/etc-upper,workdir=/run/etc-work /etc
+    mounts+=(/etc)
+    mkdir -p /etc/znbd /run/systemd/system /run/systemd/system-generators
+    sed "s|/usr/local/bin/znbd|$bin/znbd|" "$repo/tools/systemd/znbd@.service" >/run/systemd/system/znbd@.service
+    ln -sf "$bin/znbd" /run/systemd/system-generators/znbd-generator
+fi
 cat >/etc/znbd/znbd.conf <<'EOF'
 [scratch]
 size = 256M
