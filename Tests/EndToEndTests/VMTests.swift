@@ -133,7 +133,10 @@ struct VMTests {
             throw DaemonProcess.Failure(
                 description: "tools/vm did not finish within \(Int(timeout) + 60) s:\n\(text.suffix(4000))")
         }
-        let text = (try? String(contentsOf: outputURL, encoding: .utf8)) ?? ""
+        // Under --systemd the guest writes to a serial tty, which ends its
+        // lines with "\r\n".
+        let raw = (try? String(contentsOf: outputURL, encoding: .utf8)) ?? ""
+        let text = String(String.UnicodeScalarView(raw.unicodeScalars.filter { $0 != "\r" }))
         if process.terminationStatus == 125 {
             // The VM never ran the guest's command: nothing was tested. A
             // boot that failed (not a missing piece) is remembered, so later
