@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
@@ -87,6 +88,20 @@ int clinux_set_io_flusher(void) { return prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0); }
 int clinux_lock_all_on_fault(void) { return mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT); }
 
 int clinux_lock_on_fault(void *address, size_t length) { return mlock2(address, length, MLOCK_ONFAULT); }
+
+int clinux_reserve_file_range(int fd, int64_t offset, int64_t length) {
+    while (fallocate(fd, 0, (off_t)offset, (off_t)length) != 0) {
+        if (errno != EINTR) return errno;
+    }
+    return 0;
+}
+
+int clinux_punch_file_range(int fd, int64_t offset, int64_t length) {
+    while (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) != 0) {
+        if (errno != EINTR) return errno;
+    }
+    return 0;
+}
 
 int clinux_memlock_limit(uint64_t *limit) {
     struct rlimit current;

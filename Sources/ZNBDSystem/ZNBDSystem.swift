@@ -9,6 +9,11 @@
 //                       the pool's frame. Defined here and nowhere else.
 //   AnonymousMapping    memory owned straight from the kernel (mmap), given
 //                       back by range (MADV_DONTNEED), unmapped in deinit.
+//   FileMapping         a file mapped MAP_SHARED (on a tmpfs: memory that
+//                       outlives the process), reserved before first touch
+//                       (fallocate: ENOSPC, never SIGBUS), given back by
+//                       punching holes. Not used by the pool yet
+//                       (docs/STATE-DESIGN.md, step 1).
 //   BitSpinLock,        the spin locks of the data path (a bit of an atomic
 //   ReaderWriterSpinLock  word; a reader/writer counter) and `backOff`, the
 //                       one waiting policy they share.

@@ -94,4 +94,15 @@ int clinux_lockdep_push(uint8_t level, const unsigned char *name, int32_t rank, 
 /// thread holds no such lock.
 int clinux_lockdep_remove(uintptr_t identity);
 
+/// fallocate(fd, 0, offset, length): allocates the file's blocks (a
+/// tmpfs's pages) for the range, so that touching them later through a
+/// shared mapping cannot fail. 0, or an errno (ENOSPC when the filesystem
+/// is full).
+int clinux_reserve_file_range(int fd, int64_t offset, int64_t length);
+
+/// fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, ...): frees the
+/// range's blocks (a tmpfs gives the pages back); it reads as zeroes. 0, or
+/// an errno.
+int clinux_punch_file_range(int fd, int64_t offset, int64_t length);
+
 #endif
