@@ -13,9 +13,10 @@ public import SystemPackage
 /// stays.
 ///
 /// Three differences from AnonymousMapping decide how it is used:
-/// - Touching a page the filesystem has no room for raises SIGBUS, not an
-///   error. A range is therefore `reserve`d (fallocate) before it is first
-///   written, and ENOSPC from that is the caller's "full".
+/// - Touching a page the filesystem has no room for (a read of a hole
+///   allocates one too) raises SIGBUS, not an error. A range is therefore
+///   `reserve`d (fallocate) before it is first touched, and ENOSPC from
+///   that is the caller's "full".
 /// - MADV_DONTNEED only drops this process's view; the file keeps the page.
 ///   `release` punches a hole instead: the pages go back to the system and
 ///   the range reads as zeroes.
@@ -23,10 +24,14 @@ public import SystemPackage
 ///   must be offsets and indices, never addresses.
 ///
 /// The file is opened without following a symbolic link at its last
-/// component, made 0600 when created, and its size is the mapping's:
-/// a new file is extended to it (reading as zeroes, costing nothing), an
-/// existing one must already have it (EINVAL otherwise: a state made for
-/// another geometry is never silently reused).
+/// component (the directories above it are the caller's to check), made
+/// 0600 when created; an existing file must be this user's, with no access
+/// for group or others (EACCES otherwise: in a world-writable directory
+/// such as /dev/shm another user could have planted it). Its size is the
+/// mapping's: a new file is extended to it (reading as zeroes, costing
+/// nothing), an existing one must already have it (EINVAL otherwise: a
+/// state made for another geometry is never silently reused). A file this
+/// call created is removed again if the mapping then fails.
 public struct FileMapping: ~Copyable {
     /// The first usable byte, aligned as asked.
     public let base: UnsafeMutableRawPointer
@@ -45,51 +50,44 @@ public struct FileMapping: ~Copyable {
         precondition(byteCount > 0 && byteCount & (pageSize - 1) == 0, "a file mapping is whole pages")
         precondition(alignment >= pageSize && alignment.nonzeroBitCount == 1)
         var descriptor = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
-        var created = false
+        var madeHere = false
         if descriptor < 0 && errno == ENOENT {
             descriptor = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-            created = descriptor >= 0
+            madeHere = descriptor >= 0
         }
         guard descriptor >= 0 else { throw Errno(rawValue: errno) }
-        var status = stat()
-        guard fstat(descriptor, &status) == 0 else {
-            let error = Errno(rawValue: errno)
+        var created = madeHere
+        // Undoes the open (and the creation) when a later step fails.
+        func fail(_ error: Errno) -> Errno {
             close(descriptor)
-            throw error
+            if madeHere { unlink(path) }
+            return error
         }
-        guard status.st_mode & S_IFMT == S_IFREG else {
-            close(descriptor)
-            throw Errno.invalidArgument
+        var status = stat()
+        guard fstat(descriptor, &status) == 0 else { throw fail(Errno(rawValue: errno)) }
+        guard status.st_mode & S_IFMT == S_IFREG else { throw fail(.invalidArgument) }
+        guard created || (status.st_uid == geteuid() && status.st_mode & 0o077 == 0) else {
+            throw fail(.permissionDenied)
         }
         if created || status.st_size == 0 {
-            guard ftruncate(descriptor, off_t(byteCount)) == 0 else {
-                let error = Errno(rawValue: errno)
-                close(descriptor)
-                throw error
-            }
+            guard ftruncate(descriptor, off_t(byteCount)) == 0 else { throw fail(Errno(rawValue: errno)) }
             created = true
         } else if status.st_size != off_t(byteCount) {
-            close(descriptor)
-            throw Errno.invalidArgument
+            throw fail(.invalidArgument)
         }
         // An aligned address: reserve address space with room to align, then
         // map the file over the aligned part of it (MAP_FIXED replaces the
         // reservation's pages there; the rest stays inaccessible).
         let length = byteCount + alignment - pageSize
         let reservation = mmap(nil, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        guard let reservation, reservation != MAP_FAILED else {
-            let error = Errno(rawValue: errno)
-            close(descriptor)
-            throw error
-        }
+        guard let reservation, reservation != MAP_FAILED else { throw fail(Errno(rawValue: errno)) }
         let misalignment = Int(bitPattern: reservation) & (alignment - 1)
         let aligned = reservation + (misalignment == 0 ? 0 : alignment - misalignment)
         let mapped = mmap(aligned, byteCount, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, descriptor, 0)
         guard let mapped, mapped != MAP_FAILED else {
             let error = Errno(rawValue: errno)
             munmap(reservation, length)
-            close(descriptor)
-            throw error
+            throw fail(error)
         }
         base = mapped
         self.byteCount = byteCount

@@ -98,7 +98,8 @@ struct ConfigurationFile: Sendable {
 
     static func parse(_ text: String, path: String) throws(Failure) -> ConfigurationFile {
         var sections: [Section] = []
-        for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // Lines end in LF or CRLF ("\r\n" is one Character, a newline).
+        for (index, rawLine) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             let line = index + 1
             let content = Self.trimmed(Self.strippingComment(rawLine))
             func fail(_ message: String) -> Failure { Failure(description: "\(path):\(line): \(message)") }
@@ -166,12 +167,14 @@ struct ConfigurationFile: Sendable {
 
     /// The section's `znbd serve` options as command-line arguments, in
     /// the file's order. Boot-action keys are not the daemon's and are left
-    /// out; a flag set to no adds nothing.
+    /// out; a flag set to no is its --no- form, so the command line can
+    /// still turn it either way.
     static func serveArguments(of section: Section) -> [String] {
         section.entries.flatMap { entry -> [String] in
             switch serveKeys[entry.key] {
-            case .value?: return ["--\(entry.key)", entry.value]
-            case .flag?: return ["yes", "true"].contains(entry.value) ? ["--\(entry.key)"] : []
+            // --key=value: a value that starts with a dash stays a value.
+            case .value?: return ["--\(entry.key)=\(entry.value)"]
+            case .flag?: return ["yes", "true"].contains(entry.value) ? ["--\(entry.key)"] : ["--no-\(entry.key)"]
             case nil: return []
             }
         }

@@ -132,7 +132,7 @@ struct Serve: AsyncParsableCommand {
             "Also listen for NBD on TCP (off unless given; [::1]:PORT for IPv6).", valueName: "host:port"))
     var listen: String?
 
-    @Flag(help: "Serve the export read-only.")
+    @Flag(inversion: .prefixedNo, help: "Serve the export read-only.")
     var readOnly = false
 
     @Option(

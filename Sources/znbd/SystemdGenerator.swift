@@ -80,10 +80,16 @@ struct BootAction: Sendable {
             guard let mountPoint = section.entry("mount-point") else {
                 throw sectionFailure("fs-type = \(fsType.value) needs mount-point")
             }
-            guard mountPoint.value.hasPrefix("/"), mountPoint.value != "/" else {
-                throw fail(mountPoint, "an absolute path other than /")
+            // Written as systemd will read it back: no empty, "." or ".."
+            // part (systemd would simplify it and then refuse the unit,
+            // whose name no longer matches), no % (a specifier).
+            let parts = mountPoint.value.split(separator: "/")
+            guard mountPoint.value.hasPrefix("/"), !parts.isEmpty,
+                !parts.contains(where: { $0 == "." || $0 == ".." }), !mountPoint.value.contains("%")
+            else {
+                throw fail(mountPoint, "an absolute path other than /, without '.', '..' or '%'")
             }
-            use = .filesystem(type: fsType.value, mountPoint: mountPoint.value, options: options)
+            use = .filesystem(type: fsType.value, mountPoint: "/" + parts.joined(separator: "/"), options: options)
         }
     }
 }
@@ -103,7 +109,7 @@ struct BootAction: Sendable {
 /// The mount and swap units have no default dependencies: theirs would
 /// order them before local-fs.target and swap.target, which come before
 /// the daemon can run (a cycle). Installed as
-/// /usr/lib/systemd/system-generators/znbd-generator, a link to znbd.
+/// /lib/systemd/system-generators/znbd-generator, a link to znbd.
 struct SystemdGenerator: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "systemd-generator",
@@ -136,18 +142,24 @@ struct SystemdGenerator: ParsableCommand {
             return String(cString: path)
         }
         let units = UnitWriter(directory: directories[0], configPath: absolute ?? config)
-        var attached: [String: String] = [:]
+        // Every section is checked before any unit is written: systemd uses
+        // whatever a failing generator left behind.
+        var claimed: [String: String] = [:]
+        var actions: [(ConfigurationFile.Section, BootAction)] = []
         for section in file.sections {
             let action = try BootAction(section, path: config)
-            if let device = action.nbdDevice {
-                if let other = attached[device] {
+            var uses = action.nbdDevice.map { [$0] } ?? []
+            if case .filesystem(_, let mountPoint, _) = action.use { uses.append(mountPoint) }
+            for use in uses {
+                if let other = claimed[use] {
                     throw ConfigurationFile.Failure(
-                        description: "\(config):\(section.line): [\(section.name)]: \(device) is [\(other)]'s already")
+                        description: "\(config):\(section.line): [\(section.name)]: \(use) is [\(other)]'s already")
                 }
-                attached[device] = section.name
+                claimed[use] = section.name
             }
-            try units.write(section, action)
+            actions.append((section, action))
         }
+        for (section, action) in actions { try units.write(section, action) }
     }
 }
 
@@ -166,6 +178,8 @@ struct UnitWriter {
 
     func write(_ section: ConfigurationFile.Section, _ action: BootAction) throws(ConfigurationFile.Failure) {
         let name = section.name
+        // Unit files expand % specifiers in these settings.
+        let configPath = Self.specifiersEscaped(self.configPath)
         let daemon = "znbd@\(name).service"
         let templates = Self.templateDirectories.map { $0 + "/znbd@.service" }
         let template = templates.first { access($0, F_OK) == 0 } ?? "/usr/lib/systemd/system/znbd@.service"
@@ -233,7 +247,7 @@ struct UnitWriter {
                     What=\(device)
                     Where=\(mountPoint)
                     Type=\(type)
-                    Options=\(options)
+                    Options=\(Self.specifiersEscaped(options))
 
                     """)
             try want(unit, linkTarget: unit)
@@ -246,7 +260,7 @@ struct UnitWriter {
                     [Swap]
                     What=\(device)
                     Priority=\(priority)
-                    Options=\(options)
+                    Options=\(Self.specifiersEscaped(options))
 
                     """)
             try want(unit, linkTarget: unit)
@@ -274,6 +288,10 @@ struct UnitWriter {
 
     private func failure(_ path: String) -> ConfigurationFile.Failure {
         ConfigurationFile.Failure(description: "\(path): \(String(cString: strerror(errno)))")
+    }
+
+    static func specifiersEscaped(_ text: String) -> String {
+        text.split(separator: "%", omittingEmptySubsequences: false).joined(separator: "%%")
     }
 
     /// A path as a unit name, as `systemd-escape --path` writes it: no

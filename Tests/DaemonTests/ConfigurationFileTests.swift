@@ -30,14 +30,14 @@ struct ConfigurationFileTests {
             mem-limit = 8M
             algorithm = zstd
             algorithm-params = level=5
-            name = from-file
-            read-only = no
+            name = -from-file
+            read-only = yes
             socket = \(directory.path)/second.sock
             nbd-device = /dev/nbd3
             fs-type = swap
             """, in: directory)
         let daemon = try DaemonProcess(
-            ["--config", config, "--device", "second", "--size", "64M"], directory: directory,
+            ["--config", config, "--device", "second", "--size", "64M", "--no-read-only"], directory: directory,
             socketPath: directory.path + "/second.sock", controlPath: directory.path + "/second-control.sock")
         defer { daemon.cleanUp() }
         try daemon.waitUntilServing()
@@ -45,8 +45,8 @@ struct ConfigurationFileTests {
         #expect(stats.status == 0, "\(stats.standardError)")
         let document = try JSONDecoder().decode(StatsDocument.self, from: Data(stats.standardOutput.utf8))
         #expect(document.export.sizeBytes == 64 << 20, "the command line's --size wins")
-        #expect(document.export.name == "from-file")
-        #expect(!document.export.readOnly)
+        #expect(document.export.name == "-from-file", "a value that starts with a dash stays a value")
+        #expect(!document.export.readOnly, "the command line's --no-read-only wins over read-only = yes")
         #expect(document.device[.memLimit] == 8 << 20)
         #expect(stats.standardOutput.contains("\"zstd\""), "\(stats.standardOutput)")
         // znbdctl names a device's control socket as the daemon does:
@@ -229,10 +229,15 @@ struct ConfigurationFileTests {
         #expect(verify.standardOutput.isEmpty && verify.standardError.isEmpty, "\(verify.standardError)")
     }
 
-    @Test("the generator run by systemd's name for it reads /etc/znbd/znbd.conf; no file, no units")
+    @Test("the generator by systemd's name for it (a link to znbd), with its three directories; no file, no units")
     func generatorByItsLinkName() throws {
         let directory = try makeTemporaryDirectory("znbd-generator")
         defer { try? FileManager.default.removeItem(at: directory) }
+        // Written with CRLF line ends and a comment first, as an editor on
+        // another system may leave it.
+        let config = try Self.write(
+            "# devices\r\n" + Self.threeDevices.split(separator: "\n").joined(separator: "\r\n") + "\r\n",
+            in: directory)
         let link = directory.appendingPathComponent("znbd-generator").path
         try FileManager.default.createSymbolicLink(
             atPath: link, withDestinationPath: try DaemonProcess.executable("znbd"))
@@ -240,26 +245,20 @@ struct ConfigurationFileTests {
         for output in outputs {
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
         }
-        let byLink = try runCommand([link] + outputs, timeout: 20)
-        // The same file read by the subcommand, into another directory.
-        let reference = directory.appendingPathComponent("reference").path
-        try FileManager.default.createDirectory(atPath: reference, withIntermediateDirectories: true)
-        let bySubcommand = try runCommand(
-            [try DaemonProcess.executable("znbd"), "systemd-generator", "--config", "/etc/znbd/znbd.conf", reference],
-            timeout: 20)
-        #expect(byLink.status == bySubcommand.status, "\(byLink.standardError) / \(bySubcommand.standardError)")
-        #expect(
-            try FileManager.default.subpathsOfDirectory(atPath: outputs[0]).sorted()
-                == FileManager.default.subpathsOfDirectory(atPath: reference).sorted())
+        let byLink = try runCommand([link, "--config", config] + outputs, timeout: 20)
+        #expect(byLink.status == 0, "\(byLink.standardError)")
+        let written = try FileManager.default.subpathsOfDirectory(atPath: outputs[0])
+        #expect(written.contains("mnt-znbd\\x20scratch.mount") && written.contains("dev-nbd1.swap"), "\(written)")
+        #expect(written.contains("multi-user.target.wants/znbd@vm.disk.service"), "\(written)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: outputs[1]).isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: outputs[2]).isEmpty)
         // A file that is not there: nothing, and success (a machine with the
         // package and no devices boots as before).
-        let none = try runCommand(
-            [
-                try DaemonProcess.executable("znbd"), "systemd-generator", "--config", "/nonexistent-znbd.conf",
-                reference,
-            ],
-            timeout: 20)
+        let empty = directory.appendingPathComponent("empty").path
+        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+        let none = try runCommand([link, "--config", "/nonexistent-znbd.conf", empty, empty, empty], timeout: 20)
         #expect(none.status == 0, "\(none.standardError)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: empty).isEmpty)
     }
 
     @Test(
@@ -286,15 +285,27 @@ struct ConfigurationFileTests {
                 "[a]\nnbd-device = /dev/nbd0\nfs-type = swap\nswap-priority = high\n",
                 "swap-priority = high: -1 to 32767"
             ),
+            ("[a]\nnbd-device = /dev/nbd0\nfs-type = ext4\nmount-point = /mnt/../x\n", "without '.', '..' or '%'"),
+            ("[a]\nnbd-device = /dev/nbd0\nfs-type = ext4\nmount-point = //\n", "an absolute path other than /"),
+            ("[a]\nnbd-device = /dev/nbd0\nfs-type = ext4\nmount-point = /mnt/a%b\n", "without '.', '..' or '%'"),
+            (
+                "[a]\nnbd-device = /dev/nbd0\nfs-type = ext4\nmount-point = /mnt/x\n"
+                    + "[b]\nnbd-device = /dev/nbd1\nfs-type = xfs\nmount-point = /mnt//x/\n",
+                "znbd.conf:5: [b]: /mnt/x is [a]'s already"
+            ),
         ])
     func generatorRefuses(text: String, message: String) throws {
         let directory = try makeTemporaryDirectory("znbd-generator")
         defer { try? FileManager.default.removeItem(at: directory) }
         let config = try Self.write(text, in: directory)
+        let output = directory.appendingPathComponent("normal").path
+        try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
         let result = try runCommand(
-            [try DaemonProcess.executable("znbd"), "systemd-generator", "--config", config, directory.path], timeout: 20
-        )
+            [try DaemonProcess.executable("znbd"), "systemd-generator", "--config", config, output], timeout: 20)
         DaemonLifecycleTests.expectUsageError(result, contains: message)
+        // Every section is checked before a unit is written: systemd would
+        // use a failing generator's half.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: output).isEmpty)
     }
 
     @Test("every `znbd serve` option is a key of the file (the two lists cannot drift apart)")
@@ -311,6 +322,8 @@ struct ConfigurationFileTests {
             }
             // Not options of a device: help, version, and the two that pick the file.
             if ["help", "version", "config", "device"].contains(long) { continue }
+            // A flag's --no- form is the same key (read-only = no).
+            if long.hasPrefix("no-") && argument["kind"] as? String == "flag" { continue }
             lines.append("\(long) = \(argument["kind"] as? String == "flag" ? "yes" : "x")")
         }
         #expect(lines.count >= 20, "\(dump.standardOutput.prefix(500))")
@@ -320,5 +333,13 @@ struct ConfigurationFileTests {
         // The generator reads every key without checking `znbd serve`'s values.
         let result = try runCommand([znbd, "systemd-generator", "--config", config, directory.path], timeout: 20)
         #expect(result.status == 0, "\(result.standardError)")
+        // And a flag is a flag to the file too: yes or no, nothing else.
+        for line in lines where line.hasSuffix(" = yes") {
+            let key = String(line.dropLast(" = yes".count))
+            let flagConfig = try Self.write("[all]\n\(key) = maybe\n", in: directory, name: "flag.conf")
+            let refused = try runCommand(
+                [znbd, "systemd-generator", "--config", flagConfig, directory.path], timeout: 20)
+            #expect(refused.status == 64 && refused.standardError.contains("\(key) = maybe: yes or no"), "\(refused)")
+        }
     }
 }

@@ -50,6 +50,13 @@ struct FileMappingTests {
             _ = try FileMapping(path: directory + "/link", byteCount: byteCount)
         }
         #expect(throws: Errno.self) { _ = try FileMapping(path: directory, byteCount: byteCount) }
+        // Not a regular file (a FIFO opens for read and write at once).
+        #expect(mkfifo(directory + "/fifo", 0o600) == 0)
+        #expect(throws: Errno.invalidArgument) { _ = try FileMapping(path: directory + "/fifo", byteCount: byteCount) }
+        // A file others may read or write is not taken for a state: in a
+        // world-writable directory another user could have planted it.
+        #expect(chmod(path, 0o644) == 0)
+        #expect(throws: Errno.permissionDenied) { _ = try FileMapping(path: path, byteCount: byteCount) }
     }
 
     @Test("reserve allocates the file's pages, release gives them back and the range reads zeroes")
