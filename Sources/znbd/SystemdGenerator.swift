@@ -221,10 +221,26 @@ struct UnitWriter {
 
                 """)
         try want(attachUnit, linkTarget: attachUnit)
-        func head(_ description: String) -> String {
+        // The mount or swap unit: its name, how it is described, its section.
+        let unit: (name: String, description: String, section: String)
+        switch action.use {
+        case .serveOnly: return
+        case .filesystem(let type, let mountPoint, let options):
+            unit = (
+                Self.escapedPath(mountPoint) + ".mount", "on \(mountPoint)",
+                "[Mount]\nWhat=\(device)\nWhere=\(mountPoint)\nType=\(type)\nOptions=\(Self.specifiersEscaped(options))\n"
+            )
+        case .swap(let priority, let options):
+            unit = (
+                Self.escapedPath(device) + ".swap", "as swap",
+                "[Swap]\nWhat=\(device)\nPriority=\(priority)\nOptions=\(Self.specifiersEscaped(options))\n"
+            )
+        }
+        try file(
+            unit.name,
             source + """
                 [Unit]
-                Description=znbd device \(name) \(description)
+                Description=znbd device \(name) \(unit.description)
                 Documentation=man:znbd(1)
                 SourcePath=\(configPath)
                 DefaultDependencies=no
@@ -233,38 +249,9 @@ struct UnitWriter {
                 Conflicts=umount.target
                 Before=umount.target
 
-                """
-        }
-        switch action.use {
-        case .serveOnly: break
-        case .filesystem(let type, let mountPoint, let options):
-            let unit = Self.escapedPath(mountPoint) + ".mount"
-            try file(
-                unit,
-                head("on \(mountPoint)") + """
-
-                    [Mount]
-                    What=\(device)
-                    Where=\(mountPoint)
-                    Type=\(type)
-                    Options=\(Self.specifiersEscaped(options))
-
-                    """)
-            try want(unit, linkTarget: unit)
-        case .swap(let priority, let options):
-            let unit = Self.escapedPath(device) + ".swap"
-            try file(
-                unit,
-                head("as swap") + """
-
-                    [Swap]
-                    What=\(device)
-                    Priority=\(priority)
-                    Options=\(Self.specifiersEscaped(options))
-
-                    """)
-            try want(unit, linkTarget: unit)
-        }
+                \(unit.section)
+                """)
+        try want(unit.name, linkTarget: unit.name)
     }
 
     private func file(_ name: String, _ text: String) throws(ConfigurationFile.Failure) {
