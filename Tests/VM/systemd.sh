@@ -109,8 +109,8 @@ say "multi-user.target started all seven units"
 # can fail on the SIGPIPE grep's early exit sends back.
 mounted=$(findmnt -n -o SOURCE,FSTYPE /mnt/znbd-scratch || true)
 [[ $mounted =~ ^/dev/nbd0\ +ext4$ ]] || fail "/mnt/znbd-scratch: '$mounted'"
-swaps=$(swapon --show=NAME,PRIO --noheadings)
-[[ $swaps =~ /dev/nbd1\ +77 ]] || fail "swap: '$swaps'"
+swap_lines=$(swapon --show=NAME,PRIO --noheadings)
+[[ $swap_lines =~ /dev/nbd1\ +77 ]] || fail "swap: '$swap_lines'"
 say "ext4 from /dev/nbd0 on /mnt/znbd-scratch; /dev/nbd1 is swap with priority 77"
 
 list=$(t 30 "$bin/znbdctl" list)
