@@ -12,8 +12,11 @@
 //   FileMapping         a file mapped MAP_SHARED (on a tmpfs: memory that
 //                       outlives the process), reserved before first touch
 //                       (fallocate: ENOSPC, never SIGBUS), given back by
-//                       punching holes. Not used by the pool yet
-//                       (docs/STATE-DESIGN.md, step 1).
+//                       punching holes.
+//   MemoryRegion,       either of the two behind one contract (prepare
+//   RegionPlacement     before touch, release, offsets only), and where a
+//                       device's regions come from: anonymous memory or
+//                       the files of a state directory.
 //   BitSpinLock,        the spin locks of the data path (a bit of an atomic
 //   ReaderWriterSpinLock  word; a reader/writer counter) and `backOff`, the
 //                       one waiting policy they share.

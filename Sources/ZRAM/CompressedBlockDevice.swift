@@ -42,7 +42,7 @@
 public import BlockDevice
 public import ZNBDFigures
 public import PageCodec
-import ZNBDSystem
+public import ZNBDSystem
 public import ZSPool
 
 /// A compressed block device in RAM, safe to use from many threads at once.
@@ -59,11 +59,16 @@ public final class CompressedBlockDevice: BlockDevice {
         /// The codec recompression stores idle or huge pages with (zram's
         /// recomp_algorithm); nil: no recompression.
         public var recompressionAlgorithm: CodecChoice?
+        /// Where the slots and the pool live: anonymous memory (gone with
+        /// the process), or files of a state directory.
+        public var placement: RegionPlacement
 
         public init(
             byteCount: Int, maxChain: Int = SizeClassTable.defaultMaxChain, memLimitBytes: Int? = nil,
-            algorithm: CodecChoice = .lzo, recompressionAlgorithm: CodecChoice? = nil
+            algorithm: CodecChoice = .lzo, recompressionAlgorithm: CodecChoice? = nil,
+            placement: RegionPlacement = .anonymous
         ) {
+            self.placement = placement
             self.byteCount = byteCount
             self.maxChain = maxChain
             self.memLimitBytes = memLimitBytes
@@ -143,12 +148,12 @@ public final class CompressedBlockDevice: BlockDevice {
             pool = try ZSPool(
                 ZSPool.Configuration(
                     capacityBytes: poolBytes, maxChain: configuration.maxChain,
-                    memLimitBytes: configuration.memLimitBytes))
+                    memLimitBytes: configuration.memLimitBytes, placement: configuration.placement))
         } catch {
             throw .pool(error)
         }
         do {
-            slots = try SlotTable(count: size / pageSize)
+            slots = try SlotTable(count: size / pageSize, placement: configuration.placement)
         } catch {
             throw .slotTable(errno: error.rawValue)
         }
@@ -172,6 +177,11 @@ public final class CompressedBlockDevice: BlockDevice {
         let now = slots.now
         try forEachPagePiece(offset: offset, length: buffer.count) { (piece) throws(BlockDeviceError) in
             let destination = UnsafeMutableRawBufferPointer(rebasing: buffer[piece.requestRange])
+            guard slots.isPrepared(piece.page) else {
+                // Never written: zeroes, without touching the table.
+                destination.initializeMemory(as: UInt8.self, repeating: 0)
+                return
+            }
             if piece.isWholePage {
                 try slots.withLock(piece.page) { () throws(BlockDeviceError) in
                     try loadPage(piece.page, into: destination)
@@ -196,6 +206,7 @@ public final class CompressedBlockDevice: BlockDevice {
         do {
             try forEachPagePiece(offset: offset, length: bytes.count) { (piece) throws(BlockDeviceError) in
                 let source = UnsafeRawBufferPointer(rebasing: bytes[piece.requestRange])
+                try prepareSlot(piece.page)
                 if piece.isWholePage {
                     install(try storePage(source), at: piece.page, now: now)
                 } else {
@@ -237,9 +248,11 @@ public final class CompressedBlockDevice: BlockDevice {
                     if mayDeallocate {
                         deallocate(piece.page)
                     } else {
+                        try prepareSlot(piece.page)
                         install(.sameFilled(fill: 0), at: piece.page, now: now)
                     }
                 } else {
+                    try prepareSlot(piece.page)
                     try withZeroes(count: piece.pageRange.count) { (zeroes) throws(BlockDeviceError) in
                         try patchPage(piece.page, at: piece.pageRange.lowerBound, with: zeroes, now: now)
                     }
@@ -248,6 +261,18 @@ public final class CompressedBlockDevice: BlockDevice {
         } catch {
             countFailedWrite(error)
             throw error
+        }
+    }
+
+    /// Makes page `page`'s slot writable: a full filesystem under the state
+    /// directory is a full device.
+    private func prepareSlot(_ page: Int) throws(BlockDeviceError) {
+        do {
+            try slots.prepare(page)
+        } catch .noSpace {
+            throw .noSpace
+        } catch {
+            throw .ioError("slot table: \(error)")
         }
     }
 
@@ -391,7 +416,7 @@ public final class CompressedBlockDevice: BlockDevice {
         let handle: ZSHandle
         do throws(ZSPoolError) {
             handle = try pool.allocate(size: bytes.count)
-        } catch .memLimitReached, .arenaFull {
+        } catch .memLimitReached, .arenaFull, .noRoomForState {
             throw .noSpace
         } catch {
             throw .ioError("pool: \(error)")

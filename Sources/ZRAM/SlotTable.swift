@@ -23,12 +23,10 @@ enum SlotContent: Equatable {
     case object(handle: UInt64, length: Int, encoding: PageEncoding)
 }
 
-/// One slot per 4 KiB page of the device, as zram's `zram->table`: 16 bytes
-/// each, in two parallel arrays.
+/// One slot per 4 KiB page of the device, as zram's `zram->table`: 16
+/// bytes each, one pair of words per page in one region.
 ///
-///     value  (UInt64)          the pool handle, or the fill word of a
-///                              same-filled page
-///     meta   (Atomic<UInt64>)
+///     byte 0   meta   (Atomic<UInt64>)
 ///         bits  0...12   object length in bytes (0...4096)
 ///         bit   16       SAME      same-filled page; no object
 ///         bit   17       OBJECT    `value` is a live pool handle
@@ -42,6 +40,8 @@ enum SlotContent: Equatable {
 ///         bit   31       LOCK      the slot lock
 ///         bits 32...63   ACCESSED  seconds since the table's creation at the
 ///                                  last read or write (zram's ac_time)
+///     byte 8   value  (UInt64)  the pool handle, or the fill word of a
+///                               same-filled page
 ///
 /// The slot lock is a bit spin lock in `meta`, like zram's ZRAM_LOCK: taken
 /// with an acquiring compare-exchange, dropped with a releasing clear of the
@@ -49,13 +49,25 @@ enum SlotContent: Equatable {
 /// so a reader never sees a half-installed page. Holders keep it for one
 /// page's decompression at most, and waiters back off to sched_yield.
 ///
-/// Both arrays are anonymous mappings: a slot that was never touched costs no
-/// memory, and all-zero bits are an unallocated, unlocked slot (zram's
-/// vzalloc'd table). The mappings live as long as the table.
+/// A new content is published with one 16-byte atomic store of the pair
+/// (`lock cmpxchg16b`), never a word at a time: in a region that outlives
+/// the process (docs/STATE-DESIGN.md), a SIGKILL between two stores would
+/// leave a new handle under an old meta, and the next daemon would read
+/// the handle's bits as a fill word. Changes of meta alone (IDLE, RECOMP,
+/// ACCESSED) are single 8-byte stores. Readers holding the lock read the
+/// words plainly: only a lock holder stores them.
+///
+/// The region is prepared (MemoryRegion: reserved, for a file) in pieces of
+/// `slotsPerPiece` slots, the first time a page of the piece is written. A
+/// piece not prepared holds only unallocated slots and is never touched,
+/// not even read: on a tmpfs a read would allocate it. All-zero bits are an
+/// unallocated, unlocked slot (zram's vzalloc'd table), so a fresh region
+/// needs no initialisation.
 final class SlotTable: @unchecked Sendable {
-    // @unchecked: `values[i]` is read and written only while holding slot i's
-    // LOCK bit, whose acquire/release orders it between threads; `metas` and
-    // `idleCount` are atomics; the mappings are immutable.
+    // @unchecked: a slot's words are stored only while holding its LOCK bit,
+    // whose acquire/release orders them between threads, or read without it
+    // as atomics; `prepared` and `idleCount` are atomics; the region is
+    // immutable.
 
     static let lengthMask: UInt64 = (1 << 13) - 1
     static let sameBit: UInt64 = 1 << 16
@@ -70,23 +82,69 @@ final class SlotTable: @unchecked Sendable {
     /// Every bit below ACCESSED.
     static let flagsMask: UInt64 = (1 << 32) - 1
 
+    /// Bytes of one slot, the pair (meta, value).
+    static let slotBytes = 16
+    /// Slots prepared together: 64 KiB of table, 16 MiB of device.
+    static let slotsPerPiece = 4096
+
     let count: Int
-    private let metaMapping: AnonymousMapping
-    private let valueMapping: AnonymousMapping
-    private let metas: UnsafeMutablePointer<Atomic<UInt64>>
-    private let values: UnsafeMutablePointer<UInt64>
+    private let region: MemoryRegion
+    private let slots: UnsafeMutableRawPointer
+    /// One bit per piece, set once the piece is prepared (never cleared).
+    private let prepared: UnsafeMutablePointer<Atomic<UInt64>>
+    private let preparedWords: Int
     /// Slots with IDLE set; changed only by a holder of that slot's lock.
     private let idleCount = Atomic<Int>(0)
     private let created = ContinuousClock.now
 
-    init(count: Int) throws(Errno) {
+    init(count: Int, placement: RegionPlacement = .anonymous) throws(Errno) {
         self.count = count
-        metaMapping = try AnonymousMapping(byteCount: count * MemoryLayout<Atomic<UInt64>>.stride)
-        valueMapping = try AnonymousMapping(byteCount: count * MemoryLayout<UInt64>.stride)
+        region = try placement.region("slots", byteCount: count * Self.slotBytes)
         // Zero bits are a valid Atomic<UInt64>(0) and UInt64(0): binding the
-        // fresh zero pages is their initialisation.
-        metas = metaMapping.bindZeroed(to: Atomic<UInt64>.self, count: count)
-        values = valueMapping.bindZeroed(to: UInt64.self, count: count)
+        // fresh zero pages is their initialisation. The pair is bound as
+        // words; the publishing store views it as a WordPair (`publish`).
+        slots = UnsafeMutableRawPointer(region.bindZeroed(to: Atomic<UInt64>.self, count: count * 2))
+        preparedWords = max(1, (count + Self.slotsPerPiece * 64 - 1) / (Self.slotsPerPiece * 64))
+        prepared = .allocate(capacity: preparedWords)
+        for word in 0..<preparedWords { (prepared + word).initialize(to: Atomic(0)) }
+    }
+
+    deinit {
+        prepared.deinitialize(count: preparedWords)
+        prepared.deallocate()
+    }
+
+    @inline(__always)
+    private func metaWord(_ index: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
+        (slots + index &* Self.slotBytes).assumingMemoryBound(to: Atomic<UInt64>.self)
+    }
+
+    @inline(__always)
+    private func value(_ index: Int) -> UInt64 {
+        slots.load(fromByteOffset: index &* Self.slotBytes &+ 8, as: UInt64.self)
+    }
+
+    // MARK: Preparation
+
+    /// Whether page `index`'s slot may be touched. A slot that may not is
+    /// unallocated.
+    @inline(__always)
+    func isPrepared(_ index: Int) -> Bool {
+        assert(index >= 0 && index < count, "slot \(index) outside the table")
+        let piece = index / Self.slotsPerPiece
+        return prepared[piece >> 6].load(ordering: .acquiring) & (1 << UInt64(piece & 63)) != 0
+    }
+
+    /// Makes page `index`'s slot touchable, before a write. Throws ENOSPC
+    /// when a file region's filesystem is full. Two threads may prepare the
+    /// same piece at once: reserving a range twice is harmless.
+    @inline(__always)
+    func prepare(_ index: Int) throws(Errno) {
+        if isPrepared(index) { return }
+        let piece = index / Self.slotsPerPiece
+        let first = piece * Self.slotsPerPiece * Self.slotBytes
+        try region.prepare(offset: first, count: min(region.byteCount - first, Self.slotsPerPiece * Self.slotBytes))
+        prepared[piece >> 6].bitwiseOr(1 << UInt64(piece & 63), ordering: .releasing)
     }
 
     /// Seconds since the table was made, the clock of the ACCESSED field
@@ -100,12 +158,12 @@ final class SlotTable: @unchecked Sendable {
 
     @inline(__always)
     private func slotLock(_ index: Int) -> BitSpinLock {
-        assert(index >= 0 && index < count, "slot \(index) outside the table")
-        return BitSpinLock(word: metas + index, bit: Self.lockBit, level: .slot)
+        assert(isPrepared(index), "slot \(index) locked before its piece was prepared")
+        return BitSpinLock(word: metaWord(index), bit: Self.lockBit, level: .slot)
     }
 
     /// Runs `body` holding slot `index`'s lock, waiting while another thread
-    /// holds it.
+    /// holds it. The slot is prepared (`prepare`, or `isPrepared` checked).
     @inline(__always)
     func withLock<Result, Failure: Error>(
         _ index: Int, _ body: () throws(Failure) -> Result
@@ -119,16 +177,27 @@ final class SlotTable: @unchecked Sendable {
     // MARK: Content (caller holds the slot lock)
 
     @inline(__always)
-    private func meta(_ index: Int) -> UInt64 { (metas + index).pointee.load(ordering: .relaxed) }
+    private func meta(_ index: Int) -> UInt64 { metaWord(index).pointee.load(ordering: .relaxed) }
 
     @inline(__always)
     private func setMeta(_ index: Int, _ word: UInt64) {
         // The lock bit stays set: the holder clears it as it lets go.
-        (metas + index).pointee.store(word | Self.lockBit, ordering: .relaxed)
+        metaWord(index).pointee.store(word | Self.lockBit, ordering: .relaxed)
+    }
+
+    /// Stores meta and value in one 16-byte atomic store, the lock bit kept
+    /// set. Releasing: whatever the holder wrote before (the object the
+    /// handle names) is stored first, in memory and for the compiler, so a
+    /// process killed at any instant leaves either the old pair or the new
+    /// one, and the new one only over a complete object.
+    @inline(__always)
+    private func publish(_ index: Int, meta word: UInt64, value: UInt64) {
+        (slots + index &* Self.slotBytes).assumingMemoryBound(to: Atomic<WordPair>.self).pointee.store(
+            WordPair(first: UInt(word | Self.lockBit), second: UInt(value)), ordering: .releasing)
     }
 
     func content(_ index: Int) -> SlotContent {
-        Self.content(meta: meta(index), value: values[index])
+        Self.content(meta: meta(index), value: value(index))
     }
 
     private static func content(meta word: UInt64, value: UInt64) -> SlotContent {
@@ -148,14 +217,16 @@ final class SlotTable: @unchecked Sendable {
         let old = meta(index)
         if old & Self.idleBit != 0 { idleCount.wrappingSubtract(1, ordering: .relaxed) }
         let accessed = content == .unallocated ? 0 : UInt64(now) << Self.accessShift
-        setMeta(index, store(content, at: index) | accessed)
+        let (bits, value) = Self.encode(content)
+        publish(index, meta: bits | accessed, value: value)
     }
 
     /// Replaces the content with the same data in a new encoding (by the
     /// recompression codec), keeping IDLE and ACCESSED and setting RECOMP.
     func setRecompressedContent(_ index: Int, _ content: SlotContent) {
         let kept = meta(index) & (Self.idleBit | ~Self.flagsMask)
-        setMeta(index, store(content, at: index) | kept | Self.recompressedBit)
+        let (bits, value) = Self.encode(content)
+        publish(index, meta: bits | kept | Self.recompressedBit, value: value)
     }
 
     /// Records that the recompression codec could not make this data smaller.
@@ -163,22 +234,18 @@ final class SlotTable: @unchecked Sendable {
         setMeta(index, meta(index) | Self.recompressedBit)
     }
 
-    /// Writes `content`'s value and returns its meta bits (no lock, IDLE,
-    /// RECOMP or ACCESSED).
-    private func store(_ content: SlotContent, at index: Int) -> UInt64 {
+    /// `content` as meta bits (no lock, IDLE, RECOMP or ACCESSED) and value.
+    private static func encode(_ content: SlotContent) -> (meta: UInt64, value: UInt64) {
         switch content {
         case .unallocated:
-            values[index] = 0
-            return 0
+            return (0, 0)
         case .sameFilled(let fill):
-            values[index] = fill
-            return Self.sameBit
+            return (sameBit, fill)
         case .object(let handle, let length, let encoding):
-            values[index] = handle
-            let bits = Self.objectBit | UInt64(length) & Self.lengthMask
+            let bits = objectBit | UInt64(length) & lengthMask
             switch encoding {
-            case .raw: return bits | Self.hugeBit
-            case .compressed(let algorithm): return bits | UInt64(algorithm.rawValue) << Self.algorithmShift
+            case .raw: return (bits | hugeBit, handle)
+            case .compressed(let algorithm): return (bits | UInt64(algorithm.rawValue) << algorithmShift, handle)
             }
         }
     }
@@ -213,17 +280,17 @@ final class SlotTable: @unchecked Sendable {
     // MARK: Peeks (no lock: hints, stale once returned)
 
     /// Whether the slot is unallocated and unlocked, read without the lock
-    /// (and without writing the slot).
+    /// (and without writing the slot; not at all when not prepared).
     @inline(__always)
     func isUnallocated(_ index: Int) -> Bool {
-        (metas + index).pointee.load(ordering: .relaxed) == 0
+        !isPrepared(index) || metaWord(index).pointee.load(ordering: .relaxed) == 0
     }
 
     /// The slot's flags without its value: exact for a caller holding the
     /// slot's lock; otherwise a hint, for scans that take the lock only for
     /// the slots they want.
     @inline(__always)
-    func flags(_ index: Int) -> SlotFlags { SlotFlags(word: meta(index)) }
+    func flags(_ index: Int) -> SlotFlags { SlotFlags(word: isPrepared(index) ? meta(index) : 0) }
 
     // MARK: Allocation status
 
@@ -232,7 +299,7 @@ final class SlotTable: @unchecked Sendable {
     /// word decides between zero and data. The answer may be stale by the
     /// time the caller uses it, as any block-status answer may.
     func allocationStatus(_ index: Int) -> AllocationStatus {
-        let word = (metas + index).pointee.load(ordering: .relaxed)
+        let word = flags(index).word
         if word & Self.objectBit != 0 { return .data }
         if word & Self.sameBit == 0 { return .unallocated }
         // The page may have changed since the peek; decide under the lock.

@@ -17,7 +17,7 @@ extension CompressedBlockDevice {
     public func validate() throws(DeviceCorruption) {
         var pagesStored = 0, compressedBytes = 0, samePages = 0, hugePages = 0, objects = 0, idle = 0
         var byAlgorithm = [CompressionAlgorithm: Int]()
-        for page in 0..<slots.count {
+        for page in 0..<slots.count where slots.isPrepared(page) {
             let (content, flags) = slots.withLock(page) { (slots.content(page), slots.flags(page)) }
             if flags.isIdle { idle += 1 }
             switch content {

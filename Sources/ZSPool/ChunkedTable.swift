@@ -1,4 +1,5 @@
 import Synchronization
+import SystemPackage
 import ZNBDSystem
 
 /// Ids for a table stored in fixed-size chunks made on first use: new ids
@@ -41,96 +42,73 @@ struct ChunkedIdAllocator {
 }
 
 /// The storage both id-indexed tables of the pool (handles, zspage records)
-/// share: a fixed directory of chunk pointers, chunks made on first use, and
-/// the ids that index them.
+/// share: one region (MemoryRegion) cut into chunks, chunk i at byte
+/// `i × chunkBytes`, made on first use, and the ids that index them.
 ///
-/// Each chunk is an anonymous mapping of `chunkBytes`, owned here: its pages
-/// cost memory only once an entry in them is touched, so a table whose
-/// empty entry is all-zero bytes (the handle table) costs what its live ids
-/// have used, not whole chunks. `prepareChunk`, when given, fills a new
-/// chunk's non-zero defaults before any id in it is handed out. Chunks of a
-/// table whose entries point to heap blocks (`holdsHeapPointers`: the
-/// zspage records' lists) are mapped as LeakSanitizer roots.
+/// Chunk i's place is arithmetic, not an address in a directory, so a
+/// region that outlives the process (the handle table's) means the same to
+/// the next one. A chunk is made by preparing its range of the region (for
+/// a file: reserving it, which may fail with ENOSPC) and, when given,
+/// `prepareChunk`, which fills its non-zero defaults; its pages cost memory
+/// once an entry in them is touched (anonymous) or once made (a file), so a
+/// table costs what its live ids have used, not its capacity. A table whose
+/// entries point to heap blocks (`holdsHeapPointers`: the zspage records'
+/// lists) is anonymous and a LeakSanitizer root.
 ///
-/// The directory never moves and a chunk, once published, never moves or
-/// goes away before the table: an entry reached through an id stays valid.
-/// Chunks are published under `ids`' lock, with a releasing store, before
-/// any id in them is handed out; lookups load the entry with acquiring
-/// ordering, so a thread that reaches a chunk through the directory also
-/// sees the chunk's initialised contents, whichever thread made it (ids from
-/// untrusted handles reach `existingChunk` with no other synchronisation).
-/// An owner whose entries point elsewhere frees that in its own deinit
-/// (`forEachChunk`); the chunks themselves are unmapped here.
+/// Chunks are made in order, as ids are handed out in order, and published
+/// by a releasing store of how many there are, under `ids`' lock, before
+/// any id in them is handed out; lookups of an id that may be bogus load it
+/// with acquiring ordering, so a thread that reaches a chunk also sees its
+/// initialised contents, whichever thread made it (ids from untrusted
+/// handles reach `existingChunk` with no other synchronisation). A chunk,
+/// once made, stays until the table goes. An owner whose entries point
+/// elsewhere frees that in its own deinit (`forEachChunk`).
 ///
 /// Ids pass through per-CPU caches (`IdCaches`) on their way in and out, so
 /// the threads of one busy size class, which take an id under the class
 /// lock for every object, do not also meet on `ids` every time.
 final class ChunkedTable: @unchecked Sendable {
-    // @unchecked: `directory` entries are atomics, written once (under
-    // `ids`) and only read after that; the mappings live in `ids`; `caches`
-    // is reached only under its own per-CPU locks.
+    // @unchecked: the region is immutable; `chunksMade` is an atomic, written
+    // under `ids`; `caches` is reached only under its own per-CPU locks.
 
     let chunkShift: Int
     let chunkBytes: Int
-    let directorySize: Int
-    /// Chunk addresses, 0 for a chunk not made yet.
-    private let directory: UnsafeMutablePointer<Atomic<UInt>>
+    let chunkCount: Int
+    private let region: MemoryRegion
+    /// Chunks made so far: chunk i exists when i < chunksMade.
+    private let chunksMade = Atomic<Int>(0)
     private let prepareChunk: ((UnsafeMutableRawPointer) -> Void)?
-    private let holdsHeapPointers: Bool
-    private let ids: Locked<Ids>
+    private let ids: Locked<ChunkedIdAllocator>
     private let caches = IdCaches()
 
-    private struct Ids {
-        var allocator: ChunkedIdAllocator
-        var chunks: [ChunkMapping] = []
-    }
-
-    /// Keeps a chunk's mapping alive until the table goes.
-    private final class ChunkMapping {
-        let mapping: AnonymousMapping
-        init(_ mapping: consuming AnonymousMapping) { self.mapping = mapping }
-    }
-
     /// Room for `capacity` entries in chunks of `1 << chunkShift` entries,
-    /// `chunkBytes` each.
+    /// `chunkBytes` each (whole pages), in the region `name` of `placement`.
     init(
-        capacity: Int, chunkShift: Int, chunkBytes: Int, holdsHeapPointers: Bool = false,
-        prepareChunk: ((UnsafeMutableRawPointer) -> Void)? = nil
-    ) {
+        capacity: Int, chunkShift: Int, chunkBytes: Int, placement: RegionPlacement, name: String,
+        holdsHeapPointers: Bool = false, prepareChunk: ((UnsafeMutableRawPointer) -> Void)? = nil
+    ) throws(Errno) {
+        precondition(chunkBytes % pageSize == 0, "a chunk is whole pages")
         self.chunkShift = chunkShift
         self.chunkBytes = chunkBytes
-        self.holdsHeapPointers = holdsHeapPointers
         self.prepareChunk = prepareChunk
-        directorySize = max(1, (capacity + (1 << chunkShift) - 1) >> chunkShift)
-        directory = .allocate(capacity: directorySize)
-        for index in 0..<directorySize { (directory + index).initialize(to: Atomic(0)) }
-        ids = Locked(
-            Ids(allocator: ChunkedIdAllocator(chunkShift: chunkShift, chunkCount: directorySize)), level: .idAllocator)
-    }
-
-    deinit {
-        directory.deinitialize(count: directorySize)
-        directory.deallocate()
-    }
-
-    @inline(__always)
-    private func loadChunk(_ index: Int) -> UnsafeMutableRawPointer? {
-        UnsafeMutableRawPointer(bitPattern: directory[index].load(ordering: .acquiring))
+        chunkCount = max(1, (capacity + (1 << chunkShift) - 1) >> chunkShift)
+        region = try placement.region(name, byteCount: chunkCount * chunkBytes, holdsHeapPointers: holdsHeapPointers)
+        ids = Locked(ChunkedIdAllocator(chunkShift: chunkShift, chunkCount: chunkCount), level: .idAllocator)
     }
 
     /// The chunk holding a live id's entry.
     @inline(__always)
     func chunk(containing id: UInt32) -> UnsafeMutableRawPointer {
         let index = Int(id) >> chunkShift
-        assert(index < directorySize && loadChunk(index) != nil, "id \(id) is in no chunk made so far")
-        return loadChunk(index).unsafelyUnwrapped
+        assert(index < chunksMade.load(ordering: .relaxed), "id \(id) is in no chunk made so far")
+        return region.base + index &* chunkBytes
     }
 
     /// The chunk that would hold `id`, or nil when it was never made (or is
     /// past the table): for ids that come from outside and may be bogus.
     func existingChunk(containing id: UInt32) -> UnsafeMutableRawPointer? {
         let index = Int(id) >> chunkShift
-        return index < directorySize ? loadChunk(index) : nil
+        return index < chunksMade.load(ordering: .acquiring) ? region.base + index * chunkBytes : nil
     }
 
     /// A free id, from this CPU's cache, which takes a batch from the
@@ -148,21 +126,19 @@ final class ChunkedTable: @unchecked Sendable {
     /// Moves up to `count` ids from the shared allocator to `buffer`, the one
     /// to hand out first last. Returns how many.
     private func takeShared(into buffer: UnsafeMutablePointer<UInt32>, count: Int) -> Int {
-        ids.withLock { ids in
+        ids.withLock { allocator in
             var taken = 0
             while taken < count {
-                var made: ChunkMapping?
-                let id = ids.allocator.allocate { chunk in
-                    guard
-                        let mapping = try? AnonymousMapping(
-                            byteCount: chunkBytes, holdsHeapPointers: holdsHeapPointers)
-                    else { return false }
-                    prepareChunk?(mapping.base)
-                    directory[chunk].store(UInt(bitPattern: mapping.base), ordering: .releasing)
-                    made = ChunkMapping(mapping)
+                let id = allocator.allocate { chunk in
+                    assert(chunk == chunksMade.load(ordering: .relaxed), "chunks are made in order")
+                    let start = region.base + chunk * chunkBytes
+                    guard (try? region.prepare(offset: chunk * chunkBytes, count: chunkBytes)) != nil else {
+                        return false
+                    }
+                    prepareChunk?(start)
+                    chunksMade.store(chunk + 1, ordering: .releasing)
                     return true
                 }
-                if let made { ids.chunks.append(made) }
                 guard let id else { break }
                 (buffer + taken).initialize(to: id)
                 taken += 1
@@ -177,25 +153,22 @@ final class ChunkedTable: @unchecked Sendable {
     /// Gives `buffer`'s ids back to the shared allocator, the last one to be
     /// reused first.
     private func giveShared(_ buffer: UnsafeBufferPointer<UInt32>) {
-        ids.withLock { ids in
-            for id in buffer { ids.allocator.release(id) }
+        ids.withLock { allocator in
+            for id in buffer { allocator.release(id) }
         }
     }
 
     /// Live ids (handed out and not released; none of them in a cache), and
-    /// the bytes of the directory plus the chunks made. Exact once callers
-    /// stop: the pool calls it under every class lock, and takes and
-    /// releases ids only under a class lock.
+    /// the bytes of the chunks made. Exact once callers stop: the pool calls
+    /// it under every class lock, and takes and releases ids only under a
+    /// class lock.
     func usage() -> (live: Int, tableBytes: Int) {
-        let chunksMade = ids.withLock { $0.allocator.chunksMade }
-        return (caches.live, chunksMade * chunkBytes + directorySize * MemoryLayout<UnsafeMutableRawPointer>.stride)
+        (caches.live, chunksMade.load(ordering: .acquiring) * chunkBytes)
     }
 
     /// Calls `body` with every chunk made, for the owner's deinit.
     func forEachChunk(_ body: (UnsafeMutableRawPointer) -> Void) {
-        for index in 0..<directorySize {
-            if let chunk = loadChunk(index) { body(chunk) }
-        }
+        for index in 0..<chunksMade.load(ordering: .acquiring) { body(region.base + index * chunkBytes) }
     }
 }
 

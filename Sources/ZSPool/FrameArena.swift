@@ -2,18 +2,20 @@ import Synchronization
 import SystemPackage
 import ZNBDSystem
 
-/// The memory of the pool: one anonymous mapping reserved at start-up,
-/// cut into 4 KiB frames grouped in 2 MiB blocks.
+/// The memory of the pool: one region (MemoryRegion: anonymous, or a file
+/// that outlives the process) reserved at start-up, cut into 4 KiB frames
+/// grouped in 2 MiB blocks.
 ///
 /// Frames are the pool's PFNs: a frame number names a frame for its whole
 /// life, and the per-frame metadata (owner zspage, index in it, first-object
 /// offset) lives here, outside the mapping, so moving a frame's contents
 /// never leaves a stale pointer in the moved bytes.
 ///
-/// Residency: a block is *resident* once a frame in it has been handed out.
-/// When its last used frame is freed the block goes back to the kernel with
-/// `madvise(MADV_DONTNEED)` and counts as released, so the process RSS falls
-/// by 2 MiB. The block that new frames currently come from is kept while
+/// Residency: a block is *resident* once a frame in it has been handed out;
+/// it is prepared (for a file: reserved, so that "no room" is an error here,
+/// never a SIGBUS on first touch) as it becomes so. When its last used frame
+/// is freed the block goes back to the kernel (MADV_DONTNEED, or a hole
+/// punched in the file) and counts as released, so memory falls by 2 MiB. The block that new frames currently come from is kept while
 /// empty, so an allocate/free loop on one frame does not fault and release
 /// it each time; `releaseEmptyBlocks` lets it go too.
 ///
@@ -30,14 +32,16 @@ final class FrameArena: @unchecked Sendable {
     static let framesPerBlock = 512
     static let blockSize = frameSize * framesPerBlock
     static let wordsPerBlock = framesPerBlock / 64
+    /// The owner words of one block: one page of the owner region.
+    static let ownerBytesPerBlock = framesPerBlock * MemoryLayout<UInt64>.stride
     /// No frame: the sentinel in per-frame and per-zspage tables.
     static let noFrame = UInt32.max
     /// Orders of free runs reported by `frameInfo` (1 frame ... 512 frames).
     static let orderCount = 10
 
-    private let mapping: AnonymousMapping
+    private let region: MemoryRegion
     /// Backs State.owners.
-    private let ownerMapping: AnonymousMapping
+    private let ownerRegion: MemoryRegion
     /// The mapping's first frame, on a 2 MiB boundary.
     let base: UnsafeMutableRawPointer
     let frameCount: Int
@@ -57,47 +61,53 @@ final class FrameArena: @unchecked Sendable {
         static let free = FrameOwner(zspage: FrameArena.noFrame, classIndex: 0, index: 0, firstObjectOffset: 0)
     }
 
-    /// One owner per frame, in an anonymous mapping where all-zero bytes are
-    /// a free frame: frames never used cost no memory (an array of every
-    /// frame's owner was resident in full, 12 bytes per frame of capacity).
+    /// One owner per frame, one word each, where all-zero bits are a free
+    /// frame: frames never used cost no memory. Each block's 512 words are
+    /// one page of the region, prepared and released with the block.
+    ///
+    ///     bits  0...31   the owner's zspage id plus one; 0: a free frame
+    ///     bits 32...39   the owner's class index
+    ///     bits 40...47   the frame's index in its zspage
+    ///     bits 48...63   the in-frame offset of the first object starting in it
+    ///
+    /// One word, stored whole (releasing): in a region that outlives the
+    /// process, the owners are what the next daemon rebuilds its zspages
+    /// from (docs/STATE-DESIGN.md), so no kill may leave half an entry.
     struct OwnerTable {
-        fileprivate struct Entry {
-            /// The owner's zspage id plus one; 0 for a free frame.
-            var zspagePlusOne: UInt32
-            var classIndex: UInt16
-            var index: UInt8
-            var firstObjectOffset: UInt16
-        }
-
-        fileprivate let entries: UnsafeMutablePointer<Entry>
+        fileprivate let entries: UnsafeMutablePointer<Atomic<UInt64>>
         let count: Int
 
-        static func byteCount(frames: Int) -> Int { frames * MemoryLayout<Entry>.stride }
+        static func byteCount(frames: Int) -> Int { frames * MemoryLayout<UInt64>.stride }
 
-        init(_ mapping: borrowing AnonymousMapping, count: Int) {
-            // Zero bytes are a valid Entry (a free frame): binding the fresh
-            // mapping is its initialisation.
-            entries = mapping.base.bindMemory(to: Entry.self, capacity: count)
+        init(_ region: MemoryRegion, count: Int) {
+            // Zero bits are a valid Atomic<UInt64> (a free frame): binding
+            // the fresh region is its initialisation.
+            entries = region.bindZeroed(to: Atomic<UInt64>.self, count: count)
             self.count = count
+        }
+
+        static func pack(_ owner: FrameOwner) -> UInt64 {
+            guard owner != .free else { return 0 }
+            assert(owner.classIndex <= UInt8.max && owner.zspage < UInt32.max, "a frame owner does not fit its word")
+            return UInt64(owner.zspage + 1) | UInt64(owner.classIndex) << 32 | UInt64(owner.index) << 40
+                | UInt64(owner.firstObjectOffset) << 48
+        }
+
+        static func unpack(_ word: UInt64) -> FrameOwner {
+            guard word & 0xFFFF_FFFF != 0 else { return .free }
+            return FrameOwner(
+                zspage: UInt32(truncatingIfNeeded: word) - 1, classIndex: UInt16(truncatingIfNeeded: word >> 32) & 0xFF,
+                index: UInt8(truncatingIfNeeded: word >> 40), firstObjectOffset: UInt16(truncatingIfNeeded: word >> 48))
         }
 
         subscript(frame: Int) -> FrameOwner {
             get {
                 assert(frame >= 0 && frame < count, "frame \(frame) outside the arena")
-                let entry = entries[frame]
-                guard entry.zspagePlusOne != 0 else { return .free }
-                return FrameOwner(
-                    zspage: entry.zspagePlusOne - 1, classIndex: entry.classIndex, index: entry.index,
-                    firstObjectOffset: entry.firstObjectOffset)
+                return Self.unpack(entries[frame].load(ordering: .relaxed))
             }
             nonmutating set {
                 assert(frame >= 0 && frame < count, "frame \(frame) outside the arena")
-                entries[frame] =
-                    newValue == .free
-                    ? Entry(zspagePlusOne: 0, classIndex: 0, index: 0, firstObjectOffset: 0)
-                    : Entry(
-                        zspagePlusOne: newValue.zspage + 1, classIndex: newValue.classIndex, index: newValue.index,
-                        firstObjectOffset: newValue.firstObjectOffset)
+                entries[frame].store(Self.pack(newValue), ordering: .releasing)
             }
         }
     }
@@ -130,19 +140,20 @@ final class FrameArena: @unchecked Sendable {
     /// (tools/bench-maintenance), for no gain in the device's throughput
     /// (tools/bench-device, THP on and off alike). With 4 KiB pages a block
     /// also costs RSS only for the frames ever touched.
-    init(capacityBytes: Int) throws(Errno) {
+    init(capacityBytes: Int, placement: RegionPlacement = .anonymous) throws(Errno) {
         let blocks = max(1, (capacityBytes + Self.blockSize - 1) / Self.blockSize)
         blockCount = blocks
         frameCount = blocks * Self.framesPerBlock
-        mapping = try AnonymousMapping(byteCount: blocks * Self.blockSize, alignment: Self.blockSize)
-        ownerMapping = try AnonymousMapping(byteCount: OwnerTable.byteCount(frames: blocks * Self.framesPerBlock))
-        base = mapping.base
+        region = try placement.region("arena", byteCount: blocks * Self.blockSize, alignment: Self.blockSize)
+        ownerRegion = try placement.region(
+            "frame-owners", byteCount: OwnerTable.byteCount(frames: blocks * Self.framesPerBlock))
+        base = region.base
         state = Locked(
             State(
                 usedBits: [UInt64](repeating: 0, count: blocks * Self.wordsPerBlock),
                 usedInBlock: [UInt16](repeating: 0, count: blocks),
                 resident: [Bool](repeating: false, count: blocks),
-                owners: OwnerTable(ownerMapping, count: blocks * Self.framesPerBlock)),
+                owners: OwnerTable(ownerRegion, count: blocks * Self.framesPerBlock)),
             level: .arena)
     }
 
@@ -159,11 +170,14 @@ final class FrameArena: @unchecked Sendable {
     enum AllocationFailure: Error {
         case memLimit
         case full
+        /// The filesystem under the region had no room for a block.
+        case noRoom(Errno)
     }
 
     /// Takes `count` frames for one zspage, all or none, and records their
-    /// owner. Fails when `limitFrames` (if any) or the arena would be exceeded.
-    /// `body(i, frame)` receives each frame in order.
+    /// owner. Fails when `limitFrames` (if any) or the arena would be
+    /// exceeded, or when a block that would become resident finds no room
+    /// under the region. `body(i, frame)` receives each frame in order.
     func allocateZspageFrames(
         count: Int, owner zspage: UInt32, classIndex: Int, firstObjectOffsets: [Int], limitFrames: Int?,
         _ body: (Int, UInt32) -> Void
@@ -172,26 +186,49 @@ final class FrameArena: @unchecked Sendable {
             let used = usedFrameCount.load(ordering: .relaxed)
             if let limitFrames, used + count > limitFrames { throw .memLimit }
             if used + count > frameCount { throw .full }
-            for index in 0..<count {
-                // Cannot fail: there are at least `count` free frames.
-                let frame = takeFrame(&state, inBlock: nil)!
-                state.owners[Int(frame)] = FrameOwner(
-                    zspage: zspage, classIndex: UInt16(classIndex), index: UInt8(index),
-                    firstObjectOffset: UInt16(firstObjectOffsets[index]))
-                body(index, frame)
+            try withUnsafeTemporaryAllocation(of: UInt32.self, capacity: count) {
+                (frames) throws(AllocationFailure) -> Void in
+                for index in 0..<count {
+                    do throws(AllocationFailure) {
+                        // Not nil: there are at least `count` free frames.
+                        frames[index] = try takeFrame(&state, inBlock: nil)!
+                    } catch {
+                        for taken in frames[..<index] { freeFrame(taken, &state) }
+                        throw error
+                    }
+                }
+                for (index, frame) in frames.enumerated() {
+                    state.owners[Int(frame)] = FrameOwner(
+                        zspage: zspage, classIndex: UInt16(classIndex), index: UInt8(index),
+                        firstObjectOffset: UInt16(firstObjectOffsets[index]))
+                    body(index, frame)
+                }
             }
             noteUsage(&state)
         }
     }
 
-    /// Takes one frame in block `block` for a frame migrating into it, with
-    /// the owner of the frame it replaces. Nil when the block is full.
-    func allocateMigrationTarget(inBlock block: Int, owner: FrameOwner) -> UInt32? {
+    /// Takes one frame in block `block` for a frame migrating into it. Nil
+    /// when the block is full. The frame has no owner until
+    /// `completeMigration`: until then it is free to a daemon that finds
+    /// it after a kill, which is right, as its copy may be incomplete.
+    func allocateMigrationTarget(inBlock block: Int) -> UInt32? {
         state.withLock { state in
-            guard let frame = takeFrame(&state, inBlock: block) else { return nil }
-            state.owners[Int(frame)] = owner
+            // A resident block was prepared: taking a frame in it cannot fail.
+            guard let frame = try? takeFrame(&state, inBlock: block) else { return nil }
             noteUsage(&state)
             return frame
+        }
+    }
+
+    /// Gives `target`, now a whole copy of `source`, the source's owner,
+    /// then frees the source. Between the two stores both frames name the
+    /// same place in one zspage, with the same bytes: a daemon that finds
+    /// that keeps one.
+    func completeMigration(from source: UInt32, to target: UInt32, owner: FrameOwner) {
+        state.withLock { state in
+            state.owners[Int(target)] = owner
+            freeFrame(source, &state)
         }
     }
 
@@ -199,20 +236,22 @@ final class FrameArena: @unchecked Sendable {
     /// to the kernel unless it is the current allocation block.
     func free(frames: some Sequence<UInt32>) {
         state.withLock { state in
-            for frame in frames {
-                let index = Int(frame)
-                let block = index / Self.framesPerBlock
-                let word = index / 64
-                let bit = UInt64(1) << UInt64(index % 64)
-                precondition(state.usedBits[word] & bit != 0, "frame \(frame) freed twice")
-                state.usedBits[word] &= ~bit
-                state.usedInBlock[block] -= 1
-                state.owners[index] = .free
-                usedFrameCount.subtract(1, ordering: .relaxed)
-                if state.usedInBlock[block] == 0, state.currentBlock != block {
-                    release(block: block, &state)
-                }
-            }
+            for frame in frames { freeFrame(frame, &state) }
+        }
+    }
+
+    private func freeFrame(_ frame: UInt32, _ state: inout State) {
+        let index = Int(frame)
+        let block = index / Self.framesPerBlock
+        let word = index / 64
+        let bit = UInt64(1) << UInt64(index % 64)
+        precondition(state.usedBits[word] & bit != 0, "frame \(frame) freed twice")
+        state.usedBits[word] &= ~bit
+        state.usedInBlock[block] -= 1
+        state.owners[index] = .free
+        usedFrameCount.subtract(1, ordering: .relaxed)
+        if state.usedInBlock[block] == 0, state.currentBlock != block {
+            release(block: block, &state)
         }
     }
 
@@ -259,7 +298,9 @@ final class FrameArena: @unchecked Sendable {
 
     private func release(block: Int, _ state: inout State) {
         guard state.resident[block] else { return }
-        mapping.discard(offset: block * Self.blockSize, count: Self.blockSize)
+        region.release(offset: block * Self.blockSize, count: Self.blockSize)
+        // The block's owners are all free (zero) now: their page goes too.
+        ownerRegion.release(offset: block * Self.ownerBytesPerBlock, count: Self.ownerBytesPerBlock)
         state.resident[block] = false
         state.residentBlocks -= 1
         state.blocksReleased += 1
@@ -267,8 +308,9 @@ final class FrameArena: @unchecked Sendable {
 
     /// Picks a frame: in `block` when given, else in the current block, else
     /// in the fullest resident block with room (so sparse blocks drain), else
-    /// in the lowest block not resident.
-    private func takeFrame(_ state: inout State, inBlock requested: Int?) -> UInt32? {
+    /// in the lowest block not resident, which is prepared first (throwing
+    /// `noRoom` when the region's filesystem is full).
+    private func takeFrame(_ state: inout State, inBlock requested: Int?) throws(AllocationFailure) -> UInt32? {
         let block: Int
         if let requested {
             guard state.usedInBlock[requested] < Self.framesPerBlock else { return nil }
@@ -281,6 +323,13 @@ final class FrameArena: @unchecked Sendable {
             block = chosen
         }
         if !state.resident[block] {
+            do {
+                try region.prepare(offset: block * Self.blockSize, count: Self.blockSize)
+                try ownerRegion.prepare(offset: block * Self.ownerBytesPerBlock, count: Self.ownerBytesPerBlock)
+            } catch {
+                if state.currentBlock == block { state.currentBlock = nil }
+                throw .noRoom(error)
+            }
             state.resident[block] = true
             state.residentBlocks += 1
             state.blocksFaultedIn += 1

@@ -1,4 +1,5 @@
 import Synchronization
+import SystemPackage
 import ZNBDSystem
 
 /// A stable name for one object of the pool, valid from `allocate` to `free`.
@@ -48,8 +49,10 @@ struct ObjectLocation: Equatable {
 /// is found through the zspage under its lock.
 ///
 /// Storage grows in chunks on demand (ids are reused last-freed first, so
-/// the touched part tracks the peak number of live objects); the directory
-/// of chunks is fixed at start-up, so a published chunk never moves.
+/// the touched part tracks the peak number of live objects), in the region
+/// "handles" (a file that outlives the process, for a device with a state
+/// directory): chunk i sits at a fixed offset, so a published chunk never
+/// moves and an entry means the same to the next process.
 final class HandleTable: @unchecked Sendable {
     // @unchecked: chunks are published by ChunkedTable before any id in them
     // is handed out; the entries themselves are Atomics.
@@ -68,10 +71,10 @@ final class HandleTable: @unchecked Sendable {
     private let table: ChunkedTable
 
     /// Room for `capacity` live handles.
-    init(capacity: Int) {
-        table = ChunkedTable(
+    init(capacity: Int, placement: RegionPlacement = .anonymous) throws(Errno) {
+        table = try ChunkedTable(
             capacity: capacity, chunkShift: Self.chunkShift,
-            chunkBytes: Self.chunkSize * MemoryLayout<Atomic<UInt64>>.stride)
+            chunkBytes: Self.chunkSize * MemoryLayout<Atomic<UInt64>>.stride, placement: placement, name: "handles")
     }
 
     /// The entry of `id`. Zero bits are a valid Atomic<UInt64>(0), so the

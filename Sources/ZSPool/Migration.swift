@@ -46,12 +46,14 @@ extension ZSPool {
             let zspage = owner.zspage
             guard zspages.tryWriteLock(zspage) else { return .busy }
             defer { zspages.writeUnlock(zspage) }
-            guard let target = arena.allocateMigrationTarget(inBlock: block, owner: owner) else {
+            guard let target = arena.allocateMigrationTarget(inBlock: block) else {
                 return .targetFull
             }
+            // Copy, then switch, then free: the owner words, which outlive
+            // the process, name the target only once its copy is whole.
             arena.address(of: target).copyMemory(from: arena.address(of: frame), byteCount: FrameArena.frameSize)
             zspages.record(zspage).frames[Int(owner.index)] = target
-            arena.free(frames: CollectionOfOne(frame))
+            arena.completeMigration(from: frame, to: target, owner: owner)
             return .migrated(to: target)
         }
     }

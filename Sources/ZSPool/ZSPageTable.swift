@@ -1,4 +1,5 @@
 import Synchronization
+import SystemPackage
 import ZNBDSystem
 
 /// A zspage: 1...16 frames (not contiguous) holding the objects of one size
@@ -173,7 +174,7 @@ struct ZSPageRecord {
 }
 
 /// The zspage records, indexed by zspage id, in chunks allocated on demand
-/// by a ChunkedTable; the chunk directory is fixed, so a record never moves.
+/// by a ChunkedTable, each at a fixed place, so a record never moves.
 final class ZSPageTable: @unchecked Sendable {
     // @unchecked: records are reached by pointer; each field's guard is
     // documented on ZSPageRecord. Chunks are published by ChunkedTable
@@ -187,10 +188,12 @@ final class ZSPageTable: @unchecked Sendable {
 
     private let table: ChunkedTable
 
-    init(capacity: Int) {
-        table = ChunkedTable(
+    /// Always anonymous: the records are rebuilt at start from the frame
+    /// owners, and they point to the heap.
+    init(capacity: Int) throws(Errno) {
+        table = try ChunkedTable(
             capacity: capacity, chunkShift: Self.chunkShift, chunkBytes: ZSPageRecord.Layout.chunkBytes,
-            holdsHeapPointers: true, prepareChunk: Self.prepareChunk)
+            placement: .anonymous, name: "zspages", holdsHeapPointers: true, prepareChunk: Self.prepareChunk)
     }
 
     deinit {

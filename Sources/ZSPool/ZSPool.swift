@@ -18,10 +18,20 @@
 //
 // THE DESIGN
 //
-// Memory. One anonymous mapping (FrameArena) reserved at start-up and cut
-// into 4 KiB *frames*, numbered like PFNs and grouped in 2 MiB *blocks*. A
-// block whose last frame is freed goes back to the kernel (MADV_DONTNEED).
-// New frames come from the fullest resident block, so sparse blocks drain.
+// Memory. One region (FrameArena) reserved at start-up and cut into 4 KiB
+// *frames*, numbered like PFNs and grouped in 2 MiB *blocks*. A block whose
+// last frame is freed goes back to the kernel (MADV_DONTNEED, or a hole
+// punched in the file). New frames come from the fullest resident block, so
+// sparse blocks drain.
+//
+// Placement. The region is anonymous memory, or a file of a state directory
+// on a tmpfs (Configuration.placement): then the frames, the frame owners
+// and the handle entries outlive the process, and everything else (zspage
+// records, slot and free lists, bitmaps, caches, counters) is derived from
+// them (docs/STATE-DESIGN.md). Those three are stored so that a process
+// killed at any instant leaves them consistent: each entry is one word
+// stored whole, a frame's owner is set only once its bytes are complete,
+// and a handle names one place at a time.
 //
 // Size classes (SizeClassTable). Objects of 32...4096 bytes, in classes 16
 // bytes apart; each class chooses how many frames (1...maxChain) make one
@@ -90,7 +100,7 @@
 // See docs/ARCHITECTURE.md for how ZRAM uses the pool.
 
 import Synchronization
-import ZNBDSystem
+public import ZNBDSystem
 
 /// Why the pool refused an operation.
 public enum ZSPoolError: Error, Equatable, Sendable {
@@ -100,6 +110,9 @@ public enum ZSPoolError: Error, Equatable, Sendable {
     case memLimitReached(limitBytes: Int)
     /// The arena has no free frame left.
     case arenaFull(capacityBytes: Int)
+    /// The filesystem under the pool's state files had no room for the
+    /// frames (ENOSPC from reserving them, usually).
+    case noRoomForState(errno: Int32)
     /// The handle is not live: never allocated, already freed, or stale.
     case invalidHandle(ZSHandle)
     /// An access beyond the object's class size.
@@ -120,11 +133,15 @@ public final class ZSPool: Sendable {
         /// Whether freeing a handle that is not live stops the process (as a
         /// precondition) instead of being counted in `invalidFrees`.
         public var trapOnInvalidFree: Bool
+        /// Where the frames, their owners and the handles live: anonymous
+        /// memory, or files of a state directory.
+        public var placement: RegionPlacement
 
         public init(
             capacityBytes: Int, maxChain: Int = SizeClassTable.defaultMaxChain, memLimitBytes: Int? = nil,
-            trapOnInvalidFree: Bool = ZSPool.isDebugBuild
+            trapOnInvalidFree: Bool = ZSPool.isDebugBuild, placement: RegionPlacement = .anonymous
         ) {
+            self.placement = placement
             self.capacityBytes = capacityBytes
             self.maxChain = maxChain
             self.memLimitBytes = memLimitBytes
@@ -175,12 +192,14 @@ public final class ZSPool: Sendable {
         self.configuration = configuration
         sizeClasses = SizeClassTable(maxChain: configuration.maxChain)
         do {
-            arena = try FrameArena(capacityBytes: configuration.capacityBytes)
+            arena = try FrameArena(capacityBytes: configuration.capacityBytes, placement: configuration.placement)
+            zspages = try ZSPageTable(capacity: arena.frameCount)
+            handles = try HandleTable(
+                capacity: arena.frameCount * (FrameArena.frameSize / SizeClassTable.minimumObjectSize),
+                placement: configuration.placement)
         } catch {
             throw .mapFailed(errno: error.rawValue)
         }
-        zspages = ZSPageTable(capacity: arena.frameCount)
-        handles = HandleTable(capacity: arena.frameCount * (FrameArena.frameSize / SizeClassTable.minimumObjectSize))
         classStates = sizeClasses.classes.map { SizeClassState(spec: $0) }
         memLimitFrames = Atomic(Self.frames(forLimit: configuration.memLimitBytes))
     }
@@ -390,6 +409,7 @@ public final class ZSPool: Sendable {
             switch error {
             case .memLimit: throw .memLimitReached(limitBytes: limit * FrameArena.frameSize)
             case .full: throw .arenaFull(capacityBytes: capacityBytes)
+            case .noRoom(let error): throw .noRoomForState(errno: error.rawValue)
             }
         }
         let slots = record.slots.unsafelyUnwrapped

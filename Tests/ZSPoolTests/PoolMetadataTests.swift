@@ -84,7 +84,7 @@ struct PoolMetadataTests {
             "needs two CPUs it may run on: ids parked in one CPU's cache, asked for on another"))
     func idCachesAcrossCPUs() throws {
         let cpus = CurrentCPU.allowedCPUs()
-        let table = ChunkedTable(capacity: 64, chunkShift: 4, chunkBytes: 4096)
+        let table = try ChunkedTable(capacity: 64, chunkShift: 4, chunkBytes: 4096, placement: .anonymous, name: "ids")
         let outcome = Locked<(pinned: Bool, ids: [UInt32], liveAtEnd: Int)>((false, [], 0))
         runOnThreads(1) { _ in
             // On one CPU, one id out and back: its cache now holds a batch.
