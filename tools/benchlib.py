@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -156,8 +157,8 @@ def fio(target_arguments, job_arguments, timeout):
 class Server:
     """A server process on a Unix socket: znbd or nbdkit."""
 
-    def __init__(self, command, socket, control=None):
-        self.socket, self.control = socket, control
+    def __init__(self, command, socket, control=None, state=None):
+        self.socket, self.control, self.state = socket, control, state
         self.errors = tempfile.TemporaryFile(mode="w+")  # read back if the server dies at start
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=self.errors)
@@ -189,12 +190,29 @@ class Server:
         self.process.terminate()
         self.process.wait(timeout=20)
         self.errors.close()
+        if self.state:
+            shutil.rmtree(self.state, ignore_errors=True)
+
+
+def supports_state_dir(znbd):
+    """Whether this znbd build keeps its disk in a state directory
+    (--state-dir; builds before issue 24's work do not)."""
+    return "--state-dir" in run([znbd, "serve", "--help"])
 
 
 def znbd_server(binaries, scratch, size, arguments=()):
+    """znbd on a fresh device: a state directory of its own on /dev/shm
+    (the daemon's default placement, a tmpfs), removed at close, for builds
+    that have one."""
     socket, control = os.path.join(scratch, "nbd.sock"), os.path.join(scratch, "control.sock")
-    return Server([os.path.join(binaries, "znbd"), "serve", "--size", size, "--socket", socket, "--control", control]
-                  + list(arguments), socket, control)
+    znbd = os.path.join(binaries, "znbd")
+    state = None
+    if supports_state_dir(znbd) and not any(a.startswith("--state-dir") for a in arguments):
+        state = f"/dev/shm/znbd-bench-{os.getpid()}-{os.path.basename(scratch)}"
+        shutil.rmtree(state, ignore_errors=True)
+        arguments = list(arguments) + ["--state-dir", state]
+    return Server([znbd, "serve", "--size", size, "--socket", socket, "--control", control] + list(arguments),
+                  socket, control, state)
 
 
 def znbd_memory_server(binaries, scratch, mebibytes, workers):

@@ -8,6 +8,8 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/vfs.h>
+#include <unistd.h>
 #include "CLinux.h"
 
 // Newer than some headers this may be built against.
@@ -100,6 +102,23 @@ int clinux_punch_file_range(int fd, int64_t offset, int64_t length) {
     while (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) != 0) {
         if (errno != EINTR) return errno;
     }
+    return 0;
+}
+
+int clinux_next_data_range(int fd, int64_t offset, int64_t *start, int64_t *end) {
+    off_t data = lseek(fd, (off_t)offset, SEEK_DATA);
+    if (data < 0) return errno;
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) return errno;
+    *start = (int64_t)data;
+    *end = (int64_t)hole;
+    return 0;
+}
+
+int clinux_filesystem_type(const char *path, int64_t *type) {
+    struct statfs status;
+    if (statfs(path, &status) != 0) return errno;
+    *type = (int64_t)status.f_type;
     return 0;
 }
 

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
 public import SystemPackage
 
 /// Memory for one of the device's tables, from either of the two mappings:
@@ -86,6 +89,18 @@ public final class MemoryRegion: @unchecked Sendable {
         }
     }
 
+    /// The ranges a previous process wrote (and did not release since), in
+    /// order, to rebuild from; nil for anonymous memory, which is always
+    /// new. These may be read; a range around them that was only prepared
+    /// is not listed (FileMapping.dataRanges), so what is kept is prepared
+    /// again, and what is not is released.
+    public func writtenRanges() throws(Errno) -> [Range<Int>]? {
+        switch backing {
+        case .anonymous: return nil
+        case .file(let mapping): return try mapping.dataRanges()
+        }
+    }
+
     /// The region as `count` values of `T` from `base`, bound in place: all
     /// zero bits must be a valid `T` (fixed-width integers, Atomics of
     /// them), for the untouched bytes are zeroes.
@@ -121,5 +136,15 @@ public struct RegionPlacement: Sendable, Equatable {
         precondition(!holdsHeapPointers, "a persistent region cannot hold heap pointers")
         precondition(!name.contains("/") && !name.isEmpty, "a region's name is one file name")
         return try MemoryRegion(path: directory + "/" + name, byteCount: byteCount, alignment: alignment)
+    }
+
+    /// Removes the files of the regions `names`, those that exist (nothing
+    /// for anonymous memory). Their memory goes back once no process maps
+    /// them.
+    public func removeRegions(_ names: [String]) throws(Errno) {
+        guard let directory else { return }
+        for name in names where unlink(directory + "/" + name) != 0 && errno != ENOENT {
+            throw Errno(rawValue: errno)
+        }
     }
 }

@@ -2,6 +2,7 @@
     import Glibc
 #endif
 internal import CLinux
+public import SystemPackage
 
 /// The resident set in bytes of this process, or of process `pid`
 /// (/proc/PID/statm's second field, in pages); 0 where /proc cannot be read.
@@ -33,4 +34,21 @@ public enum HeapPolicy {
     public static func trim() -> Bool {
         clinux_malloc_trim() == 1
     }
+}
+
+/// Nanoseconds of CLOCK_BOOTTIME: monotonic, running through a suspend and
+/// across process restarts, reset only by a reboot.
+public func bootTimeNanoseconds() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_BOOTTIME, &now)
+    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+}
+
+/// Whether `path` is on a tmpfs (statfs's f_type), or the errno that kept
+/// statfs from saying.
+public func isOnTmpfs(_ path: String) -> Result<Bool, Errno> {
+    var type: Int64 = 0
+    let result = clinux_filesystem_type(path, &type)
+    guard result == 0 else { return .failure(Errno(rawValue: result)) }
+    return .success(type == 0x0102_1994)
 }

@@ -83,6 +83,11 @@ public final class CompressedBlockDevice: BlockDevice {
         case pool(ZSPool.ConfigurationError)
         case slotTable(errno: Int32)
         case codec(String)
+        /// The state directory's files could not be opened or made.
+        case state(directory: String, error: String)
+        /// The state directory holds a state this build, or this
+        /// configuration, cannot resume: said why, never reset.
+        case stateRefused(directory: String, why: String)
 
         public var description: String {
             switch self {
@@ -92,6 +97,8 @@ public final class CompressedBlockDevice: BlockDevice {
             case .pool(let error): error.description
             case .slotTable(let code): "could not map the slot table (errno \(code))"
             case .codec(let why): why
+            case .state(let directory, let error): "the state in \(directory) cannot be opened: \(error)"
+            case .stateRefused(let directory, let why): "the state in \(directory) cannot be resumed: \(why)"
             }
         }
     }
@@ -102,6 +109,15 @@ public final class CompressedBlockDevice: BlockDevice {
     static let maximumPoolBytes = 64 << 30
 
     public let byteCount: Int
+
+    /// What a device found when it resumed a state an earlier daemon left.
+    public struct DeviceResumption: Sendable, Equatable {
+        /// Daemons that have served the state, this one included.
+        public var starts: Int
+        public var pool: PoolResumption
+        /// From opening the files to serving.
+        public var duration: Duration
+    }
     /// Any byte range is served: a partial page is read, patched and
     /// stored again (the kernel's zram, whose logical block is its page,
     /// never needs to).
@@ -122,7 +138,9 @@ public final class CompressedBlockDevice: BlockDevice {
     let recompressionCodec: AnyPageCodec?
     /// Reads every page, whichever algorithm wrote it.
     let decoder: PageDecoder
-    let counters = DeviceCounters()
+    let counters: DeviceCounters
+    /// What resuming the state found, nil for a device that started empty.
+    public let resumption: DeviceResumption?
 
     public init(_ configuration: Configuration) throws(ConfigurationError) {
         let size = configuration.byteCount
@@ -143,7 +161,33 @@ public final class CompressedBlockDevice: BlockDevice {
         recompressionAlgorithm = configuration.recompressionAlgorithm
         // Room for every page stored raw plus the classes' partly filled
         // zspages; only the address space is reserved up front.
-        let poolBytes = min(Self.maximumPoolBytes, size + size / 8 + (16 << 20))
+        var poolBytes = min(Self.maximumPoolBytes, size + size / 8 + (16 << 20))
+        var timeBase = SlotTable.clock()
+        let placement = configuration.placement
+        var header: StateHeader?
+        if let directory = placement.directory {
+            do {
+                let opened = try StateHeader(placement)
+                if opened.isComplete {
+                    if let why = opened.refusal(diskBytes: size, maxChain: configuration.maxChain) {
+                        throw ConfigurationError.stateRefused(directory: directory, why: why)
+                    }
+                    // The pool keeps the size it was made with, whatever
+                    // this build would choose.
+                    poolBytes = opened.poolBytes
+                    timeBase = opened.timeBase
+                } else {
+                    // New, or killed while being made (no client was ever
+                    // answered from it): made again from nothing.
+                    try placement.removeRegions([SlotTable.regionName] + ZSPool.regionNames)
+                }
+                header = opened
+            } catch let error as ConfigurationError {
+                throw error
+            } catch {
+                throw .state(directory: directory, error: "\(error)")
+            }
+        }
         do {
             pool = try ZSPool(
                 ZSPool.Configuration(
@@ -153,12 +197,45 @@ public final class CompressedBlockDevice: BlockDevice {
             throw .pool(error)
         }
         do {
-            slots = try SlotTable(count: size / pageSize, placement: configuration.placement)
+            slots = try SlotTable(count: size / pageSize, placement: configuration.placement, timeBase: timeBase)
         } catch {
             throw .slotTable(errno: error.rawValue)
         }
         byteCount = size
         hugeThreshold = pool.sizeClasses.hugeThreshold
+        counters = DeviceCounters()
+        if let header, header.isComplete {
+            do {
+                resumption = try Self.resume(slots: slots, pool: pool, counters: counters, starts: header.starts + 1)
+            } catch {
+                throw .stateRefused(directory: placement.directory ?? "", why: error.description)
+            }
+            header.countStart()
+        } else {
+            resumption = nil
+            header?.complete(
+                diskBytes: size, poolBytes: poolBytes, maxChain: configuration.maxChain, timeBase: timeBase)
+        }
+    }
+
+    /// Rebuilds the device from the state an earlier daemon left: the
+    /// slots say which pages hold what and which handles they name, the
+    /// pool rebuilds itself around those, the figures are recounted.
+    private static func resume(
+        slots: SlotTable, pool: ZSPool, counters: DeviceCounters, starts: Int
+    ) throws(PoolStateDamaged) -> DeviceResumption {
+        let started = ContinuousClock.now
+        var referenced: [ZSHandle] = []
+        do {
+            try slots.resume { _, content in
+                counters.account(content, sign: 1, resumed: true)
+                if case .object(let handle, _, _) = content { referenced.append(ZSHandle(rawValue: handle)) }
+            }
+        } catch {
+            throw PoolStateDamaged(reading: "the slot table", error)
+        }
+        let pool = try pool.resume(referencedHandles: referenced)
+        return DeviceResumption(starts: starts, pool: pool, duration: ContinuousClock.now - started)
     }
 
     /// The cap on pool memory, nil for none. Lowering it below what is in use

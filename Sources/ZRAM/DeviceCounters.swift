@@ -69,7 +69,7 @@ final class DeviceCounters: Sendable {
 
     /// Adds (`sign` 1) or removes (`sign` -1) a page's content from the
     /// stored-data figures.
-    func account(_ content: SlotContent, sign: Int) {
+    func account(_ content: SlotContent, sign: Int, resumed: Bool = false) {
         switch content {
         case .unallocated:
             return
@@ -78,7 +78,7 @@ final class DeviceCounters: Sendable {
         case .object(_, let length, .raw):
             add(.comprDataSize, sign * length)
             add(.hugePages, sign)
-            if sign > 0 { add(.hugePagesSince) }
+            if sign > 0 && !resumed { add(.hugePagesSince) }
         case .object(_, let length, .compressed(let algorithm)):
             add(.comprDataSize, sign * length)
             add(Self.pages(of: algorithm), sign)

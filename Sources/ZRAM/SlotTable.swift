@@ -82,6 +82,8 @@ final class SlotTable: @unchecked Sendable {
     /// Every bit below ACCESSED.
     static let flagsMask: UInt64 = (1 << 32) - 1
 
+    /// The region the slots live in (a file, in a state directory).
+    static let regionName = "slots"
     /// Bytes of one slot, the pair (meta, value).
     static let slotBytes = 16
     /// Slots prepared together: 64 KiB of table, 16 MiB of device.
@@ -95,11 +97,16 @@ final class SlotTable: @unchecked Sendable {
     private let preparedWords: Int
     /// Slots with IDLE set; changed only by a holder of that slot's lock.
     private let idleCount = Atomic<Int>(0)
-    private let created = ContinuousClock.now
+    /// When the table was made, in the clock of `now`: kept in the state's
+    /// header, so that ACCESSED means the same to the next process.
+    let timeBase: Int64
 
-    init(count: Int, placement: RegionPlacement = .anonymous) throws(Errno) {
+    /// A table of `count` slots in the region "slots" of `placement`, its
+    /// clock started at `timeBase` (SlotTable.clock), by default now.
+    init(count: Int, placement: RegionPlacement = .anonymous, timeBase: Int64 = SlotTable.clock()) throws(Errno) {
         self.count = count
-        region = try placement.region("slots", byteCount: count * Self.slotBytes)
+        self.timeBase = timeBase
+        region = try placement.region(Self.regionName, byteCount: count * Self.slotBytes)
         // Zero bits are a valid Atomic<UInt64>(0) and UInt64(0): binding the
         // fresh zero pages is their initialisation. The pair is bound as
         // words; the publishing store views it as a WordPair (`publish`).
@@ -150,8 +157,61 @@ final class SlotTable: @unchecked Sendable {
     /// Seconds since the table was made, the clock of the ACCESSED field
     /// (136 years before it wraps). Callers read it once per request.
     var now: UInt32 {
-        let elapsed = (ContinuousClock.now - created).components.seconds
-        return UInt32(clamping: elapsed)
+        UInt32(clamping: (Self.clock() - timeBase) / 1_000_000_000)
+    }
+
+    /// Nanoseconds of CLOCK_BOOTTIME: it runs on across a daemon's restart
+    /// and through a suspend, and starts again only at a reboot (when the
+    /// state in a tmpfs is gone too).
+    static func clock() -> Int64 { bootTimeNanoseconds() }
+
+    // MARK: Resuming a state
+
+    /// Whether the slots are a file an earlier process wrote: then `resume`
+    /// runs before any other use.
+    var isResumable: Bool { region.isPersistent && !region.isNew }
+
+    /// Resumes a table an earlier process wrote: each piece with a written
+    /// slot is prepared again, the others are released (what was reserved
+    /// and never written goes back); every lock bit the dead process held
+    /// is cleared, IDLE is counted, and `body` sees every slot that holds
+    /// something. Runs before any other use of the table.
+    func resume(_ body: (Int, SlotContent) -> Void) throws(Errno) {
+        let pieceBytes = Self.slotsPerPiece * Self.slotBytes
+        let pieceCount = (count + Self.slotsPerPiece - 1) / Self.slotsPerPiece
+        var written = [Bool](repeating: false, count: pieceCount)
+        for range in try region.writtenRanges() ?? [] {
+            for piece in range.lowerBound
+                / pieceBytes..<min(pieceCount, (range.upperBound + pieceBytes - 1) / pieceBytes)
+            {
+                written[piece] = true
+            }
+        }
+        var releaseStart: Int?
+        for piece in 0...pieceCount {
+            let keep = piece < pieceCount && written[piece]
+            if keep || piece == pieceCount, let start = releaseStart {
+                let offset = start * pieceBytes
+                region.release(offset: offset, count: min(region.byteCount, piece * pieceBytes) - offset)
+                releaseStart = nil
+            }
+            guard piece < pieceCount else { break }
+            guard keep else {
+                if releaseStart == nil { releaseStart = piece }
+                continue
+            }
+            try prepare(piece * Self.slotsPerPiece)
+            for index in piece * Self.slotsPerPiece..<min(count, (piece + 1) * Self.slotsPerPiece) {
+                var word = meta(index)
+                guard word != 0 else { continue }
+                if word & Self.lockBit != 0 {
+                    word &= ~Self.lockBit
+                    metaWord(index).pointee.store(word, ordering: .relaxed)
+                }
+                if word & Self.idleBit != 0 { idleCount.wrappingAdd(1, ordering: .relaxed) }
+                body(index, Self.content(meta: word, value: value(index)))
+            }
+        }
     }
 
     // MARK: The slot lock

@@ -37,6 +37,24 @@ struct ChunkedIdAllocator {
         freeIds.append(id)
     }
 
+    /// The allocator of a table resumed with `live` ids in use (ascending)
+    /// and `usedIds` ids ever handed out (at least one past the highest
+    /// live one): the others below `usedIds` are free, lowest reused first.
+    init(chunkShift: Int, chunkCount: Int, resumingLive live: [UInt32], usedIds: Int) {
+        self.init(chunkShift: chunkShift, chunkCount: chunkCount)
+        precondition(live.last.map { Int($0) < usedIds } ?? true, "a live id past the ids handed out")
+        nextUnusedId = UInt32(usedIds)
+        var next = live.count - 1
+        for id in stride(from: usedIds - 1, through: 0, by: -1) {
+            if next >= 0 && Int(live[next]) == id {
+                next -= 1
+            } else {
+                freeIds.append(UInt32(id))
+            }
+        }
+        // Appended from the highest down: popLast hands out the lowest first.
+    }
+
     /// Chunks made so far.
     var chunksMade: Int { (Int(nextUnusedId) + (1 << chunkShift) - 1) >> chunkShift }
 }
@@ -157,6 +175,38 @@ final class ChunkedTable: @unchecked Sendable {
             for id in buffer { allocator.release(id) }
         }
     }
+
+    /// Makes the first `chunks` chunks again, for a resumed table: each is
+    /// prepared (a region a previous process wrote keeps its contents,
+    /// `keepingContents`; else `prepareChunk` lays each out), and the rest
+    /// of the region is released. Runs before any other use of the table,
+    /// then `resumeIds`.
+    func resumeChunks(_ chunks: Int, keepingContents: Bool) throws(Errno) {
+        precondition(chunks <= chunkCount, "more chunks than the table holds")
+        if chunks > 0 { try region.prepare(offset: 0, count: chunks * chunkBytes) }
+        if !keepingContents, let prepareChunk {
+            for chunk in 0..<chunks { prepareChunk(region.base + chunk * chunkBytes) }
+        }
+        if chunks < chunkCount {
+            region.release(offset: chunks * chunkBytes, count: (chunkCount - chunks) * chunkBytes)
+        }
+        chunksMade.store(chunks, ordering: .releasing)
+    }
+
+    /// The ids of a resumed table: `live` (ascending) are in use, the others
+    /// below `usedIds` are free.
+    func resumeIds(live: [UInt32], usedIds: Int) {
+        precondition(usedIds <= chunksMade.load(ordering: .relaxed) << chunkShift, "resumed ids past the chunks made")
+        ids.withLock { allocator in
+            allocator = ChunkedIdAllocator(
+                chunkShift: chunkShift, chunkCount: chunkCount, resumingLive: live, usedIds: usedIds)
+        }
+        caches.addLive(live.count)
+    }
+
+    /// What a previous process wrote of the region (MemoryRegion), nil for
+    /// a region that cannot have a past.
+    func writtenRanges() throws(Errno) -> [Range<Int>]? { try region.writtenRanges() }
 
     /// Live ids (handed out and not released; none of them in a cache), and
     /// the bytes of the chunks made. Exact once callers stop: the pool calls
@@ -306,6 +356,11 @@ final class IdCaches: @unchecked Sendable {
             cache.lock.unlock()
             if spilled > 0 { spill(UnsafeBufferPointer(start: base, count: spilled)) }
         }
+    }
+
+    /// Counts `count` more ids live, as handed out by a resumed table.
+    func addLive(_ count: Int) {
+        local.live.pointee.add(count, ordering: .relaxed)
     }
 
     /// Ids handed out and not released, over all CPUs.

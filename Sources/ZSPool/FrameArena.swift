@@ -366,6 +366,71 @@ final class FrameArena: @unchecked Sendable {
         return best ?? firstIdle
     }
 
+    // MARK: Resuming a state
+
+    /// Whether the arena is a file an earlier process wrote.
+    var isResumable: Bool { region.isPersistent && !region.isNew }
+
+    /// The owners a previous process left in the owner words it wrote (a
+    /// state file), frame by frame; nothing is changed. Empty for an arena
+    /// in anonymous memory.
+    func writtenOwners() throws(Errno) -> [(frame: UInt32, owner: FrameOwner)] {
+        // Read only what was written: a hole would be allocated by the read.
+        guard let ranges = try ownerRegion.writtenRanges() else { return [] }
+        var found: [(frame: UInt32, owner: FrameOwner)] = []
+        state.withLock { state in
+            for range in ranges {
+                for frame in range.lowerBound / 8..<min(range.upperBound / 8, frameCount) {
+                    let owner = state.owners[frame]
+                    if owner != .free { found.append((UInt32(frame), owner)) }
+                }
+            }
+        }
+        return found
+    }
+
+    /// Resumes the arena with the frames of `kept` in use, whose owner words
+    /// hold their owners: every other owner word is cleared, each block with
+    /// a kept frame is prepared again and resident, and every other block,
+    /// with its owners' page, is released (what a dead process reserved and
+    /// never used goes back). Runs before any other use of the arena.
+    func resume(keeping kept: [UInt32]) throws(Errno) {
+        try state.withLock { (state: inout State) throws(Errno) -> Void in
+            for frame in kept {
+                let index = Int(frame)
+                let bit = UInt64(1) << UInt64(index % 64)
+                precondition(state.usedBits[index / 64] & bit == 0, "frame \(frame) kept twice")
+                state.usedBits[index / 64] |= bit
+                state.usedInBlock[index / Self.framesPerBlock] += 1
+            }
+            var releaseStart: Int?
+            for block in 0...blockCount {
+                let used = block < blockCount && state.usedInBlock[block] > 0
+                if used || block == blockCount, let start = releaseStart {
+                    region.release(offset: start * Self.blockSize, count: (block - start) * Self.blockSize)
+                    ownerRegion.release(
+                        offset: start * Self.ownerBytesPerBlock, count: (block - start) * Self.ownerBytesPerBlock)
+                    releaseStart = nil
+                }
+                guard block < blockCount else { break }
+                guard used else {
+                    if releaseStart == nil { releaseStart = block }
+                    continue
+                }
+                try region.prepare(offset: block * Self.blockSize, count: Self.blockSize)
+                try ownerRegion.prepare(offset: block * Self.ownerBytesPerBlock, count: Self.ownerBytesPerBlock)
+                state.resident[block] = true
+                state.residentBlocks += 1
+                for frame in block * Self.framesPerBlock..<(block + 1) * Self.framesPerBlock
+                where state.usedBits[frame / 64] & (UInt64(1) << UInt64(frame % 64)) == 0 {
+                    state.owners[frame] = .free
+                }
+            }
+            usedFrameCount.store(kept.count, ordering: .relaxed)
+            state.maximumUsedFrames = kept.count
+        }
+    }
+
     // MARK: Inspection
 
     struct BlockUsage {

@@ -161,6 +161,51 @@ final class HandleTable: @unchecked Sendable {
         return (Self.location(of: word), ZSHandle(id: id, generation: Self.generation(of: word)))
     }
 
+    /// Resumes the table a previous process wrote to its region (a state
+    /// file). Every chunk up to the last one written is made again; each
+    /// entry's pin, which the dead process may have held, is cleared; each
+    /// allocated entry is offered to `keep`, and a handle it refuses is
+    /// freed as `release` frees it (its generation moves on). Returns the
+    /// ids kept, ascending. Runs before any other use of the table.
+    func resume(
+        _ keep: (ZSHandle, ObjectLocation) throws(PoolStateDamaged) -> Bool
+    )
+        throws(PoolStateDamaged) -> [UInt32]
+    {
+        let chunkBytes = Self.chunkSize * MemoryLayout<UInt64>.stride
+        let written: [Range<Int>]
+        do {
+            written = try table.writtenRanges() ?? []
+            try table.resumeChunks(
+                ((written.last?.upperBound ?? 0) + chunkBytes - 1) / chunkBytes, keepingContents: true)
+        } catch {
+            throw PoolStateDamaged("cannot resume the handle table: \(error)")
+        }
+        var kept: [UInt32] = []
+        var usedIds = 0
+        for range in written {
+            for id in range.lowerBound / 8..<range.upperBound / 8 {
+                let slot = entry(UInt32(id))
+                var word = slot.pointee.load(ordering: .relaxed)
+                guard word != 0 else { continue }
+                usedIds = id + 1
+                word &= ~Self.pinBit
+                if word & Self.allocatedBit != 0 {
+                    let handle = ZSHandle(id: UInt32(id), generation: Self.generation(of: word))
+                    if try keep(handle, Self.location(of: word)) {
+                        kept.append(UInt32(id))
+                    } else {
+                        let next = Self.generation(of: word) % (Self.generationMask + 1) + 1
+                        word = (next - 1) << Self.generationShift
+                    }
+                }
+                slot.pointee.store(word, ordering: .relaxed)
+            }
+        }
+        table.resumeIds(live: kept, usedIds: usedIds)
+        return kept
+    }
+
     struct Usage {
         var liveHandles: Int
         /// Bytes of the chunks allocated so far (the table's own memory).

@@ -233,6 +233,16 @@ final class ZSPageTable: @unchecked Sendable {
         table.releaseId(id)
     }
 
+    /// Lays out the records of ids below `count`, unlisted, for a pool that
+    /// resumes a state; `resumeIds` then says which are live.
+    func resumeChunks(coveringIds count: Int) throws(Errno) {
+        try table.resumeChunks((count + Self.chunkSize - 1) >> Self.chunkShift, keepingContents: false)
+    }
+
+    func resumeIds(live: [UInt32], usedIds: Int) {
+        table.resumeIds(live: live, usedIds: usedIds)
+    }
+
     /// Bytes of record chunks allocated so far.
     var tableBytes: Int { table.usage().tableBytes }
 

@@ -149,6 +149,10 @@ public final class ZSPool: Sendable {
         }
     }
 
+    /// The regions of a placement the pool's state lives in (files, in a
+    /// state directory).
+    public static let regionNames = ["arena", "frame-owners", "handles"]
+
     public static let frameSize = FrameArena.frameSize
     public static let blockSize = FrameArena.blockSize
 

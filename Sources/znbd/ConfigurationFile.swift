@@ -71,7 +71,7 @@ struct ConfigurationFile: Sendable {
         "recompress-algorithm": .value, "recompress-idle-age": .value, "recompress-rate": .value,
         "compaction": .value, "migration": .value, "waste-threshold": .value, "io-flusher": .value,
         "lock-memory": .value, "oom-score-adj": .value, "control": .value, "log-level": .value,
-        "workers": .value,
+        "workers": .value, "state-dir": .value,
     ]
 
     /// Reads and checks the file's syntax and keys (not the values: those

@@ -28,6 +28,8 @@ final class Daemon: Service {
     let protection: ProcessProtection.Outcome
     private let logger = Logger(label: "znbd")
     private let startupFailure = NIOLockedValueBox<StartupError?>(nil)
+    /// The locked state directory, held until the process ends.
+    private let stateDirectory = NIOLockedValueBox<StateDirectory?>(nil)
 
     init(configuration: DaemonConfiguration, protection: ProcessProtection.Outcome) {
         self.configuration = configuration
@@ -61,9 +63,13 @@ final class Daemon: Service {
         try? await gracefulShutdown()
         ServiceManager.notify("STOPPING=1")
         let open = running.server.figures()[.connectionsOpen]
-        if open > 0 {
+        if open > 0, let state = configuration.stateDirectory {
+            logger.warning(
+                "stopping with \(open) client connection\(open == 1 ? "" : "s") open: answering requests already received, then closing; the disk stays in \(state) for the next daemon, and what is attached sees errors until one serves it"
+            )
+        } else if open > 0 {
             // Whatever is attached loses its disk: say so where the operator
-            // looks (the state does not outlive the process yet).
+            // looks (--state-dir none: the disk is this process's memory).
             logger.warning(
                 "stopping with \(open) client connection\(open == 1 ? "" : "s") open: answering requests already received, then closing; what is attached (a mounted filesystem, swap) loses this disk's data"
             )
@@ -72,6 +78,11 @@ final class Daemon: Service {
         }
         await running.stop()
         logger.info("stopped")
+    }
+
+    static func milliseconds(_ duration: Duration) -> String {
+        let (seconds, attoseconds) = duration.components
+        return String(seconds * 1000 + attoseconds / 1_000_000_000_000_000)
     }
 
     /// What a started daemon holds.
@@ -115,15 +126,54 @@ final class Daemon: Service {
         var rollback = StartupRollback()
         rollback.onFailure { [madeDirectories] in madeDirectories.forEach(SocketFile.removeDirectory) }
 
+        // The state directory is locked first and held to the end of the
+        // process: the device's files are this daemon's alone.
+        var placement = RegionPlacement.anonymous
+        if let path = configuration.stateDirectory {
+            do throws(StartupError) {
+                stateDirectory.withLockedValue { $0 = nil }
+                let directory = try StateDirectory(path)
+                stateDirectory.withLockedValue { $0 = directory }
+            } catch {
+                throw await rollback.fail(error.description)
+            }
+            placement = .directory(path)
+        }
         let device: CompressedBlockDevice
         do {
             device = try CompressedBlockDevice(
                 .init(
                     byteCount: configuration.sizeBytes, maxChain: configuration.maxChain,
                     memLimitBytes: configuration.memLimitBytes, algorithm: configuration.algorithm,
-                    recompressionAlgorithm: configuration.recompressionAlgorithm))
+                    recompressionAlgorithm: configuration.recompressionAlgorithm, placement: placement))
+        } catch .stateRefused(let directory, let why) {
+            throw await rollback.fail(
+                "the state in \(directory) cannot be resumed: \(why); start with the options it was made with, or remove it (znbd discard-state --state-dir \(directory))"
+            )
         } catch {
             throw await rollback.fail("cannot create a \(ByteSize.format(configuration.sizeBytes)) device: \(error)")
+        }
+        // Said once serving, with the other start lines. A state made by
+        // this start goes again if the start fails: it never served.
+        var stateLines: [(Logger.Level, String)] = []
+        if let path = configuration.stateDirectory {
+            if let resumed = device.resumption {
+                let pool = resumed.pool
+                stateLines.append(
+                    (
+                        .info,
+                        "resumed the state in \(path) (start \(resumed.starts)): \(pool.objects) objects in \(pool.zspages) zspages, \(ByteSize.format(device.memUsedTotal)) of pool memory, in \(Self.milliseconds(resumed.duration)) ms; freed at resume: \(pool.objectsFreed) objects no page named, \(pool.framesFreed) frames, \(pool.emptyZspagesFreed) empty zspages"
+                    ))
+            } else {
+                stateLines.append((.info, "new state in \(path)"))
+                let held = stateDirectory
+                rollback.onFailure { held.withLockedValue { $0?.removeFiles() } }
+            }
+            if let warning = stateDirectory.withLockedValue({
+                $0?.roomWarning(deviceBytes: configuration.sizeBytes, memLimitBytes: configuration.memLimitBytes)
+            }) {
+                stateLines.append((.warning, warning))
+            }
         }
         let export = NBDExport(
             name: configuration.name,
@@ -187,6 +237,7 @@ final class Daemon: Service {
             codecs += ", recompression \(recompression) (automatic: \(age ?? "off; znbdctl recompress"))"
         }
         logger.info("\(codecs)")
+        for (level, line) in stateLines { logger.log(level: level, "\(line)") }
         logger.info("\(Self.attachLine(configuration, tcpAddress: tcpAddress))")
         let logger = self.logger
         let noSpaceWatch = Task {

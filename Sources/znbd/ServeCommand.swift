@@ -51,7 +51,7 @@ struct ZNBDCommand: AsyncParsableCommand {
             word cost no memory. Attach with nbd-client, nbdfuse or qemu; read figures with znbdctl.
             """,
         version: "znbd \(ZNBDVersion.number)",
-        subcommands: [Serve.self, SystemdGenerator.self],
+        subcommands: [Serve.self, DiscardState.self, SystemdGenerator.self],
         defaultSubcommand: Serve.self)
 
     /// Bad arguments, and sockets or addresses that cannot be had, exit 64
@@ -218,6 +218,12 @@ struct Serve: AsyncParsableCommand {
             valueName: "path"))
     var control: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Directory on a tmpfs that holds the disk, so that a restart, an upgrade or a crash of the daemon keeps it (default: /dev/shm/znbd/NAME for root, else /dev/shm/znbd-UID/NAME; NAME the --device or the socket's name); none: the disk lives and dies with this process.",
+            valueName: "path|none"))
+    var stateDir: String?
+
     @Option(help: ArgumentHelp("How much the daemon logs.", valueName: "level"))
     var logLevel = LogLevelOption(.info)
 
@@ -329,11 +335,21 @@ struct Serve: AsyncParsableCommand {
                 throw ValidationError("--listen \(listen): \(error)")
             }
         }
+        let stateDirectory: String?
+        switch stateDir {
+        case "none": stateDirectory = nil
+        case let path?:
+            guard path.hasPrefix("/") else { throw ValidationError("--state-dir \(path): must be an absolute path") }
+            stateDirectory = path
+        case nil:
+            stateDirectory = StateDirectory.defaultPath(
+                deviceName: device ?? StateDirectory.deviceName(socketPath: socketPath))
+        }
         return DaemonConfiguration(
             sizeBytes: sizeBytes, name: name, socketPath: socketPath, tcp: tcp, readOnly: readOnly,
             memLimitBytes: memLimitBytes, maxChain: maxChain, algorithm: codec, recompressionAlgorithm: recompression,
             controlPath: controlPath, logLevel: logLevel.level, workers: workers, maintenance: maintenance,
-            protection: protection)
+            protection: protection, stateDirectory: stateDirectory)
     }
 
     /// `off`, or whole seconds with an optional unit: 90, 90s, 15m, 1h, 2d.
@@ -458,4 +474,6 @@ struct DaemonConfiguration: Sendable {
     var workers: Int
     var maintenance: MaintenancePolicy
     var protection: ProcessProtection.Request
+    /// The state directory, nil for anonymous memory (--state-dir none).
+    var stateDirectory: String?
 }

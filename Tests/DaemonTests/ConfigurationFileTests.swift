@@ -69,7 +69,8 @@ struct ConfigurationFileTests {
     func defaultSocketIsNamedAfterTheDevice() async throws {
         let directory = try makeTemporaryDirectory("znbd-conf")
         defer { try? FileManager.default.removeItem(at: directory) }
-        let config = try Self.write("[scratch]\nsize = 16M\n", in: directory)
+        // No state kept: this test is about the socket's default.
+        let config = try Self.write("[scratch]\nsize = 16M\nstate-dir = none\n", in: directory)
         let runtime = directory.path + "/runtime"
         // Not root's /run/znbd: a user's $XDG_RUNTIME_DIR/znbd, the same rule.
         let command = [try DaemonProcess.executable("znbd"), "serve", "--config", config, "--device", "scratch"]

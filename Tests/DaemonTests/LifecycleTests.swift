@@ -220,7 +220,7 @@ struct DaemonLifecycleTests {
         let relative = try runCommand(
             [
                 "sh", "-c",
-                "cd '\(parent.path)' && timeout -s TERM 3 '\(znbd)' serve --size 16M --socket rel.sock 2>&1; true",
+                "cd '\(parent.path)' && timeout -s TERM 3 '\(znbd)' serve --size 16M --socket rel.sock --state-dir none 2>&1; true",
             ], timeout: 30)
         #expect(relative.standardOutput.contains("serving a 16M"), "\(relative.standardOutput)")
         #expect(relative.standardOutput.contains("stopped"), "\(relative.standardOutput)")
@@ -234,7 +234,7 @@ struct DaemonLifecycleTests {
         _ = try runCommand(
             [
                 "sh", "-c",
-                "JOURNAL_STREAM=$(stat -c %d:%i '\(journal)') timeout -s TERM 3 '\(znbd)' serve --size 16M --socket '\(parent.path)/j.sock' 2>>'\(journal)'; true",
+                "JOURNAL_STREAM=$(stat -c %d:%i '\(journal)') timeout -s TERM 3 '\(znbd)' serve --size 16M --socket '\(parent.path)/j.sock' --state-dir none 2>>'\(journal)'; true",
             ], timeout: 30)
         let lines = try String(contentsOfFile: journal, encoding: .utf8).split(separator: "\n")
         #expect(lines.contains { $0.hasPrefix("<6>serving a 16M") }, "\(lines)")

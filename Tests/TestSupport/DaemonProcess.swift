@@ -21,6 +21,10 @@ public final class DaemonProcess: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let standardErrorURL: URL
     private let ownsDirectory: Bool
+    /// The state directory this object gave the daemon (on /dev/shm, made
+    /// by the daemon as its own user, removed at clean-up), nil when the
+    /// test's arguments name one (or none) themselves.
+    public let stateDirectory: String?
 
     /// The directory the test binary was built into, where `swift build`
     /// also put znbd and znbdctl (ZNBD_BIN_DIR overrides).
@@ -37,7 +41,8 @@ public final class DaemonProcess: @unchecked Sendable {
     }
 
     /// Starts `znbd serve --socket DIR/nbd.sock --control DIR/nbd-control.sock ARGUMENTS`
-    /// (or the socket paths given), through `launcher` when given (a command
+    /// (or the socket paths given), with a fresh `--state-dir` on /dev/shm
+    /// unless ARGUMENTS give one, through `launcher` when given (a command
     /// that execs the rest, such as setpriv or prlimit: the process is still
     /// znbd's). The log is DIR/znbd.log, or DIR/znbd-NAME.log for a socket
     /// NAME.sock given.
@@ -53,11 +58,15 @@ public final class DaemonProcess: @unchecked Sendable {
         let socketName = socketPath.map { URL(fileURLWithPath: $0).deletingPathExtension().lastPathComponent }
         standardErrorURL = self.directory.appendingPathComponent(socketName.map { "znbd-\($0).log" } ?? "znbd.log")
         _ = FileManager.default.createFile(atPath: standardErrorURL.path, contents: nil)
+        let ownState =
+            arguments.contains { $0 == "--state-dir" || $0.hasPrefix("--state-dir=") }
+            ? nil : "/dev/shm/znbd-test-\(UUID().uuidString.prefix(8))"
+        stateDirectory = ownState
         let command =
             launcher + [
                 try Self.executable("znbd"), "serve", "--socket", self.socketPath, "--control", self.controlPath,
             ]
-            + arguments
+            + arguments + (ownState.map { ["--state-dir", $0] } ?? [])
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = command
         process.standardInput = FileHandle.nullDevice
@@ -127,6 +136,7 @@ public final class DaemonProcess: @unchecked Sendable {
             _ = finished.wait(timeout: .now() + 10)
         }
         if ownsDirectory { try? FileManager.default.removeItem(at: directory) }
+        if let stateDirectory { try? FileManager.default.removeItem(atPath: stateDirectory) }
     }
 
     /// znbdctl against this daemon's control socket.

@@ -105,4 +105,12 @@ int clinux_reserve_file_range(int fd, int64_t offset, int64_t length);
 /// an errno.
 int clinux_punch_file_range(int fd, int64_t offset, int64_t length);
 
+/// The first range of allocated blocks (data) at or after `offset`, with
+/// lseek's SEEK_DATA and SEEK_HOLE: 0 with `*start` and `*end` set, ENXIO
+/// when there is none up to the end of the file, or another errno.
+int clinux_next_data_range(int fd, int64_t offset, int64_t *start, int64_t *end);
+
+/// statfs(path)'s f_type (TMPFS_MAGIC for a tmpfs) in `*type`: 0, or an errno.
+int clinux_filesystem_type(const char *path, int64_t *type);
+
 #endif
