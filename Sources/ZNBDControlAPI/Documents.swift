@@ -22,10 +22,15 @@ public struct ExportSummary: Sendable, Codable, Equatable {
     public var nbdSocket: String?
     public var tcpAddress: String?
     public var compaction: String
+    /// The state directory (--state-dir), nil when the disk is the
+    /// process's memory alone.
+    public var stateDirectory: String?
 
     public init(
-        name: String, sizeBytes: Int, readOnly: Bool, nbdSocket: String?, tcpAddress: String?, compaction: String
+        name: String, sizeBytes: Int, readOnly: Bool, nbdSocket: String?, tcpAddress: String?, compaction: String,
+        stateDirectory: String? = nil
     ) {
+        self.stateDirectory = stateDirectory
         self.name = name
         self.sizeBytes = sizeBytes
         self.readOnly = readOnly
@@ -40,6 +45,7 @@ public struct ExportSummary: Sendable, Codable, Equatable {
         case readOnly = "read_only"
         case nbdSocket = "nbd_socket"
         case tcpAddress = "tcp_address"
+        case stateDirectory = "state_directory"
     }
 }
 

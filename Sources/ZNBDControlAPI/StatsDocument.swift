@@ -13,6 +13,8 @@ public struct StatsDocument: Sendable, Codable, Equatable {
     public var nbd: NBD
     public var maintenance: Maintenance
     public var compression: Compression
+    /// The state directory's cost and what this start found in it.
+    public var state: Figures<StateFigure>
 
     /// The nine mm_stat figures in the kernel's order.
     public var mmStat: [Int] { Self.kernelOrder(device) { if case .mmStat(let at, _) = $0 { at } else { nil } } }
@@ -29,8 +31,10 @@ public struct StatsDocument: Sendable, Codable, Equatable {
 
     public init(
         device: Figures<DeviceFigure>, process: Figures<ProcessFigure>, export: ExportSummary,
-        pool: Figures<PoolFigure>, nbd: NBD, maintenance: Maintenance, compression: Compression
+        pool: Figures<PoolFigure>, nbd: NBD, maintenance: Maintenance, compression: Compression,
+        state: Figures<StateFigure> = Figures()
     ) {
+        self.state = state
         self.device = device
         self.process = process
         self.export = export
@@ -191,7 +195,7 @@ public struct StatsDocument: Sendable, Codable, Equatable {
     enum CodingKeys: String, CodingKey {
         case mmStat = "mm_stat"
         case ioStat = "io_stat"
-        case export, pool, nbd, maintenance, compression
+        case export, pool, nbd, maintenance, compression, state
     }
 
     public init(from decoder: any Decoder) throws {
@@ -206,6 +210,7 @@ public struct StatsDocument: Sendable, Codable, Equatable {
         nbd = try container.decode(NBD.self, forKey: .nbd)
         maintenance = try container.decode(Maintenance.self, forKey: .maintenance)
         compression = try container.decode(Compression.self, forKey: .compression)
+        state = try container.decode(Figures<StateFigure>.self, forKey: .state)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -220,6 +225,7 @@ public struct StatsDocument: Sendable, Codable, Equatable {
         try container.encode(nbd, forKey: .nbd)
         try container.encode(maintenance, forKey: .maintenance)
         try container.encode(compression, forKey: .compression)
+        try container.encode(state, forKey: .state)
     }
 }
 

@@ -56,7 +56,8 @@ public enum TextViews {
     }
 
     /// Every figure of the document, family by family, one per line under
-    /// its JSON key, after the codecs and the maintenance thread's settings:
+    /// its JSON key, after the codecs, the maintenance thread's settings and
+    /// the state directory:
     /// `znbdctl stats --details`.
     public static func details(_ stats: StatsDocument) -> String {
         let compression = stats.compression
@@ -70,11 +71,13 @@ public enum TextViews {
         let maintenance = stats.maintenance
         text += "\nmaintenance: compaction \(maintenance.compaction), migration \(maintenance.migration),"
         text += " memory pressure " + (maintenance.pressureSource.map { "from \($0)" } ?? "not watched") + "\n"
+        text += "state: " + (stats.export.stateDirectory ?? "none (the disk is this process's memory)") + "\n"
         text += figureList(stats.device) + figureList(stats.process) + figureList(stats.pool)
         text += figureList(stats.nbd.totals) + figureList(stats.compression.figures)
         text += figureList(stats.compression.recompression)
         text += figureList(stats.maintenance.totals)
         text += figureList(stats.maintenance.recompression, title: "recompression by the maintenance thread")
+        text += figureList(stats.state)
         return text
     }
 

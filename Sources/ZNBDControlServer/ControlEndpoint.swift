@@ -66,6 +66,7 @@ public final class ControlEndpoint: Sendable {
     public let maintenance: DeviceMaintenance
     public let export: ExportSummary
     private let serverFigures: @Sendable () -> NBDServerFigures
+    private let stateBytes: @Sendable () -> Int
 
     public var device: CompressedBlockDevice { maintenance.device }
 
@@ -74,11 +75,12 @@ public final class ControlEndpoint: Sendable {
 
     public init(
         maintenance: DeviceMaintenance, export: ExportSummary,
-        serverFigures: @escaping @Sendable () -> NBDServerFigures
+        serverFigures: @escaping @Sendable () -> NBDServerFigures, stateBytes: @escaping @Sendable () -> Int = { 0 }
     ) {
         self.maintenance = maintenance
         self.export = export
         self.serverFigures = serverFigures
+        self.stateBytes = stateBytes
     }
 
     /// One route: a method and a path, what it answers, and the code that
@@ -150,7 +152,23 @@ public final class ControlEndpoint: Sendable {
         return StatsDocument(
             device: device.figures(), process: process, export: export, pool: pool.totals,
             nbd: StatsDocument.NBD(serverFigures()), maintenance: StatsDocument.Maintenance(maintenance.figures()),
-            compression: StatsDocument.Compression(device.compressionFigures()))
+            compression: StatsDocument.Compression(device.compressionFigures()), state: stateFigures())
+    }
+
+    /// The state directory's figures: all 0 without one.
+    private func stateFigures() -> Figures<StateFigure> {
+        var figures = Figures<StateFigure>()
+        guard export.stateDirectory != nil else { return figures }
+        let resumption = device.resumption
+        figures[.bytes] = stateBytes()
+        figures[.starts] = resumption?.starts ?? 1
+        if let resumption {
+            let (seconds, attoseconds) = resumption.duration.components
+            figures[.resumeTime] = Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
+            figures[.objectsFreedAtResume] = resumption.pool.objectsFreed
+            figures[.framesFreedAtResume] = resumption.pool.framesFreed
+        }
+        return figures
     }
 
     /// GET /metrics: /v1/stats, the class table and the frame map.

@@ -61,6 +61,7 @@ extension PrometheusExposition {
         renderCodecs(stats.compression, into: &out)
         out.figures(stats.compression.figures)
         out.figures(stats.compression.recompression)
+        out.figures(stats.state)
         return out.text
     }
 

@@ -7,7 +7,7 @@ public enum FigureCatalog {
     /// them.
     public static let families: [any FigureFamily.Type] = [
         DeviceFigure.self, ProcessFigure.self, PoolFigure.self, ServerFigure.self, MaintenanceFigure.self,
-        CompressionFigure.self, RecompressionFigure.self,
+        CompressionFigure.self, RecompressionFigure.self, StateFigure.self,
     ]
 
     /// The tables' metric families (full names).

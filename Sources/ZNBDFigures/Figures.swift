@@ -17,6 +17,7 @@
 //   ServerFigures.swift  the NBD server's totals
 //   MaintenanceFigures.swift  the maintenance thread's totals, compression
 //                        and recompression
+//   StateFigures.swift   the state directory's cost and what resuming found
 //   Catalog.swift        every family, and the metric families of the tables
 //                        (per class, per command, frame runs, codecs), which
 //                        the control endpoint renders from its documents

@@ -14,6 +14,9 @@
 //                        recompresses idle pages by itself
 //   LockLevels.swift     ZRAM's two locks in the one lock order
 //   Validation.swift     the check that slots, figures and pool agree
+//   StateHeader.swift    the first file of a state directory: format and
+//                        geometry, so a daemon resumes only what it reads
+//                        right (resume itself is at the end of this file)
 //
 // CompressedBlockDevice: the compressed RAM disk. One slot per 4 KiB page (SlotTable); each page's content is
 // nothing (unallocated), one repeated 8-byte word (same-filled), or a ZSPool
@@ -38,6 +41,13 @@
 // what it read; if another write came between, it starts again from that
 // write's page. Two whole-page writes of one page race only to the switch:
 // the last one switched wins whole, which is a valid order.
+//
+// STATE: with a state directory (Configuration.placement) the slots and the
+// pool are files that outlive the process; the orders above (object before
+// slot, slot before the old object's free, one 16-byte store per switch)
+// are what make a kill at any instant leave every acknowledged page intact,
+// and `resume` rebuilds the rest (docs/ARCHITECTURE.md, "State that
+// outlives the daemon").
 
 public import BlockDevice
 public import ZNBDFigures

@@ -14,6 +14,8 @@
 //   Migration.swift      frames moved out of the sparsest blocks
 //   ZSPoolFigures.swift  the pool's figures (PoolFigure) and class table
 //   Validator.swift      the check of every list, count and owner
+//   Resume.swift         the pool rebuilt from a state an earlier process
+//                        left: owners, handles, and what the device names
 //   LockLevels.swift     the pool's locks in the one lock order
 //
 // THE DESIGN

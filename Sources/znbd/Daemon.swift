@@ -207,9 +207,12 @@ final class Daemon: Service {
         let summary = ExportSummary(
             name: configuration.name, sizeBytes: configuration.sizeBytes, readOnly: configuration.readOnly,
             nbdSocket: configuration.socketPath, tcpAddress: tcpAddress,
-            compaction: configuration.maintenance.automatic ? "auto" : "off")
+            compaction: configuration.maintenance.automatic ? "auto" : "off",
+            stateDirectory: configuration.stateDirectory)
         let control = ControlServer(
-            endpoint: ControlEndpoint(maintenance: maintenance, export: summary, serverFigures: { server.figures() }),
+            endpoint: ControlEndpoint(
+                maintenance: maintenance, export: summary, serverFigures: { server.figures() },
+                stateBytes: { configuration.stateDirectory.map(StateDirectory.allocatedBytes) ?? 0 }),
             socketPath: configuration.controlPath)
         rollback.onFailure { await control.shutdown() }
         do {

@@ -42,12 +42,13 @@ struct FiguresTests {
             prefix: FigureCatalog.maintenanceRecompressionPrefix, title: "recompression by the maintenance thread"),
         Placement(CompressionFigure.self, path: ["compression"]),
         Placement(RecompressionFigure.self, path: ["compression", "recompression"]),
+        Placement(StateFigure.self, path: ["state"]),
     ]
 
     /// The keys of each figure object that are not figures: the document's
     /// own fields (names, settings, nested objects), by JSON path.
     static let structuralKeys: [[String]: Set<String>] = [
-        []: ["mm_stat", "io_stat", "export", "pool", "nbd", "maintenance", "compression"],
+        []: ["mm_stat", "io_stat", "export", "pool", "nbd", "maintenance", "compression", "state"],
         ["nbd"]: ["commands"],
         ["maintenance"]: [
             "compaction", "migration", "pressure_source", "last_pass", "recompress_idle_age_seconds", "recompression",

@@ -49,6 +49,13 @@ struct RestartTests {
         for key in ["orig_data_size", "compr_data_size", "mem_used_total", "same_pages", "huge_pages"] {
             #expect("\(again[key] ?? "-")" == "\(stats[key] ?? "-")", "\(key)")
         }
+        let figures = try #require(again["state"] as? [String: Any])
+        #expect(figures["starts"] as? Int == 2, "\(figures)")
+        #expect((figures["bytes"] as? Int ?? 0) >= (again["mem_used_total"] as? Int ?? .max), "\(figures)")
+        #expect(figures["objects_freed_at_resume"] as? Int == 0, "\(figures)")
+        #expect((again["export"] as? [String: Any])?["state_directory"] as? String == state)
+        let metrics = try daemon.curl("GET", "/metrics").body
+        #expect(metrics.contains("znbd_state_starts 2"), "\(metrics.prefix(300))")
         #expect(daemon.signal(SIGTERM).status == 0)
     }
 

@@ -145,11 +145,18 @@ journal=$(journalctl -b -u znbd@scratch.service --no-pager -o cat)
 [[ $journal == *"stopping: no client connected"* ]] || fail "znbd@scratch did not log a stop with no client left"
 say "znbd@scratch stopped after its mount and attach units; the daemon had no client left and exited 0"
 
-# Back again: a new daemon, an empty disk, a new filesystem.
+# Back again: a new daemon on the state the stopped one left in
+# /dev/shm/znbd/scratch, the same filesystem (makefs leaves it alone), the
+# same file.
+[[ -s /dev/shm/znbd/scratch/arena ]] || fail "no state kept in /dev/shm/znbd/scratch after the stop"
 t 120 systemctl start "$mount_unit"
 [[ $(findmnt -n -o FSTYPE /mnt/znbd-scratch || true) == ext4 ]] || fail "not mounted again"
-[[ ! -e /mnt/znbd-scratch/data ]] || fail "a restarted daemon kept data it cannot have"
-say "started again: a fresh ext4 on a fresh device"
+journal=$(journalctl -b -u znbd@scratch.service --no-pager -o cat)
+[[ $journal == *"resumed the state in /dev/shm/znbd/scratch (start 2)"* ]] \
+    || fail "znbd@scratch did not say it resumed its state: $(tail -5 <<<"$journal")"
+drop_caches
+cmp /run/znbd-vm-data /mnt/znbd-scratch/data || fail "the file differs after the daemon was stopped and started"
+say "started again: the state resumed, the same ext4, the file verifies"
 
 t 120 systemctl stop dev-nbd1.swap "$mount_unit"
 t 120 systemctl stop 'znbd@*.service'
