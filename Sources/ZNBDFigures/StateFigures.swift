@@ -31,8 +31,7 @@ public enum StateFigure: Int, FigureFamily {
         case .framesFreedAtResume:
             .init(
                 "frames_freed_at_resume", .gauge, metric: "frames_freed_at_resume",
-                help: "Frames a killed daemon left half used (a migration's copy, a zspage half made), freed at this start."
-            )
+                help: "Frames a killed daemon left half used (a migration's copy, a half-made zspage), freed at start.")
         }
     }
 }
