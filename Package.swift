@@ -93,14 +93,24 @@ let package = Package(
             swiftSettings: strictSwift
         ),
         .target(
+            name: "NBDProtocol",
+            swiftSettings: strictSwift
+        ),
+        .target(
             name: "NBD",
             dependencies: [
-                "BlockDevice", "ZNBDSystem", "ZNBDFigures",
+                "NBDProtocol", "BlockDevice", "ZNBDSystem", "ZNBDFigures",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
+            swiftSettings: strictSwift
+        ),
+        .target(name: "CNBDNetlink"),
+        .target(
+            name: "NBDAttach",
+            dependencies: ["NBDProtocol", "CNBDNetlink"],
             swiftSettings: strictSwift
         ),
         .target(
@@ -142,7 +152,7 @@ let package = Package(
         .executableTarget(
             name: "znbdctl",
             dependencies: [
-                "ZNBDControlAPI", "ZNBDFigures", "ZNBDCommandLine",
+                "ZNBDControlAPI", "ZNBDFigures", "ZNBDCommandLine", "NBDAttach",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -195,7 +205,7 @@ let package = Package(
             name: "DaemonTests",
             dependencies: [
                 "ZNBDControlAPI", "ZNBDControlServer", "ZRAM", "NBD", "PageCodec", "TestSupport", "ZNBDSystem",
-                "ZNBDFigures",
+                "ZNBDFigures", "NBDAttach",
             ],
             swiftSettings: strictSwift
         ),

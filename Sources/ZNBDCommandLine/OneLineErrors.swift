@@ -1,6 +1,8 @@
 // ZNBDCommandLine: how both executables fail: one line on stderr and an
 // exit status of sysexits.h, never a stack trace (OneLineErrors.swift); the
-// release number both report (Version.swift).
+// release number both report (Version.swift); READY=1, STATUS and
+// STOPPING=1 to systemd for the long-running ones (ServiceManager.swift:
+// the daemon, znbdctl attach).
 
 public import ArgumentParser
 

@@ -8,6 +8,7 @@ import ZNBDControlAPI
 import ZNBDControlServer
 import ZNBDFigures
 import ZNBDSystem
+import ZNBDCommandLine
 import ZRAM
 
 #if canImport(Glibc)

@@ -8,7 +8,6 @@
 //                           keys `znbd serve` options (--config, --device)
 //   SystemdGenerator.swift  the sections as systemd units at boot: daemon,
 //                           nbd-client, mount or swap (znbd-generator)
-//   ServiceManager.swift    READY=1 and STOPPING=1 to systemd (Type=notify)
 //   ProcessProtection.swift what keeps it serving as this machine's swap
 //                           (I/O flusher, memory lock, OOM score), applied
 //                           before any thread exists

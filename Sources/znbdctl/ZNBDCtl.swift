@@ -1,12 +1,14 @@
 // znbdctl: figures and control of a running znbd, as zramctl and
-// /sys/block/zramN are for zram. Links ZNBDControlAPI and ZNBDFigures and no
-// part of the device.
+// /sys/block/zramN are for zram, and the kernel attach helper. Links
+// ZNBDControlAPI, ZNBDFigures and NBDAttach, and no part of the device.
 //
 // THE MAP
 //   ZNBDCtl.swift        the subcommands, and how each prints its document
 //                        (this file)
 //   ControlClient.swift  one HTTP/1.1 request over the control socket, and
 //                        what each failure means for the exit status
+//   Attach.swift         `attach`: /dev/nbdN kept attached across the
+//                        daemon's restarts (NBDAttach)
 
 import ArgumentParser
 import NIOCore
@@ -35,6 +37,7 @@ struct ZNBDCtl: AsyncParsableCommand {
         version: "znbdctl \(ZNBDVersion.number)",
         subcommands: [
             Stats.self, List.self, Classes.self, Frames.self, Compact.self, Idle.self, Recompress.self, MemLimit.self,
+            Attach.self,
         ])
 
     // Declared here too, so that --control may come before the subcommand.

@@ -83,6 +83,30 @@ struct VMTests {
         #expect(lines.contains { $0.contains("installed znbd_") }, "the guest did not use the package's files")
     }
 
+    /// Tests/VM/restart.sh (issue 24): `znbdctl attach` keeps /dev/nbd0
+    /// (two connections, ext4, a writer copying files in) attached while
+    /// znbd is SIGKILLed and started again on its state directory, then
+    /// stopped with SIGTERM and started as another build: the package's
+    /// static-runtime binary (tools/package builds it, in seconds when
+    /// PackageTests or the systemd test built it already). Every file
+    /// verifies, e2fsck -fn is clean, no I/O error. About 90 s under TCG.
+    @Test(
+        "restart: the kernel's client keeps ext4 through a SIGKILL and an upgrade of znbd (znbdctl attach)",
+        .enabled(if: VirtualMachine.missing == nil, "\(VirtualMachine.missing ?? "")"))
+    func restartUnderTheKernelsClient() throws {
+        let package = try runCommand([VirtualMachine.path("tools/package")], timeout: 1500)
+        #expect(package.status == 0, "tools/package: \(package.standardOutput)\n\(package.standardError)")
+        let other = VirtualMachine.path(".build-static/release")
+        let result = try runVM(["restart"], memory: "1G", timeout: 420, environment: ["ZNBD_OTHER_BIN": other])
+        let lines = result.output.split(separator: "\n")
+        print(lines.filter { $0.hasPrefix("restart: ") || $0.hasPrefix("vm: ") }.joined(separator: "\n"))
+        #expect(result.status == 0, "tools/vm restart exited \(result.status):\n\(result.output.suffix(6000))")
+        #expect(lines.contains { $0.hasPrefix("restart: ") && $0.hasSuffix("] PASS") }, "the guest did not reach PASS")
+        #expect(
+            lines.contains { $0.contains("e2fsck -fn clean after SIGTERM and another build") },
+            "the restart to another build did not run")
+    }
+
     /// Runs `tools/vm ARGUMENTS`: qemu and everything under it is killed
     /// when this returns, whatever happened. A VM that never started the
     /// guest's command (tools/vm's exit 125) cancels the test: reported as

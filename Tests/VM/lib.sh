@@ -29,6 +29,8 @@ t() {
 work=""
 znbd_pid=""
 attached=()
+# Background processes of the script (znbdctl attach), stopped first.
+helpers=()
 mounts=()
 swaps=()
 
@@ -111,9 +113,12 @@ cleanup() {
         echo "--- dmesg (last 30 lines)"; dmesg | tail -30
     fi
     local i
+    for pid in ${helpers[@]+"${helpers[@]}"}; do kill -TERM "$pid" 2>/dev/null; done
+    for pid in ${helpers[@]+"${helpers[@]}"}; do timeout 30 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null; done
     for ((i = ${#swaps[@]} - 1; i >= 0; i--)); do timeout 120 swapoff "${swaps[i]}" || say "cleanup: swapoff ${swaps[i]} failed"; done
     for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
         [[ "${mounts[i]}" == "$work" ]] && continue
+        mountpoint -q "${mounts[i]}" || continue
         timeout 60 umount "${mounts[i]}" 2>/dev/null || timeout 30 umount -l "${mounts[i]}" || say "cleanup: umount ${mounts[i]} failed"
     done
     for device in ${attached[@]+"${attached[@]}"}; do timeout 60 nbd-client -d "$device" >/dev/null 2>&1 || say "cleanup: nbd-client -d $device failed"; done

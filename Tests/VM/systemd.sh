@@ -97,11 +97,17 @@ generated=$(ls /run/systemd/generator/ | grep -c 'znbd\|nbd1\|scratch' || true)
 say "daemon-reload: the generator wrote $generated units: $(ls /run/systemd/generator | grep 'znbd\|nbd1\|scratch' | tr '\n' ' ')"
 [[ $(systemctl show -p Type --value znbd@scratch.service) == notify ]] || fail "znbd@scratch is not Type=notify"
 
-# As at boot: multi-user.target wants every generated unit.
+# As at boot: multi-user.target wants every generated unit. The target's
+# job ends before the mount and swap units' (they are not ordered before
+# it), so each unit is waited for until it is active or has failed.
 t 180 systemctl start multi-user.target
 for unit in znbd@scratch.service znbd@swap.service znbd@served.service znbd-attach@scratch.service \
     znbd-attach@swap.service "$mount_unit" dev-nbd1.swap; do
-    state=$(systemctl is-active "$unit" || true)
+    for _ in $(seq 600); do
+        state=$(systemctl is-active "$unit" || true)
+        [[ $state == activating || $state == reloading ]] || break
+        sleep 0.1
+    done
     [[ $state == active ]] || { systemctl status --no-pager "$unit" || true; fail "$unit is $state"; }
 done
 say "multi-user.target started all seven units"

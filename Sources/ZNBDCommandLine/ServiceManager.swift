@@ -7,8 +7,8 @@
 /// units ordered after the daemon (the attach unit's nbd-client) start only
 /// once it says READY=1, after its sockets exist; no polling for a socket
 /// file. Outside systemd the variable is unset and nothing is sent.
-enum ServiceManager {
-    static func notify(_ state: String) {
+public enum ServiceManager {
+    public static func notify(_ state: String) {
         guard let variable = getenv("NOTIFY_SOCKET") else { return }
         var path = Array(String(cString: variable).utf8)
         // '@' names a socket in the abstract namespace: a leading NUL.
