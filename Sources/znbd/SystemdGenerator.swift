@@ -8,8 +8,8 @@ import ZNBDControlAPI
 /// What the generator does with a device at boot, from its section's own
 /// keys (the rest of a section is `znbd serve`'s):
 ///
-///     nbd-device = /dev/nbdN    attach it there with the kernel's nbd-client
-///     connections = N           nbd-client's -C (default 2)
+///     nbd-device = /dev/nbdN    attach it there (znbdctl attach, the kernel's driver)
+///     connections = N           connections to it (default 2), as nbd-client's -C
 ///     fs-type = swap | ext4 | xfs | …   swap on it, or a filesystem, made by
 ///                               systemd-makefs when the device holds none
 ///     mount-point = /PATH       where the filesystem is mounted
@@ -100,12 +100,16 @@ struct BootAction: Sendable {
 ///
 ///     multi-user.target.wants/znbd@NAME.service   the daemon (a static
 ///                                    template: znbd serve --device NAME)
-///     znbd-attach@NAME.service       nbd-client to /dev/nbdN, and
-///                                    systemd-makefs for fs-type
+///     znbd-attach@NAME.service       znbdctl attach to /dev/nbdN (kept
+///                                    attached across the daemon's
+///                                    restarts), systemd-makefs for fs-type
 ///     MOUNT.mount or dev-nbdN.swap   the filesystem or swap
 ///
 /// each wanted by multi-user.target and ordered after the one before, so a
-/// stop runs the other way: swapoff or umount, detach, then the daemon.
+/// stop of them all (a shutdown) runs the other way: swapoff or umount,
+/// detach, then the daemon. The attach unit only wants the daemon: a
+/// restart of the daemon (or its crash, which Restart= mends) leaves the
+/// device, and what is mounted on it, in place.
 /// The mount and swap units have no default dependencies: theirs would
 /// order them before local-fs.target and swap.target, which come before
 /// the daemon can run (a cycle). Installed as
@@ -191,8 +195,8 @@ struct UnitWriter {
             ?? ConfigurationFile.defaultSocket(forDevice: name, userID: 0, environment: [:])
         var attach = [
             "ExecStartPre=-modprobe nbd",
-            "ExecStart=nbd-client -unix \(Self.quoted(socket)) \(device) -b 4096 -C \(action.connections)"
-                + (section.entry("name").map { " -N \(Self.quoted($0.value))" } ?? ""),
+            "ExecStart=\(Self.znbdctlPath) attach \(device) --socket \(Self.quoted(socket)) --connections \(action.connections)"
+                + (section.entry("name").map { " --name \(Self.quoted($0.value))" } ?? ""),
         ]
         let makefs = Self.makefsPaths.first { access($0, X_OK) == 0 } ?? Self.makefsPaths[0]
         switch action.use {
@@ -200,7 +204,6 @@ struct UnitWriter {
         case .filesystem(let type, _, _): attach.append("ExecStartPost=\(makefs) \(type) \(device)")
         case .swap: attach.append("ExecStartPost=\(makefs) swap \(device)")
         }
-        attach.append("ExecStop=nbd-client -d \(device)")
         let attachUnit = "znbd-attach@\(name).service"
         try file(
             attachUnit,
@@ -209,12 +212,16 @@ struct UnitWriter {
                 Description=znbd device \(name) on \(device)
                 Documentation=man:znbd(1)
                 SourcePath=\(configPath)
-                BindsTo=\(daemon)
+                # Wants, not BindsTo or Requires: those would stop or restart
+                # this unit, and the filesystem on it, with the daemon. The
+                # daemon's state outlives it, and znbdctl attach hands the
+                # kernel new connections to the next one.
+                Wants=\(daemon)
                 After=\(daemon)
 
                 [Service]
-                Type=oneshot
-                RemainAfterExit=yes
+                # READY=1 once the device is attached; SIGTERM detaches it.
+                Type=notify
                 # systemd-makefs makes a filesystem or swap only where it finds
                 # none, so a device that kept its data keeps it.
                 \(attach.joined(separator: "\n"))
@@ -252,6 +259,18 @@ struct UnitWriter {
                 \(unit.section)
                 """)
         try want(unit.name, linkTarget: unit.name)
+    }
+
+    /// znbdctl beside this znbd (the generator is a link to it): the
+    /// package's /usr/bin/znbdctl, or a build's.
+    static var znbdctlPath: String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard count > 0 else { return "/usr/bin/znbdctl" }
+        let executable = String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let directory = executable.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(
+            separator: "/")
+        return directory + "/znbdctl"
     }
 
     private func file(_ name: String, _ text: String) throws(ConfigurationFile.Failure) {

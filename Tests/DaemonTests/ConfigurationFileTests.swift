@@ -198,11 +198,15 @@ struct ConfigurationFileTests {
             (try? String(contentsOfFile: output + "/" + name, encoding: .utf8)) ?? ""
         }
         let attach = unit("znbd-attach@scratch.service")
-        #expect(attach.contains("BindsTo=znbd@scratch.service\nAfter=znbd@scratch.service\n"))
+        // A restart of the daemon must not stop the device or its mount.
+        #expect(attach.contains("Wants=znbd@scratch.service\nAfter=znbd@scratch.service\n"), "\(attach)")
+        #expect(!attach.contains("BindsTo=") && !attach.contains("Requires="), "\(attach)")
+        let znbdctl = try DaemonProcess.executable("znbdctl")
         #expect(
-            attach.contains("ExecStart=nbd-client -unix /run/znbd/scratch.sock /dev/nbd0 -b 4096 -C 4\n"), "\(attach)")
-        #expect(attach.contains("systemd-makefs ext4 /dev/nbd0\n"), "\(attach)")
-        #expect(attach.contains("ExecStop=nbd-client -d /dev/nbd0\n"))
+            attach.contains(
+                "ExecStart=\(znbdctl) attach /dev/nbd0 --socket /run/znbd/scratch.sock --connections 4\n"),
+            "\(attach)")
+        #expect(attach.contains("Type=notify\n") && attach.contains("systemd-makefs ext4 /dev/nbd0\n"), "\(attach)")
         #expect(attach.contains("SourcePath=\(directory.resolvingSymlinksInPath().path)/znbd.conf\n"), "\(attach)")
         let mount = unit("mnt-znbd\\x20scratch.mount")
         #expect(mount.contains("Requires=znbd-attach@scratch.service\nAfter=znbd-attach@scratch.service\n"))

@@ -139,29 +139,60 @@ drop_caches
 cmp /run/znbd-vm-data /mnt/znbd-scratch/data || fail "the file differs after the attach unit restarted"
 say "attach unit restarted: makefs left the filesystem alone, the file verifies"
 
-# Stopping a daemon stops what depends on it first: umount, detach, then
-# SIGTERM to a daemon with no client left.
-t 120 systemctl stop znbd@scratch.service
-findmnt /mnt/znbd-scratch >/dev/null && fail "still mounted after znbd@scratch stopped"
-[[ -e /sys/block/nbd0/pid ]] && fail "/dev/nbd0 still attached after znbd@scratch stopped"
+# A restart of the daemon (an upgrade) leaves the mount in place: the
+# attach unit only wants the daemon, and znbdctl attach hands the kernel
+# new connections to the next one, on the same state.
+t 120 systemctl restart znbd@scratch.service
+for unit in "$mount_unit" znbd-attach@scratch.service; do
+    [[ $(systemctl is-active "$unit") == active ]] || fail "$unit is $(systemctl is-active "$unit") after the daemon's restart"
+done
+journal=$(journalctl -b -u znbd@scratch.service --no-pager -o cat)
+[[ $journal == *"resumed the state in /dev/shm/znbd/scratch (start 2)"* ]] \
+    || fail "znbd@scratch did not resume its state: $(tail -5 <<<"$journal")"
+cp /run/znbd-vm-data /mnt/znbd-scratch/data2
+t 60 sync
+drop_caches
+cmp /run/znbd-vm-data /mnt/znbd-scratch/data || fail "the file differs after the daemon's restart"
+cmp /run/znbd-vm-data /mnt/znbd-scratch/data2 || fail "a file written after the daemon's restart differs"
+say "znbd@scratch restarted under its mount: the state resumed, the file verifies, writes go on"
+
+# A crash: Restart=on-failure starts the daemon again, on its state.
+t 30 systemctl kill -s KILL znbd@scratch.service
+for _ in $(seq 300); do
+    journal=$(journalctl -b -u znbd@scratch.service --no-pager -o cat)
+    [[ $journal == *"(start 3)"* && $(systemctl is-active znbd@scratch.service) == active ]] && break
+    sleep 0.2
+done
+[[ $journal == *"resumed the state in /dev/shm/znbd/scratch (start 3)"* ]] \
+    || fail "systemd did not start znbd@scratch again after SIGKILL: $(tail -5 <<<"$journal")"
+drop_caches
+cmp /run/znbd-vm-data /mnt/znbd-scratch/data || fail "the file differs after the daemon was killed"
+say "znbd@scratch killed with SIGKILL: systemd started it again on its state, the file verifies"
+
+# Stopping all three runs the other way: umount, detach, then SIGTERM to a
+# daemon with no client left. The state stays.
+t 120 systemctl stop "$mount_unit" znbd-attach@scratch.service znbd@scratch.service
+findmnt /mnt/znbd-scratch >/dev/null && fail "still mounted after the stop"
+[[ -e /sys/block/nbd0/pid ]] && fail "/dev/nbd0 still attached after the stop"
 [[ $(systemctl show -p Result --value znbd@scratch.service) == success ]] \
     || fail "znbd@scratch: $(systemctl show -p Result,ExecMainStatus znbd@scratch.service | tr '\n' ' ')"
-journalctl -b -u znbd@scratch.service --no-pager -o cat | tail -3
 journal=$(journalctl -b -u znbd@scratch.service --no-pager -o cat)
-[[ $journal == *"stopping: no client connected"* ]] || fail "znbd@scratch did not log a stop with no client left"
-say "znbd@scratch stopped after its mount and attach units; the daemon had no client left and exited 0"
-
-# Back again: a new daemon on the state the stopped one left in
-# /dev/shm/znbd/scratch, the same filesystem (makefs leaves it alone), the
-# same file.
+# The third daemon's lines: the journal holds the earlier two too.
+last=$(sed -n '/(start 3)/,$p' <<<"$journal")
+[[ $last == *"stopping: no client connected"* ]] \
+    || fail "znbd@scratch did not log a stop with no client left: $(tail -5 <<<"$last")"
 [[ -s /dev/shm/znbd/scratch/arena ]] || fail "no state kept in /dev/shm/znbd/scratch after the stop"
+say "stopped in order: umount, detach, then znbd@scratch with no client left; its state kept"
+
+# Back again: the mount pulls in the attach unit, which pulls in the
+# daemon, which resumes the state; makefs leaves the filesystem alone.
 t 120 systemctl start "$mount_unit"
 [[ $(findmnt -n -o FSTYPE /mnt/znbd-scratch || true) == ext4 ]] || fail "not mounted again"
 journal=$(journalctl -b -u znbd@scratch.service --no-pager -o cat)
-[[ $journal == *"resumed the state in /dev/shm/znbd/scratch (start 2)"* ]] \
-    || fail "znbd@scratch did not say it resumed its state: $(tail -5 <<<"$journal")"
+[[ $journal == *"resumed the state in /dev/shm/znbd/scratch (start 4)"* ]] \
+    || fail "znbd@scratch did not resume its state: $(tail -5 <<<"$journal")"
 drop_caches
-cmp /run/znbd-vm-data /mnt/znbd-scratch/data || fail "the file differs after the daemon was stopped and started"
+cmp /run/znbd-vm-data /mnt/znbd-scratch/data || fail "the file differs after the stop and start"
 say "started again: the state resumed, the same ext4, the file verifies"
 
 t 120 systemctl stop dev-nbd1.swap "$mount_unit"
