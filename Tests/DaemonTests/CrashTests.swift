@@ -17,21 +17,32 @@ import TestSupport
 /// the new, never a mix and never anything else).
 final class CrashModel: @unchecked Sendable {
     // @unchecked: connection c touches only the pages of its own region,
-    // from one thread at a time; verification runs with no client.
+    // from one thread at a time, in fixed buffers (a Swift array written
+    // from several threads would race on its own header, even at disjoint
+    // indices); verification runs with no client.
     static let pageSize = 4096
+    /// No operation in flight over a page.
+    static let none = UInt32.max
     let pages: Int
     let connections: Int
     /// Per page: the operation whose content it holds (0: zeroes).
-    private var acknowledged: [UInt32]
-    /// Per page: the operation in flight over it at the kill, if any.
-    private var inFlight: [UInt32?]
+    private let acknowledged: UnsafeMutableBufferPointer<UInt32>
+    /// Per page: the operation in flight over it at the kill, or `none`.
+    private let inFlight: UnsafeMutableBufferPointer<UInt32>
     private let nextOperation = Atomic<UInt32>(1)
 
     init(pages: Int, connections: Int) {
         self.pages = pages
         self.connections = connections
-        acknowledged = [UInt32](repeating: 0, count: pages)
-        inFlight = [UInt32?](repeating: nil, count: pages)
+        acknowledged = .allocate(capacity: pages)
+        acknowledged.initialize(repeating: 0)
+        inFlight = .allocate(capacity: pages)
+        inFlight.initialize(repeating: Self.none)
+    }
+
+    deinit {
+        acknowledged.deallocate()
+        inFlight.deallocate()
     }
 
     func region(of connection: Int) -> Range<Int> {
@@ -70,7 +81,7 @@ final class CrashModel: @unchecked Sendable {
     func acknowledge(_ operation: UInt32, pages range: Range<Int>) {
         for page in range {
             acknowledged[page] = operation
-            inFlight[page] = nil
+            inFlight[page] = Self.none
         }
     }
 
@@ -85,7 +96,7 @@ final class CrashModel: @unchecked Sendable {
             let bytes = try read(first * Self.pageSize, batch * Self.pageSize)
             for page in first..<first + batch {
                 let held = bytes[(page - first) * Self.pageSize..<(page - first + 1) * Self.pageSize]
-                let candidates = [acknowledged[page]] + (inFlight[page].map { [$0] } ?? [])
+                let candidates = [acknowledged[page]] + (inFlight[page] == Self.none ? [] : [inFlight[page]])
                 guard
                     let match = candidates.first(where: { held.elementsEqual(Self.content(operation: $0, page: page)) })
                 else {
@@ -95,7 +106,7 @@ final class CrashModel: @unchecked Sendable {
                     continue
                 }
                 acknowledged[page] = match
-                inFlight[page] = nil
+                inFlight[page] = Self.none
             }
         }
         return wrong
