@@ -9,6 +9,9 @@ public final class NBDServer: Sendable {
     public struct Configuration: Sendable {
         /// Listen on this Unix socket path (an existing file is replaced).
         public var unixSocketPath: String?
+        /// A listening Unix socket already bound to `unixSocketPath` (one a
+        /// service manager passed): served as it is, never bound again.
+        public var inheritedUnixListener: Int32?
         /// Listen on this TCP host and port (port 0: any free port).
         public var tcpHost: String?
         public var tcpPort: Int
@@ -33,8 +36,10 @@ public final class NBDServer: Sendable {
             unixSocketPath: String? = nil, tcpHost: String? = nil, tcpPort: Int = 10809,
             eventLoopThreads: Int = System.coreCount, workerThreads: Int = System.coreCount,
             maximumInFlightRequests: Int = 128, maximumInFlightBytes: Int = 64 << 20,
-            maximumInFlightBytesTotal: Int = 512 << 20, inlineLimit: Int = 256 << 10
+            maximumInFlightBytesTotal: Int = 512 << 20, inlineLimit: Int = 256 << 10,
+            inheritedUnixListener: Int32? = nil
         ) {
+            self.inheritedUnixListener = inheritedUnixListener
             self.unixSocketPath = unixSocketPath
             self.tcpHost = tcpHost
             self.tcpPort = tcpPort
@@ -98,8 +103,12 @@ public final class NBDServer: Sendable {
         if let path = configuration.unixSocketPath {
             let channel: any Channel
             do {
-                channel = try await bootstrap(tcp: false)
-                    .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+                if let descriptor = configuration.inheritedUnixListener {
+                    channel = try await bootstrap(tcp: false).withBoundSocket(descriptor).get()
+                } else {
+                    channel = try await bootstrap(tcp: false)
+                        .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+                }
             } catch {
                 throw BindError(endpoint: path, underlying: error)
             }

@@ -111,13 +111,24 @@ final class Daemon: Service {
         // writes) go back to the kernel when freed, so the RSS falls once a
         // burst of large requests or a client that stopped reading is gone.
         HeapPolicy.mapLargeAllocations(atLeast: 128 << 10)
+        // A socket systemd passed for --socket (znbd@.socket) is served as it
+        // is: systemd made it, holds it across restarts (connections wait in
+        // its backlog meanwhile) and removes it.
+        let passed = inheritedListeners.withLock { $0 }
+        let inherited = passed.first { $0.path == configuration.socketPath }?.descriptor
+        for socket in passed where socket.descriptor != inherited { close(socket.descriptor) }
+        if !passed.isEmpty && inherited == nil {
+            logger.warning(
+                "systemd passed sockets (\(passed.map(\.path).joined(separator: ", "))), none of them --socket \(configuration.socketPath): binding it"
+            )
+        }
         // Directories made here are removed at exit, newest first, if empty.
         var madeDirectories: [String] = []
         do throws(StartupError) {
             for (path, role) in [
                 (configuration.socketPath, "NBD socket (--socket)"),
                 (configuration.controlPath, "control socket (--control)"),
-            ] {
+            ] where !(inherited != nil && path == configuration.socketPath) {
                 if let made = try await SocketFile.prepare(path, role: role) { madeDirectories.insert(made, at: 0) }
             }
         } catch {
@@ -184,10 +195,11 @@ final class Daemon: Service {
             export: export,
             configuration: .init(
                 unixSocketPath: configuration.socketPath, tcpHost: configuration.tcp?.host,
-                tcpPort: configuration.tcp?.port ?? 0, workerThreads: configuration.workers))
+                tcpPort: configuration.tcp?.port ?? 0, workerThreads: configuration.workers,
+                inheritedUnixListener: inherited))
         rollback.onFailure {
             await server.shutdown(drainTimeout: .zero)
-            SocketFile.remove(configuration.socketPath)
+            if inherited == nil { SocketFile.remove(configuration.socketPath) }
         }
         let addresses: [SocketAddress]
         do {
@@ -242,6 +254,11 @@ final class Daemon: Service {
         }
         logger.info("\(codecs)")
         for (level, line) in stateLines { logger.log(level: level, "\(line)") }
+        if inherited != nil {
+            logger.info(
+                "the NBD socket \(configuration.socketPath) is systemd's (socket activation): connections made while the daemon restarts wait in its backlog"
+            )
+        }
         logger.info("\(Self.attachLine(configuration, tcpAddress: tcpAddress))")
         let logger = self.logger
         let noSpaceWatch = Task {
@@ -253,7 +270,8 @@ final class Daemon: Service {
         }
         return Running(
             server: server, control: control, maintenance: maintenance,
-            socketPaths: [configuration.socketPath, configuration.controlPath], madeDirectories: madeDirectories,
+            socketPaths: (inherited == nil ? [configuration.socketPath] : []) + [configuration.controlPath],
+            madeDirectories: madeDirectories,
             noSpaceWatch: noSpaceWatch)
     }
 

@@ -62,6 +62,8 @@ struct ZNBDCommand: AsyncParsableCommand {
         if CommandLine.arguments.first?.split(separator: "/").last.map(String.init) == SystemdGenerator.linkName {
             arguments.insert(SystemdGenerator.configuration.commandName ?? "", at: 0)
         }
+        let listeners = ServiceManager.listeningUnixSockets()
+        inheritedListeners.withLock { $0 = listeners }
         let fromFile: ConfiguredDevice?
         do throws(ConfigurationFile.Failure) {
             fromFile = try ConfiguredDevice.expand(&arguments)
@@ -426,6 +428,11 @@ struct LogLevelOption: Sendable, ExpressibleByArgument {
 /// What `Serve.protectProcess` did, for the daemon to log once the logger
 /// exists; nil when it did not run (then nothing was applied).
 private let appliedProtection = Mutex<ProcessProtection.Outcome?>(nil)
+
+/// The listening sockets systemd passed (socket activation), taken from the
+/// environment once, on the main thread before any other exists (unsetenv
+/// is not thread-safe).
+let inheritedListeners = Mutex<[(descriptor: Int32, path: String)]>([])
 
 /// HOST:PORT, [IPv6]:PORT, or :PORT for every address.
 struct TCPAddress: Sendable, Equatable, CustomStringConvertible {

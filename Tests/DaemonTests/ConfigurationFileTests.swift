@@ -224,9 +224,13 @@ struct ConfigurationFileTests {
             contentsOfFile: repositoryRoot.appendingPathComponent("tools/systemd/znbd@.service").path, encoding: .utf8)
         try template.replacingOccurrences(of: "/usr/local/bin/znbd", with: znbd)
             .write(toFile: output + "/znbd@.service", atomically: true, encoding: .utf8)
+        try FileManager.default.copyItem(
+            atPath: repositoryRoot.appendingPathComponent("tools/systemd/znbd@.socket").path,
+            toPath: output + "/znbd@.socket")
         let verify = try runCommand(
             [
                 "systemd-analyze", "verify", "--man=no", output + "/znbd@.service", output + "/znbd@scratch.service",
+                output + "/znbd@scratch.socket",
                 output + "/znbd-attach@scratch.service", output + "/mnt-znbd\\x20scratch.mount",
                 output + "/dev-nbd1.swap", output + "/znbd-attach@swap.service",
             ], timeout: 60)

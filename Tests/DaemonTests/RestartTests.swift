@@ -1,4 +1,5 @@
 import Foundation
+import NBD
 import Testing
 import TestSupport
 
@@ -125,5 +126,41 @@ struct RestartTests {
             daemon.log.contains("what is attached (a mounted filesystem, swap) loses this disk's data"), "\(daemon.log)"
         )
         withExtendedLifetime(client) {}
+    }
+
+    static let socketActivateMissing: String? =
+        FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-socket-activate")
+        ? nil : "no /usr/bin/systemd-socket-activate (systemd); not run"
+
+    @Test(
+        "socket activation: a listening socket passed for --socket is served as it is, not bound again",
+        .enabled(if: socketActivateMissing == nil, "\(socketActivateMissing ?? "")"))
+    func socketActivation() throws {
+        let directory = try makeTemporaryDirectory("znbd-activation")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let socket = directory.path + "/nbd.sock"
+        // systemd-socket-activate binds and listens, and on the first
+        // connection runs znbd with LISTEN_FDS=1 and LISTEN_PID, as a socket
+        // unit does: that connection, made while no daemon ran, waits in
+        // the backlog and is answered by the daemon that starts.
+        let daemon = try DaemonProcess(
+            ["--size", "16M", "--state-dir", "none"], directory: directory,
+            launcher: ["systemd-socket-activate", "-l", socket], socketPath: socket)
+        defer { daemon.cleanUp() }
+        var early: RawClient?
+        for _ in 0..<200 where early == nil {
+            early = try? RawClient(socketPath: socket)
+            if early == nil { usleep(20_000) }
+        }
+        let waiting = try #require(early, "nothing listened on \(socket)")
+        try daemon.waitUntilServing()
+        let greeting = try waiting.receive(16)
+        #expect(greeting.be64(0) == NBDMagic.nbd && greeting.be64(8) == NBDMagic.option)
+        #expect(
+            daemon.log.contains("the NBD socket \(socket) is systemd's (socket activation)"), "\(daemon.log)")
+        let client = try LibNBDClient(uri: daemon.uri)
+        #expect(client.size == 16 << 20)
+        try client.write([UInt8](repeating: 9, count: 4096), at: 4096)
+        #expect(try client.read(count: 4096, at: 4096) == [UInt8](repeating: 9, count: 4096))
     }
 }

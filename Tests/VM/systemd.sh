@@ -149,12 +149,15 @@ done
 journal=$(journalctl -b -u znbd@scratch.service --no-pager -o cat)
 [[ $journal == *"resumed the state in /dev/shm/znbd/scratch (start 2)"* ]] \
     || fail "znbd@scratch did not resume its state: $(tail -5 <<<"$journal")"
+[[ $journal == *"the NBD socket /run/znbd/scratch.sock is systemd's (socket activation)"* ]] \
+    || fail "znbd@scratch did not serve the socket znbd@scratch.socket holds"
+[[ $(systemctl is-active znbd@scratch.socket) == active ]] || fail "znbd@scratch.socket is not active"
 cp /run/znbd-vm-data /mnt/znbd-scratch/data2
 t 60 sync
 drop_caches
 cmp /run/znbd-vm-data /mnt/znbd-scratch/data || fail "the file differs after the daemon's restart"
 cmp /run/znbd-vm-data /mnt/znbd-scratch/data2 || fail "a file written after the daemon's restart differs"
-say "znbd@scratch restarted under its mount: the state resumed, the file verifies, writes go on"
+say "znbd@scratch restarted under its mount: the state resumed, the socket systemd's, the file verifies, writes go on"
 
 # A crash: Restart=on-failure starts the daemon again, on its state.
 t 30 systemctl kill -s KILL znbd@scratch.service
