@@ -215,6 +215,13 @@ public final class CompressedBlockDevice: BlockDevice {
         hugeThreshold = pool.sizeClasses.hugeThreshold
         counters = DeviceCounters()
         if let header, header.isComplete {
+            guard slots.isResumable, pool.hasStateToResume else {
+                throw .stateRefused(
+                    directory: placement.directory ?? "",
+                    why:
+                        "a file of it is missing (\(([SlotTable.regionName] + ZSPool.regionNames).joined(separator: ", ")) must all be there)"
+                )
+            }
             do {
                 resumption = try Self.resume(slots: slots, pool: pool, counters: counters, starts: header.starts + 1)
             } catch {

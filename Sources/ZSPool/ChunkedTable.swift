@@ -204,6 +204,9 @@ final class ChunkedTable: @unchecked Sendable {
         caches.addLive(live.count)
     }
 
+    /// Whether the region is a file an earlier process made.
+    var isResumable: Bool { region.isPersistent && !region.isNew }
+
     /// What a previous process wrote of the region (MemoryRegion), nil for
     /// a region that cannot have a past.
     func writtenRanges() throws(Errno) -> [Range<Int>]? { try region.writtenRanges() }

@@ -368,8 +368,8 @@ final class FrameArena: @unchecked Sendable {
 
     // MARK: Resuming a state
 
-    /// Whether the arena is a file an earlier process wrote.
-    var isResumable: Bool { region.isPersistent && !region.isNew }
+    /// Whether the arena and its owners are files an earlier process made.
+    var isResumable: Bool { region.isPersistent && !region.isNew && !ownerRegion.isNew }
 
     /// The owners a previous process left in the owner words it wrote (a
     /// state file), frame by frame; nothing is changed. Empty for an arena

@@ -161,6 +161,9 @@ final class HandleTable: @unchecked Sendable {
         return (Self.location(of: word), ZSHandle(id: id, generation: Self.generation(of: word)))
     }
 
+    /// Whether the table is a file an earlier process made.
+    var isResumable: Bool { table.isResumable }
+
     /// Resumes the table a previous process wrote to its region (a state
     /// file). Every chunk up to the last one written is made again; each
     /// entry's pin, which the dead process may have held, is cleared; each

@@ -32,9 +32,10 @@ public struct PoolResumption: Sendable, Equatable {
 }
 
 extension ZSPool {
-    /// Whether the pool's regions are files an earlier process wrote: then
-    /// `resume` runs before any other use.
-    public var hasStateToResume: Bool { arena.isResumable }
+    /// Whether every one of the pool's regions is a file an earlier process
+    /// made (`resume` needs them all; one made new now means a file of the
+    /// state went missing).
+    public var hasStateToResume: Bool { arena.isResumable && handles.isResumable }
 
     /// Rebuilds the pool from what outlives a process (docs/STATE-DESIGN.md):
     /// the frame owners say which zspages exist, of which class, on which

@@ -131,6 +131,19 @@ struct StateResumeTests {
         try Self.expectSameContent(device, model)
     }
 
+    @Test("a state with a file gone is refused, never resumed as empty")
+    func refusesAMissingFile() throws {
+        let directory = try StatePlacementTests.stateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try Self.fill(directory, seed: 0x4D49_5353)
+        #expect(unlink(directory + "/handles") == 0)
+        #expect {
+            _ = try CompressedBlockDevice(Self.configuration(directory))
+        } throws: { error in
+            "\(error)".contains("cannot be resumed: a file of it is missing")
+        }
+    }
+
     @Test("a state killed while being made (no magic in its header) is made again from nothing")
     func halfMadeStateStartsEmpty() throws {
         let directory = try StatePlacementTests.stateDirectory()
