@@ -1,7 +1,7 @@
 import BlockDevice
 import Foundation
 import TestSupport
-import ZRAM
+@testable import ZRAM
 
 #if canImport(Glibc)
     import Glibc
@@ -121,4 +121,40 @@ final class ModelDisk: @unchecked Sendable {
 func firstDifference(_ a: some Collection<UInt8>, _ b: some Collection<UInt8>) -> Int? {
     for (index, (x, y)) in zip(a, b).enumerated() where x != y { return index }
     return a.count == b.count ? nil : min(a.count, b.count)
+}
+
+extension CompressedBlockDevice {
+    /// `rounds` random writes (of TestData's kinds), discards and
+    /// write-zeroes (with and without deallocation) of up to 8 units of
+    /// `unit` bytes, at page offsets (plus 512 bytes a quarter of the time
+    /// when `subPage`), applied to `model` too; compaction and migration
+    /// every 1000 rounds.
+    func randomWorkload(
+        _ model: ModelDisk, rounds: Int, unit: Int, subPage: Bool, random: inout SeededRandom
+    ) throws {
+        let pages = byteCount / 4096
+        let corpus = try Corpus.pages(256)
+        for round in 0..<rounds {
+            let shift = subPage ? [0, 0, 0, 512].randomElement(using: &random)! : 0
+            let offset = Int.random(in: 0..<pages, using: &random) * 4096 + shift
+            let length = min(byteCount - offset, Int.random(in: 1...8, using: &random) * unit)
+            switch Int.random(in: 0..<10, using: &random) {
+            case 0:
+                try discard(offset: offset, length: length)
+                model.discard(offset: offset, length: length)
+            case 1:
+                try writeZeroes(offset: offset, length: length, mayDeallocate: round % 2 == 0)
+                model.zero(offset: offset, length: length)
+            default:
+                let data = TestData.allCases.randomElement(using: &random)!.bytes(
+                    length, corpus: corpus, random: &random)
+                try write(data, at: offset)
+                model.store(data, at: offset)
+            }
+            if round % 1000 == 999 {
+                pool.compact()
+                pool.migrateFrames()
+            }
+        }
+    }
 }

@@ -41,30 +41,8 @@ struct StatePlacementTests {
         let device = try CompressedBlockDevice(
             .init(byteCount: pages * pageSize, placement: .directory(directory)))
         let model = ModelDisk(byteCount: pages * pageSize)
-        let corpus = try Corpus.pages(256)
         var random = SeededRandom(seed: 0x5747_4154_4531)
-        for round in 0..<6000 {
-            let offset =
-                Int.random(in: 0..<pages, using: &random) * pageSize + [0, 0, 0, 512].randomElement(using: &random)!
-            let length = min(pages * pageSize - offset, Int.random(in: 1...8, using: &random) * 2048)
-            switch Int.random(in: 0..<10, using: &random) {
-            case 0:
-                try device.discard(offset: offset, length: length)
-                model.discard(offset: offset, length: length)
-            case 1:
-                try device.writeZeroes(offset: offset, length: length, mayDeallocate: round % 2 == 0)
-                model.zero(offset: offset, length: length)
-            default:
-                let data = TestData.allCases.randomElement(using: &random)!.bytes(
-                    length, corpus: corpus, random: &random)
-                try device.write(data, at: offset)
-                model.store(data, at: offset)
-            }
-            if round % 1000 == 999 {
-                device.pool.compact()
-                device.pool.migrateFrames()
-            }
-        }
+        try device.randomWorkload(model, rounds: 6000, unit: 2048, subPage: true, random: &random)
         for page in stride(from: 0, to: pages, by: 16) {
             let read = try device.read(count: 16 * pageSize, at: page * pageSize)
             let expected = model.expected(offset: page * pageSize, length: 16 * pageSize)

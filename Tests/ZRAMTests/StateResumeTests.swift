@@ -34,29 +34,8 @@ struct StateResumeTests {
     static func fill(_ directory: String, seed: UInt64) throws -> ModelDisk {
         let device = try CompressedBlockDevice(configuration(directory))
         let model = ModelDisk(byteCount: pages * pageSize)
-        let corpus = try Corpus.pages(256)
         var random = SeededRandom(seed: seed)
-        for round in 0..<4000 {
-            let offset = Int.random(in: 0..<pages, using: &random) * pageSize
-            let length = min(pages * pageSize - offset, Int.random(in: 1...8, using: &random) * pageSize)
-            switch Int.random(in: 0..<10, using: &random) {
-            case 0:
-                try device.discard(offset: offset, length: length)
-                model.discard(offset: offset, length: length)
-            case 1:
-                try device.writeZeroes(offset: offset, length: length, mayDeallocate: round % 2 == 0)
-                model.zero(offset: offset, length: length)
-            default:
-                let data = TestData.allCases.randomElement(using: &random)!.bytes(
-                    length, corpus: corpus, random: &random)
-                try device.write(data, at: offset)
-                model.store(data, at: offset)
-            }
-            if round % 1000 == 999 {
-                device.pool.compact()
-                device.pool.migrateFrames()
-            }
-        }
+        try device.randomWorkload(model, rounds: 4000, unit: pageSize, subPage: false, random: &random)
         return model
     }
 
