@@ -59,13 +59,27 @@ public final class KernelAttachment: Sendable {
     /// The export's size, once attached.
     public var exportSize: UInt64 { size.load(ordering: .relaxed) }
 
-    /// Negotiates the connections and connects the device.
-    public func attach() throws(AttachError) {
+    /// Attaches the device and keeps it attached: negotiates the
+    /// connections, listens for the kernel's events before the device is
+    /// connected (a connection that dies at once is still heard of),
+    /// connects it, calls `attached`, then supervises until `requestStop`,
+    /// and disconnects.
+    public func run(attached: () -> Void, log: (String) -> Void) throws(AttachError) {
         var sockets: [NegotiatedSocket] = []
         defer { for socket in sockets { close(socket.descriptor) } }
         for _ in 0..<request.connections {
             sockets.append(try Negotiation.connect(socketPath: request.socketPath, export: request.export))
         }
+        var events = try Self.open(listen: true)
+        defer { znbd_netlink_close(&events) }
+        try connect(sockets)
+        attached()
+        try supervise(&events, log: log)
+    }
+
+    /// Connects the device over the negotiated `sockets` (the caller closes
+    /// its copies: the kernel holds its own).
+    private func connect(_ sockets: [NegotiatedSocket]) throws(AttachError) {
         let first = sockets[0]
         guard sockets.allSatisfy({ $0.size == first.size }) else {
             throw AttachError("the connections report different sizes")
@@ -96,12 +110,13 @@ public final class KernelAttachment: Sendable {
     }
 
     /// Keeps the device attached: on each dead connection the kernel
-    /// reports, a new one is negotiated (retried every `retryMilliseconds`
-    /// while no daemon answers) and handed over. `log` hears each event.
-    /// Returns after `requestStop`, having disconnected the device.
-    public func supervise(retryMilliseconds: Int32 = 100, log: (String) -> Void) throws(AttachError) {
-        var events = try Self.open(listen: true)
-        defer { znbd_netlink_close(&events) }
+    /// reports on `events`, a new one is negotiated (retried every
+    /// `retryMilliseconds` while no daemon answers) and handed over. `log`
+    /// hears each event. Returns after `requestStop`, having disconnected
+    /// the device.
+    private func supervise(
+        _ events: inout znbd_netlink, retryMilliseconds: Int32 = 100, log: (String) -> Void
+    ) throws(AttachError) {
         var dead = 0
         var failing: String?
         while !Self.stopRequested.load(ordering: .relaxed) {

@@ -138,6 +138,14 @@ public struct RegionPlacement: Sendable, Equatable {
         return try MemoryRegion(path: directory + "/" + name, byteCount: byteCount, alignment: alignment)
     }
 
+    /// Whether the region called `name` has a file (always false for
+    /// anonymous memory).
+    public func regionExists(_ name: String) -> Bool {
+        guard let directory else { return false }
+        var status = stat()
+        return lstat(directory + "/" + name, &status) == 0
+    }
+
     /// Removes the files of the regions `names`, those that exist (nothing
     /// for anonymous memory). Their memory goes back once no process maps
     /// them.

@@ -177,8 +177,21 @@ public final class CompressedBlockDevice: BlockDevice {
         var header: StateHeader?
         if let directory = placement.directory {
             do {
+                let names = [SlotTable.regionName] + ZSPool.regionNames
+                let headerExisted = placement.regionExists(StateHeader.fileName)
+                // Checked before anything is made: a region made now would
+                // turn "a file is missing" into a state that resumes empty.
+                if !headerExisted, let present = names.first(where: placement.regionExists) {
+                    throw ConfigurationError.stateRefused(
+                        directory: directory,
+                        why: "its header is missing while \(present) is there (the header is made first)")
+                }
                 let opened = try StateHeader(placement)
                 if opened.isComplete {
+                    if let missing = names.first(where: { !placement.regionExists($0) }) {
+                        throw ConfigurationError.stateRefused(
+                            directory: directory, why: "its file \(missing) is missing")
+                    }
                     if let why = opened.refusal(diskBytes: size, maxChain: configuration.maxChain) {
                         throw ConfigurationError.stateRefused(directory: directory, why: why)
                     }

@@ -325,8 +325,15 @@ final class FrameArena: @unchecked Sendable {
         if !state.resident[block] {
             do {
                 try region.prepare(offset: block * Self.blockSize, count: Self.blockSize)
+            } catch {
+                if state.currentBlock == block { state.currentBlock = nil }
+                throw .noRoom(error)
+            }
+            do {
                 try ownerRegion.prepare(offset: block * Self.ownerBytesPerBlock, count: Self.ownerBytesPerBlock)
             } catch {
+                // The block's reservation goes back: it holds nothing yet.
+                region.release(offset: block * Self.blockSize, count: Self.blockSize)
                 if state.currentBlock == block { state.currentBlock = nil }
                 throw .noRoom(error)
             }

@@ -344,7 +344,10 @@ struct Serve: AsyncParsableCommand {
             stateDirectory = path
         case nil:
             stateDirectory = StateDirectory.defaultPath(
-                deviceName: device ?? StateDirectory.deviceName(socketPath: socketPath))
+                deviceName: device
+                    ?? StateDirectory.deviceName(
+                        socketPath: socketPath,
+                        runtimeDirectory: ControlPaths.runtimeDirectory(userID: getuid(), environment: environment)))
         }
         return DaemonConfiguration(
             sizeBytes: sizeBytes, name: name, socketPath: socketPath, tcp: tcp, readOnly: readOnly,

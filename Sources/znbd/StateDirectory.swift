@@ -36,10 +36,18 @@ final class StateDirectory: Sendable {
     /// NBD socket's file name without ".sock").
     static func defaultPath(deviceName name: String) -> String { defaultParent + "/" + name }
 
-    /// The name a daemon's default state directory takes from its socket.
-    static func deviceName(socketPath: String) -> String {
-        let file = socketPath.split(separator: "/").last.map(String.init) ?? socketPath
-        return file.hasSuffix(".sock") ? String(file.dropLast(5)) : file
+    /// The name a daemon's default state directory takes from its socket:
+    /// the file's name without ".sock" for a socket of the default runtime
+    /// directory (nbd for /run/znbd/nbd.sock), else the whole path with its
+    /// slashes as dashes (tmp-x-nbd for /tmp/x/nbd.sock), so that two
+    /// daemons on sockets of one name in two directories never share a
+    /// state.
+    static func deviceName(socketPath: String, runtimeDirectory: String) -> String {
+        let path = socketPath.hasSuffix(".sock") ? String(socketPath.dropLast(5)) : socketPath
+        let components = path.split(separator: "/")
+        let directory = "/" + components.dropLast().joined(separator: "/")
+        if directory == runtimeDirectory, let name = components.last { return String(name) }
+        return components.joined(separator: "-")
     }
 
     /// Makes `path` (and missing parents, 0700) if needed, checks it, and
@@ -51,9 +59,28 @@ final class StateDirectory: Sendable {
         if path.hasPrefix(Self.defaultParent + "/") { try Self.check(Self.defaultParent) }
         try Self.check(path)
         let lockPath = path + "/" + Self.lockName
-        let descriptor = open(lockPath, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        var descriptor: Int32 = -1
+        // The lock file may be removed (discard-state) between this open
+        // and the flock: a lock taken on a removed file guards nothing, so
+        // it is taken again on the file the path names now.
+        for _ in 0..<10 {
+            descriptor = open(lockPath, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            guard descriptor >= 0 else {
+                throw StartupError(description: "--state-dir \(path): cannot open its lock: \(Self.describe(errno))")
+            }
+            guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else { break }
+            var held = stat()
+            var named = stat()
+            if fstat(descriptor, &held) == 0, lstat(lockPath, &named) == 0, held.st_ino == named.st_ino,
+                held.st_dev == named.st_dev
+            {
+                break
+            }
+            close(descriptor)
+            descriptor = -1
+        }
         guard descriptor >= 0 else {
-            throw StartupError(description: "--state-dir \(path): cannot open its lock: \(Self.describe(errno))")
+            throw StartupError(description: "--state-dir \(path): its lock file keeps being replaced")
         }
         if flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
             let error = errno

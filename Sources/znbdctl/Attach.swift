@@ -87,17 +87,15 @@ struct Attach: ParsableCommand {
         // behind an exited process.
         for stop in [SIGTERM, SIGINT] { signal(stop) { _ in KernelAttachment.requestStop() } }
         do {
-            try attachment.attach()
-        } catch {
-            throw AttachFailure(error)
-        }
-        let size = ByteSize.format(Int(attachment.exportSize))
-        printError(
-            "znbdctl: attached \(nbdDevice) to \(socketPath) (\(size), \(connections) connection\(connections == 1 ? "" : "s")); kept attached across the daemon's restarts until SIGTERM"
-        )
-        ServiceManager.notify("READY=1\nSTATUS=\(nbdDevice) attached to \(socketPath)")
-        do {
-            try attachment.supervise { line in printError("znbdctl: \(line)") }
+            try attachment.run(
+                attached: {
+                    let size = ByteSize.format(Int(attachment.exportSize))
+                    printError(
+                        "znbdctl: attached \(nbdDevice) to \(socketPath) (\(size), \(connections) connection\(connections == 1 ? "" : "s")); kept attached across the daemon's restarts until SIGTERM"
+                    )
+                    ServiceManager.notify("READY=1\nSTATUS=\(nbdDevice) attached to \(socketPath)")
+                },
+                log: { line in printError("znbdctl: \(line)") })
         } catch {
             throw AttachFailure(error)
         }

@@ -110,17 +110,35 @@ struct StateResumeTests {
         try Self.expectSameContent(device, model)
     }
 
-    @Test("a state with a file gone is refused, never resumed as empty")
+    @Test("a state with a file gone is refused, again and again, and nothing is made in its place")
     func refusesAMissingFile() throws {
         let directory = try StatePlacementTests.stateDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         _ = try Self.fill(directory, seed: 0x4D49_5353)
-        #expect(unlink(directory + "/handles") == 0)
+        for name in ["slots", "handles"] {
+            let kept = directory + "/" + name + ".kept"
+            #expect(rename(directory + "/" + name, kept) == 0)
+            // Twice: a refused start (and systemd's restart of it) must not
+            // make the file and resume the state as empty the next time.
+            for _ in 0..<2 {
+                #expect {
+                    _ = try CompressedBlockDevice(Self.configuration(directory))
+                } throws: { error in
+                    "\(error)".contains("cannot be resumed: its file \(name) is missing")
+                }
+            }
+            #expect(!FileManager.default.fileExists(atPath: directory + "/" + name))
+            #expect(rename(kept, directory + "/" + name) == 0)
+        }
+        #expect(rename(directory + "/header", directory + "/header.kept") == 0)
         #expect {
             _ = try CompressedBlockDevice(Self.configuration(directory))
         } throws: { error in
-            "\(error)".contains("cannot be resumed: a file of it is missing")
+            "\(error)".contains("its header is missing while slots is there")
         }
+        #expect(rename(directory + "/header.kept", directory + "/header") == 0)
+        let device = try CompressedBlockDevice(Self.configuration(directory))
+        #expect(device.resumption != nil)
     }
 
     @Test("a state killed while being made (no magic in its header) is made again from nothing")
