@@ -221,7 +221,7 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Directory on a tmpfs that holds the disk, so that a restart, an upgrade or a crash of the daemon keeps it (default: /dev/shm/znbd/NAME for root, else /dev/shm/znbd-UID/NAME; NAME the --device or the socket's name); none: the disk lives and dies with this process.",
+            "Directory on a tmpfs that holds the disk, so that a restart, an upgrade or a crash of the daemon keeps it (default: /dev/shm/znbd/NAME for root, else /dev/shm/znbd-UID/NAME; NAME the --device, else the socket's name, or its whole path with dashes outside the runtime directory); none: the disk lives and dies with this process.",
             valueName: "path|none"))
     var stateDir: String?
 
