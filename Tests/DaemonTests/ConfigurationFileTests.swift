@@ -173,7 +173,7 @@ struct ConfigurationFileTests {
         name = disk
         """
 
-    @Test("the generator: a daemon per section, nbd-client, makefs, a mount and a swap unit, systemd-analyze clean")
+    @Test("the generator: a daemon per section, znbdctl attach, makefs, a mount and a swap unit, systemd-analyze clean")
     func generatorWritesUnits() throws {
         let directory = try makeTemporaryDirectory("znbd-generator")
         defer { try? FileManager.default.removeItem(at: directory) }
