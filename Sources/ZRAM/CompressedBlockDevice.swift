@@ -256,15 +256,12 @@ public final class CompressedBlockDevice: BlockDevice {
     ) throws(PoolStateDamaged) -> DeviceResumption {
         let started = ContinuousClock.now
         var referenced: [ZSHandle] = []
-        do {
-            try slots.resume { _, content in
-                counters.account(content, sign: 1, resumed: true)
-                if case .object(let handle, _, _) = content { referenced.append(ZSHandle(rawValue: handle)) }
-            }
-        } catch {
-            throw PoolStateDamaged(reading: "the slot table", error)
+        let locked = try slots.resume { _, content in
+            counters.account(content, sign: 1, resumed: true)
+            if case .object(let handle, _, _) = content { referenced.append(ZSHandle(rawValue: handle)) }
         }
         let pool = try pool.resume(referencedHandles: referenced)
+        slots.clearLocks(locked)
         return DeviceResumption(starts: starts, pool: pool, duration: ContinuousClock.now - started)
     }
 

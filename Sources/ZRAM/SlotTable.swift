@@ -2,6 +2,7 @@ import BlockDevice
 import PageCodec
 import Synchronization
 import SystemPackage
+import ZSPool
 import ZNBDSystem
 
 /// How a stored object holds its page.
@@ -173,20 +174,28 @@ final class SlotTable: @unchecked Sendable {
 
     /// Resumes a table an earlier process wrote: each piece with a written
     /// slot is prepared again, the others are released (what was reserved
-    /// and never written goes back); every lock bit the dead process held
-    /// is cleared, IDLE is counted, and `body` sees every slot that holds
-    /// something. Runs before any other use of the table.
-    func resume(_ body: (Int, SlotContent) -> Void) throws(Errno) {
+    /// and never written goes back); IDLE is counted, and `body` sees every
+    /// slot that holds something. A slot that cannot be read (an algorithm
+    /// this build does not know, a length past a page) is refused as
+    /// damage. Nothing is stored: the lock bits the dead process held are
+    /// returned (slot indices), for `clearLocks` once the whole state is
+    /// accepted. Runs before any other use of the table.
+    func resume(_ body: (Int, SlotContent) -> Void) throws(PoolStateDamaged) -> [Int] {
         let pieceBytes = Self.slotsPerPiece * Self.slotBytes
         let pieceCount = (count + Self.slotsPerPiece - 1) / Self.slotsPerPiece
         var written = [Bool](repeating: false, count: pieceCount)
-        for range in try region.writtenRanges() ?? [] {
-            for piece in range.lowerBound
-                / pieceBytes..<min(pieceCount, (range.upperBound + pieceBytes - 1) / pieceBytes)
-            {
-                written[piece] = true
+        do {
+            for range in try region.writtenRanges() ?? [] {
+                for piece in range.lowerBound
+                    / pieceBytes..<min(pieceCount, (range.upperBound + pieceBytes - 1) / pieceBytes)
+                {
+                    written[piece] = true
+                }
             }
+        } catch {
+            throw PoolStateDamaged(reading: "the slot table", error)
         }
+        var locked: [Int] = []
         var releaseStart: Int?
         for piece in 0...pieceCount {
             let keep = piece < pieceCount && written[piece]
@@ -200,17 +209,37 @@ final class SlotTable: @unchecked Sendable {
                 if releaseStart == nil { releaseStart = piece }
                 continue
             }
-            try prepare(piece * Self.slotsPerPiece)
+            do {
+                try prepare(piece * Self.slotsPerPiece)
+            } catch {
+                throw PoolStateDamaged(reading: "the slot table", error)
+            }
             for index in piece * Self.slotsPerPiece..<min(count, (piece + 1) * Self.slotsPerPiece) {
-                var word = meta(index)
+                let word = meta(index)
                 guard word != 0 else { continue }
-                if word & Self.lockBit != 0 {
-                    word &= ~Self.lockBit
-                    metaWord(index).pointee.store(word, ordering: .relaxed)
+                if word & Self.lockBit != 0 { locked.append(index) }
+                if word & Self.objectBit != 0 {
+                    let length = Int(word & Self.lengthMask)
+                    let algorithm = UInt8((word & Self.algorithmMask) >> Self.algorithmShift)
+                    guard length > 0, length <= pageSize,
+                        word & Self.hugeBit != 0 || CompressionAlgorithm(rawValue: algorithm) != nil
+                    else {
+                        throw PoolStateDamaged(
+                            "slot \(index) holds an object of \(length) bytes, algorithm \(algorithm): not one this build wrote"
+                        )
+                    }
                 }
                 if word & Self.idleBit != 0 { idleCount.wrappingAdd(1, ordering: .relaxed) }
                 body(index, Self.content(meta: word, value: value(index)))
             }
+        }
+        return locked
+    }
+
+    /// Clears the lock bits `resume` found, which a dead process held.
+    func clearLocks(_ indices: [Int]) {
+        for index in indices {
+            metaWord(index).pointee.store(meta(index) & ~Self.lockBit, ordering: .relaxed)
         }
     }
 

@@ -164,17 +164,30 @@ final class HandleTable: @unchecked Sendable {
     /// Whether the table is a file an earlier process made.
     var isResumable: Bool { table.isResumable }
 
-    /// Resumes the table a previous process wrote to its region (a state
-    /// file). Every chunk up to the last one written is made again; each
-    /// entry's pin, which the dead process may have held, is cleared; each
-    /// allocated entry is offered to `keep`, and a handle it refuses is
-    /// freed as `release` frees it (its generation moves on). Returns the
-    /// ids kept, ascending. Runs before any other use of the table.
-    func resume(
+    /// How many ids the table has room for: a handle at or past it was
+    /// never this table's.
+    var idCapacity: Int { table.chunkCount << Self.chunkShift }
+
+    /// What `scanForResume` decided, for `applyResume`.
+    struct ResumeScan {
+        fileprivate var kept: [UInt32] = []
+        fileprivate var freed: [UInt32] = []
+        /// Free entries with the pin bit set. None should exist (a pin is
+        /// taken only on a live entry, and `release` stores the free word
+        /// without it), but one would block its id for good, so it is
+        /// cleared like a live entry's.
+        fileprivate var pinnedFree: [UInt32] = []
+        fileprivate var usedIds = 0
+    }
+
+    /// The first half of resuming the table a previous process wrote to its
+    /// region (a state file): every chunk up to the last one written is made
+    /// again, and each allocated entry is offered to `keep`. Nothing is
+    /// stored, so a state `keep` refuses as damaged is left as it was found.
+    /// Runs before any other use of the table.
+    func scanForResume(
         _ keep: (ZSHandle, ObjectLocation) throws(PoolStateDamaged) -> Bool
-    )
-        throws(PoolStateDamaged) -> [UInt32]
-    {
+    ) throws(PoolStateDamaged) -> ResumeScan {
         let chunkBytes = Self.chunkSize * MemoryLayout<UInt64>.stride
         let written: [Range<Int>]
         do {
@@ -184,29 +197,44 @@ final class HandleTable: @unchecked Sendable {
         } catch {
             throw PoolStateDamaged("cannot resume the handle table: \(error)")
         }
-        var kept: [UInt32] = []
-        var usedIds = 0
+        var scan = ResumeScan()
         for range in written {
             for id in range.lowerBound / 8..<range.upperBound / 8 {
-                let slot = entry(UInt32(id))
-                var word = slot.pointee.load(ordering: .relaxed)
+                let word = entry(UInt32(id)).pointee.load(ordering: .relaxed)
                 guard word != 0 else { continue }
-                usedIds = id + 1
-                word &= ~Self.pinBit
-                if word & Self.allocatedBit != 0 {
-                    let handle = ZSHandle(id: UInt32(id), generation: Self.generation(of: word))
-                    if try keep(handle, Self.location(of: word)) {
-                        kept.append(UInt32(id))
-                    } else {
-                        let next = Self.generation(of: word) % (Self.generationMask + 1) + 1
-                        word = (next - 1) << Self.generationShift
-                    }
+                scan.usedIds = id + 1
+                guard word & Self.allocatedBit != 0 else {
+                    if word & Self.pinBit != 0 { scan.pinnedFree.append(UInt32(id)) }
+                    continue
                 }
-                slot.pointee.store(word, ordering: .relaxed)
+                let handle = ZSHandle(id: UInt32(id), generation: Self.generation(of: word))
+                if try keep(handle, Self.location(of: word)) {
+                    scan.kept.append(UInt32(id))
+                } else {
+                    scan.freed.append(UInt32(id))
+                }
             }
         }
-        table.resumeIds(live: kept, usedIds: usedIds)
-        return kept
+        return scan
+    }
+
+    /// The second half: clears every pin the dead process may have held,
+    /// frees the handles `keep` refused as `release` frees them (their
+    /// generation moves on), and takes up the ids kept. Returns those ids,
+    /// ascending.
+    @discardableResult
+    func applyResume(_ scan: ResumeScan) -> [UInt32] {
+        for id in scan.kept + scan.pinnedFree {
+            let slot = entry(id)
+            slot.pointee.store(slot.pointee.load(ordering: .relaxed) & ~Self.pinBit, ordering: .relaxed)
+        }
+        for id in scan.freed {
+            let slot = entry(id)
+            let next = Self.generation(of: slot.pointee.load(ordering: .relaxed)) % (Self.generationMask + 1) + 1
+            slot.pointee.store((next - 1) << Self.generationShift, ordering: .relaxed)
+        }
+        table.resumeIds(live: scan.kept, usedIds: scan.usedIds)
+        return scan.kept
     }
 
     struct Usage {

@@ -7,7 +7,9 @@ import ZNBDSystem
 public struct PoolStateDamaged: Error, CustomStringConvertible, Equatable {
     public let description: String
 
-    init(_ description: String) { self.description = description }
+    /// Damage found here, or by the device in its own tables (a slot it
+    /// cannot read), which is refused the same way.
+    public init(_ description: String) { self.description = description }
 
     /// A table of the state that could not be read back.
     public init(reading what: String, _ error: any Error) { description = "cannot read \(what): \(error)" }
@@ -49,13 +51,18 @@ extension ZSPool {
     /// incomplete, a migration's second copy and an empty zspage give their
     /// frames back; blocks with no frame in use are released. Refused with
     /// PoolStateDamaged: a named handle that is not held, or held at a place
-    /// that does not exist or that another handle holds. No object is read.
+    /// that does not exist or that another handle holds; a refused state's
+    /// files are left as they were found (only the derived records, which
+    /// live in this process, were built). No object is read.
     public func resume(referencedHandles: [ZSHandle]) throws(PoolStateDamaged) -> PoolResumption {
         var report = PoolResumption()
         let classes = sizeClasses.classes
 
         // The wanted handles, by id: the generation each page names.
         let idBound = Int(referencedHandles.lazy.map(\.id).max() ?? 0) + 1
+        guard idBound <= handles.idCapacity else {
+            throw PoolStateDamaged("a page names handle id \(idBound - 1), past the table's \(handles.idCapacity)")
+        }
         var wanted = [UInt32](repeating: 0, count: referencedHandles.isEmpty ? 0 : idBound)
         for handle in referencedHandles {
             guard handle.generation != 0 else { throw PoolStateDamaged("a page names \(handle), never a handle") }
@@ -116,7 +123,7 @@ extension ZSPool {
         }
 
         // The objects, from the handle table.
-        _ = try handles.resume { (handle, location) throws(PoolStateDamaged) -> Bool in
+        let handleScan = try handles.scanForResume { (handle, location) throws(PoolStateDamaged) -> Bool in
             let id = Int(handle.id)
             guard id < wanted.count, wanted[id] == UInt32(handle.generation) else {
                 report.objectsFreed += 1
@@ -141,6 +148,8 @@ extension ZSPool {
         if let id = wanted.firstIndex(where: { $0 != 0 }) {
             throw PoolStateDamaged("a page names handle#\(id).\(wanted[id]), which the handle table does not hold")
         }
+        // Not refused: from here on the state files change.
+        handles.applyResume(handleScan)
 
         // Free lists, class lists, and the frames kept.
         var keptFrames: [UInt32] = []

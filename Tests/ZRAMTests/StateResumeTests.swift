@@ -248,4 +248,52 @@ struct StateResumeTests {
             "\(error)".contains("cannot be resumed") && "\(error)".contains("which the handle table does not hold")
         }
     }
+    /// Every file of a state directory, byte for byte.
+    static func contents(of directory: String) throws -> [String: Data] {
+        var files: [String: Data] = [:]
+        for name in try FileManager.default.contentsOfDirectory(atPath: directory) {
+            files[name] = try Data(contentsOf: URL(fileURLWithPath: directory + "/" + name))
+        }
+        return files
+    }
+
+    @Test("a slot this build cannot read is refused, and a refused state is left byte for byte as it was found")
+    func refusesAnUnreadableSlotAndLeavesItAlone() throws {
+        let directory = try StatePlacementTests.stateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let corpus = try Corpus.pages(8)
+        do {
+            let device = try CompressedBlockDevice(Self.configuration(directory))
+            for page in 0..<8 { try device.write(Array(corpus[page]), at: page * pageSize) }
+        }
+        // Page 3's lock held by the dead process (resume would clear it),
+        // page 5's object written by an algorithm no build has (3).
+        try Self.patchWord(directory + "/slots", at: 3 * SlotTable.slotBytes) { $0 | SlotTable.lockBit }
+        try Self.patchWord(directory + "/slots", at: 5 * SlotTable.slotBytes) {
+            $0 & ~SlotTable.hugeBit | SlotTable.algorithmMask
+        }
+        let before = try Self.contents(of: directory)
+        #expect {
+            _ = try CompressedBlockDevice(Self.configuration(directory))
+        } throws: { error in
+            "\(error)".contains("cannot be resumed") && "\(error)".contains("slot 5 holds an object")
+        }
+        #expect(try Self.contents(of: directory) == before, "a refused start changed the state's files")
+
+        // Damage the pool finds (page 0's handle is not held), with a pin
+        // held on page 1's handle that resume would clear: refused, and
+        // again nothing changes.
+        try Self.patchWord(directory + "/slots", at: 5 * SlotTable.slotBytes) {
+            $0 & ~SlotTable.algorithmMask
+        }
+        try Self.patchWord(directory + "/handles", at: 0) { _ in 0 }
+        try Self.patchWord(directory + "/handles", at: 8) { $0 | HandleTable.pinBit }
+        let beforePool = try Self.contents(of: directory)
+        #expect {
+            _ = try CompressedBlockDevice(Self.configuration(directory))
+        } throws: { error in
+            "\(error)".contains("which the handle table does not hold")
+        }
+        #expect(try Self.contents(of: directory) == beforePool, "a refused start changed the state's files")
+    }
 }
