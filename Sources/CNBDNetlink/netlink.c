@@ -224,6 +224,43 @@ int znbd_netlink_disconnect(znbd_netlink *handle, int index) {
     return status ? status : request(handle, &m, NULL, NULL);
 }
 
+// NBD_CMD_STATUS's answer: NBD_ATTR_DEVICE_LIST, a nest of NBD_DEVICE_ITEM
+// nests, each with NBD_DEVICE_INDEX (u32) and NBD_DEVICE_CONNECTED (u8).
+typedef struct {
+    int index;
+    int connected;
+} status_reply;
+
+static void read_status(struct nlmsghdr *h, void *context) {
+    status_reply *found = context;
+    int length = (int)h->nlmsg_len - NLMSG_HDRLEN - GENL_HDRLEN;
+    FOR_EACH_ATTRIBUTE(list, (char *)NLMSG_DATA(h) + GENL_HDRLEN, length) {
+        if ((list->nla_type & NLA_TYPE_MASK) != NBD_ATTR_DEVICE_LIST) continue;
+        int items = list->nla_len - NLA_HDRLEN;
+        FOR_EACH_ATTRIBUTE(item, (char *)list + NLA_HDRLEN, items) {
+            int fields = item->nla_len - NLA_HDRLEN;
+            uint32_t index = UINT32_MAX;
+            uint8_t connected = 0;
+            FOR_EACH_ATTRIBUTE(field, (char *)item + NLA_HDRLEN, fields) {
+                void *value = (char *)field + NLA_HDRLEN;
+                if ((field->nla_type & NLA_TYPE_MASK) == NBD_DEVICE_INDEX) memcpy(&index, value, 4);
+                if ((field->nla_type & NLA_TYPE_MASK) == NBD_DEVICE_CONNECTED) memcpy(&connected, value, 1);
+            }
+            if (index == (uint32_t)found->index) found->connected = connected ? 1 : 0;
+        }
+    }
+}
+
+int znbd_netlink_status(znbd_netlink *handle, int index, int *connected) {
+    message m;
+    begin(&m, handle->family, NBD_CMD_STATUS, ++handle->sequence);
+    int status = put_u32(&m, NBD_ATTR_INDEX, (uint32_t)index);
+    status_reply found = {index, -1};
+    if (!status) status = request(handle, &m, read_status, &found);
+    *connected = found.connected;
+    return status;
+}
+
 int znbd_netlink_next_event(znbd_netlink *handle, int timeout_ms, int *command, int *index) {
     struct pollfd wait = {.fd = handle->fd, .events = POLLIN};
     int ready = poll(&wait, 1, timeout_ms);

@@ -20,10 +20,16 @@ public struct AttachRequest: Sendable {
     /// waiting for this process to hand it new ones (NBD_ATTR_DEAD_CONN_TIMEOUT).
     public var deadConnectionTimeout: Int
     public var blockSize: Int
+    /// When the device is already attached (an earlier attach process
+    /// died and left it to the kernel), supervise it instead of failing:
+    /// its dead connections are replaced with this daemon's. Only for a
+    /// device known to be this daemon's: the kernel cannot say which
+    /// server it was attached to, only its size is checked.
+    public var takeOver: Bool
 
     public init(
         socketPath: String, export: String = "", index: Int, connections: Int = 1, requestTimeout: Int = 30,
-        deadConnectionTimeout: Int = 120, blockSize: Int = 4096
+        deadConnectionTimeout: Int = 120, blockSize: Int = 4096, takeOver: Bool = false
     ) {
         self.socketPath = socketPath
         self.export = export
@@ -32,6 +38,7 @@ public struct AttachRequest: Sendable {
         self.requestTimeout = requestTimeout
         self.deadConnectionTimeout = deadConnectionTimeout
         self.blockSize = blockSize
+        self.takeOver = takeOver
     }
 }
 
@@ -40,8 +47,10 @@ public struct AttachRequest: Sendable {
 /// waits for the kernel to report a dead one, negotiates a new one with
 /// whatever daemon serves the socket then (the same state, after a restart)
 /// and hands it over, until `stop` is asked for; then the device is
-/// disconnected. The export's size must not change: a daemon serving
-/// another size is not given the device.
+/// disconnected. With `takeOver`, a device an earlier attach process left
+/// connected (it was killed, or crashed) is taken over the same way. The
+/// export's size must not change: a daemon serving another size is not
+/// given the device.
 public final class KernelAttachment: Sendable {
     public let request: AttachRequest
     private let size = Atomic<UInt64>(0)
@@ -62,8 +71,9 @@ public final class KernelAttachment: Sendable {
     /// Attaches the device and keeps it attached: negotiates the
     /// connections, listens for the kernel's events before the device is
     /// connected (a connection that dies at once is still heard of),
-    /// connects it, calls `attached`, then supervises until `requestStop`,
-    /// and disconnects.
+    /// connects it (or, with `takeOver`, takes over a device that is
+    /// already connected), calls `attached`, then supervises until
+    /// `requestStop`, and disconnects.
     public func run(attached: () -> Void, log: (String) -> Void) throws(AttachError) {
         var sockets: [NegotiatedSocket] = []
         defer { for socket in sockets { close(socket.descriptor) } }
@@ -72,9 +82,68 @@ public final class KernelAttachment: Sendable {
         }
         var events = try Self.open(listen: true)
         defer { znbd_netlink_close(&events) }
-        try connect(sockets)
+        do throws(AttachError) {
+            try connect(sockets)
+        } catch let error where request.takeOver && error.code == EBUSY && (try? isConnected()) == true {
+            try takeOver(sockets, log: log)
+        }
         attached()
         try supervise(&events, log: log)
+    }
+
+    /// Whether the kernel holds a configuration for the device (NBD_CMD_STATUS).
+    private func isConnected() throws(AttachError) -> Bool {
+        var netlink = try Self.open(listen: false)
+        defer { znbd_netlink_close(&netlink) }
+        var connected: Int32 = -1
+        let status = znbd_netlink_status(&netlink, Int32(request.index), &connected)
+        guard status == 0 else {
+            throw AttachError("NBD_CMD_STATUS /dev/nbd\(request.index): \(describe(-status))", code: -status)
+        }
+        return connected == 1
+    }
+
+    /// Takes over a device that is already connected: its size must be
+    /// the export's; each of `sockets` replaces a connection the kernel
+    /// has marked dead (those that are not dead keep serving, and a
+    /// socket given for none is dropped by the kernel). Events of deaths
+    /// that came while no process listened are lost, so every connection
+    /// is offered a replacement now.
+    private func takeOver(_ sockets: [NegotiatedSocket], log: (String) -> Void) throws(AttachError) {
+        let first = sockets[0]
+        let sectors = Self.readSectors(index: request.index)
+        guard let sectors, sectors * 512 == first.size else {
+            throw AttachError(
+                "/dev/nbd\(request.index) is attached already, at \(sectors.map { "\($0 * 512) bytes" } ?? "an unknown size"), "
+                    + "not the export's \(first.size): not taken over", code: EBUSY)
+        }
+        var netlink = try Self.open(listen: false)
+        defer { znbd_netlink_close(&netlink) }
+        let descriptors = sockets.map(\.descriptor)
+        let status = descriptors.withUnsafeBufferPointer { fds in
+            znbd_netlink_reconfigure(&netlink, Int32(request.index), fds.baseAddress, Int32(fds.count))
+        }
+        guard status == 0 else {
+            throw AttachError("NBD_CMD_RECONFIGURE /dev/nbd\(request.index): \(describe(-status))", code: -status)
+        }
+        size.store(first.size, ordering: .relaxed)
+        flags.store(first.transmissionFlags, ordering: .relaxed)
+        log(
+            "/dev/nbd\(request.index) was attached already (\(first.size) bytes): taken over, its dead connections replaced"
+        )
+    }
+
+    /// /sys/block/nbdN/size: the device's size in 512-byte sectors, or nil.
+    private static func readSectors(index: Int) -> UInt64? {
+        let descriptor = Glibc.open("/sys/block/nbd\(index)/size", O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return nil }
+        defer { close(descriptor) }
+        var bytes = [UInt8](repeating: 0, count: 32)
+        let count = bytes.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+        guard count > 0 else { return nil }
+        return UInt64(
+            String(
+                decoding: bytes[..<count].prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }, as: UTF8.self))
     }
 
     /// Connects the device over the negotiated `sockets` (the caller closes

@@ -10,6 +10,10 @@ import ZNBDControlAPI
 ///
 ///     nbd-device = /dev/nbdN    attach it there (znbdctl attach, the kernel's driver)
 ///     connections = N           connections to it (default 2), as nbd-client's -C
+///     dead-timeout = SECONDS    znbdctl attach's --dead-timeout: how long the
+///                               kernel holds requests while the daemon is
+///                               away (default 120)
+///     request-timeout = SECONDS znbdctl attach's --timeout (default 30)
 ///     fs-type = swap | ext4 | xfs | …   swap on it, or a filesystem, made by
 ///                               systemd-makefs when the device holds none
 ///     mount-point = /PATH       where the filesystem is mounted
@@ -19,7 +23,10 @@ import ZNBDControlAPI
 ///
 /// The names and defaults are zram-generator's where it has the same key.
 struct BootAction: Sendable {
-    static let keys = ["nbd-device", "connections", "fs-type", "mount-point", "options", "swap-priority"]
+    static let keys = [
+        "nbd-device", "connections", "dead-timeout", "request-timeout", "fs-type", "mount-point", "options",
+        "swap-priority",
+    ]
 
     enum Use: Sendable, Equatable {
         case serveOnly
@@ -30,6 +37,9 @@ struct BootAction: Sendable {
     /// /dev/nbdN, or nil when the device is only served (qemu, nbdfuse).
     let nbdDevice: String?
     let connections: Int
+    /// znbdctl attach's --dead-timeout and --timeout, nil for its defaults.
+    let deadTimeout: Int?
+    let requestTimeout: Int?
     let use: Use
 
     init(_ section: ConfigurationFile.Section, path: String) throws(ConfigurationFile.Failure) {
@@ -54,6 +64,17 @@ struct BootAction: Sendable {
         } else {
             connections = 2
         }
+        let attached = nbdDevice != nil
+        func seconds(_ key: String, _ range: ClosedRange<Int>) throws(ConfigurationFile.Failure) -> Int? {
+            guard let entry = section.entry(key) else { return nil }
+            guard attached else { throw fail(entry, "needs nbd-device") }
+            guard let value = Int(entry.value), range.contains(value) else {
+                throw fail(entry, "\(range.lowerBound) to \(range.upperBound) seconds")
+            }
+            return value
+        }
+        deadTimeout = try seconds("dead-timeout", 1...86_400)
+        requestTimeout = try seconds("request-timeout", 1...3600)
         let options = section.entry("options")?.value ?? "discard"
         guard let fsType = section.entry("fs-type") else {
             for key in ["mount-point", "options", "swap-priority"] {
@@ -102,7 +123,9 @@ struct BootAction: Sendable {
 ///                                    template: znbd serve --device NAME)
 ///     znbd-attach@NAME.service       znbdctl attach to /dev/nbdN (kept
 ///                                    attached across the daemon's
-///                                    restarts), systemd-makefs for fs-type
+///                                    restarts; after its own crash, a
+///                                    start takes the device back,
+///                                    --take-over), systemd-makefs for fs-type
 ///     MOUNT.mount or dev-nbdN.swap   the filesystem or swap
 ///
 /// each wanted by multi-user.target and ordered after the one before, so a
@@ -195,7 +218,9 @@ struct UnitWriter {
             ?? ConfigurationFile.defaultSocket(forDevice: name, userID: 0, environment: [:])
         var attach = [
             "ExecStartPre=-modprobe nbd",
-            "ExecStart=\(Self.znbdctlPath) attach \(device) --socket \(Self.quoted(socket)) --connections \(action.connections)"
+            "ExecStart=\(Self.znbdctlPath) attach \(device) --socket \(Self.quoted(socket)) --connections \(action.connections) --take-over"
+                + (action.deadTimeout.map { " --dead-timeout \($0)" } ?? "")
+                + (action.requestTimeout.map { " --timeout \($0)" } ?? "")
                 + (section.entry("name").map { " --name \(Self.quoted($0.value))" } ?? ""),
         ]
         let makefs = Self.makefsPaths.first { access($0, X_OK) == 0 } ?? Self.makefsPaths[0]
@@ -222,6 +247,11 @@ struct UnitWriter {
                 [Service]
                 # READY=1 once the device is attached; SIGTERM detaches it.
                 Type=notify
+                # Killed or crashed, it leaves the device attached with nobody
+                # to replace its connections: `systemctl start` of this unit
+                # then takes the device back (--take-over). No Restart=: the
+                # restart job would restart the mount on it too (systemd 252
+                # propagates restarts through the mount's Requires=).
                 # systemd-makefs makes a filesystem or swap only where it finds
                 # none, so a device that kept its data keeps it.
                 \(attach.joined(separator: "\n"))

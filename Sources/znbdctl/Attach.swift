@@ -24,7 +24,9 @@ struct Attach: ParsableCommand {
             netlink interface, then stays: when the daemon goes away (a restart, an upgrade, a crash) the kernel \
             holds the device's requests for up to --dead-timeout seconds, and this command hands it new \
             connections to whatever daemon serves the socket again (the same state directory). SIGTERM or \
-            SIGINT detaches the device and exits. With systemd it reports READY=1 once the device is attached.
+            SIGINT detaches the device and exits. With systemd it reports READY=1 once the device is attached. \
+            If this process is killed instead, the device stays attached with nobody to replace its connections; \
+            a new `znbdctl attach --take-over` for the same device takes it over.
             """)
 
     @Argument(help: ArgumentHelp("The NBD device to attach.", valueName: "/dev/nbdN"))
@@ -58,6 +60,13 @@ struct Attach: ParsableCommand {
             valueName: "seconds"))
     var timeout = 30
 
+    @Flag(
+        name: .customLong("take-over"),
+        help: ArgumentHelp(
+            "When the device is attached already (an earlier znbdctl attach was killed), take it over: replace its dead connections and stay, instead of failing. Only for a device that is this daemon's: the kernel cannot say which server it was attached to, only its size is checked."
+        ))
+    var takeOver = false
+
     func validate() throws {
         guard index != nil else { throw ValidationError("\(nbdDevice): not an NBD device (/dev/nbdN)") }
         guard socket == nil || options.device == nil else { throw ValidationError("--socket and --device: give one") }
@@ -82,7 +91,7 @@ struct Attach: ParsableCommand {
         let attachment = KernelAttachment(
             AttachRequest(
                 socketPath: socketPath, export: name, index: index ?? 0, connections: connections,
-                requestTimeout: timeout, deadConnectionTimeout: deadTimeout))
+                requestTimeout: timeout, deadConnectionTimeout: deadTimeout, takeOver: takeOver))
         // Before the device exists, so that a signal never leaves it attached
         // behind an exited process.
         for stop in [SIGTERM, SIGINT] { signal(stop) { _ in KernelAttachment.requestStop() } }

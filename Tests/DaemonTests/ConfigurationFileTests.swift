@@ -164,6 +164,8 @@ struct ConfigurationFileTests {
 
         [swap]
         size = 64M
+        dead-timeout = 600
+        request-timeout = 10
         nbd-device = /dev/nbd1
         fs-type = swap
         swap-priority = 50
@@ -204,9 +206,11 @@ struct ConfigurationFileTests {
         let znbdctl = try DaemonProcess.executable("znbdctl")
         #expect(
             attach.contains(
-                "ExecStart=\(znbdctl) attach /dev/nbd0 --socket /run/znbd/scratch.sock --connections 4\n"),
+                "ExecStart=\(znbdctl) attach /dev/nbd0 --socket /run/znbd/scratch.sock --connections 4 --take-over\n"),
             "\(attach)")
         #expect(attach.contains("Type=notify\n") && attach.contains("systemd-makefs ext4 /dev/nbd0\n"), "\(attach)")
+        // No Restart=: systemd would restart the mount with it.
+        #expect(!attach.contains("Restart="), "\(attach)")
         #expect(attach.contains("SourcePath=\(directory.resolvingSymlinksInPath().path)/znbd.conf\n"), "\(attach)")
         let mount = unit("mnt-znbd\\x20scratch.mount")
         #expect(mount.contains("Requires=znbd-attach@scratch.service\nAfter=znbd-attach@scratch.service\n"))
@@ -215,6 +219,9 @@ struct ConfigurationFileTests {
         let swap = unit("dev-nbd1.swap")
         #expect(swap.contains("What=/dev/nbd1\nPriority=50\nOptions=discard\n"), "\(swap)")
         #expect(unit("znbd-attach@swap.service").contains("systemd-makefs swap /dev/nbd1\n"))
+        #expect(
+            unit("znbd-attach@swap.service").contains(
+                "--connections 2 --take-over --dead-timeout 600 --timeout 10\n"))
 
         // systemd's own check, with the template pointing at this build:
         // syntax, every key known, every command found. It warns and still
@@ -281,6 +288,8 @@ struct ConfigurationFileTests {
                 "mount-point = /x: swap is not mounted"
             ),
             ("[a]\nnbd-device = /dev/nbd0\nconnections = 0\n", "connections = 0: 1 to 16"),
+            ("[a]\nnbd-device = /dev/nbd0\ndead-timeout = 0\n", "dead-timeout = 0: 1 to 86400 seconds"),
+            ("[a]\nrequest-timeout = 5\n", "request-timeout = 5: needs nbd-device"),
             ("[a]\nmount-point = /mnt/a\n", "mount-point = /mnt/a: needs fs-type"),
             (
                 "[a]\nnbd-device = /dev/nbd0\nfs-type = ext4\nmount-point = relative\n",

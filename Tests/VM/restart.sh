@@ -7,7 +7,11 @@
 #      writer completes, every file verifies after dropping caches, e2fsck
 #      -fn is clean;
 #   2. the same with SIGTERM and a different build of znbd (ZNBD_OTHER_BIN,
-#      by default the release build when the suite runs the test build).
+#      by default the release build when the suite runs the test build);
+#   3. znbdctl attach killed with SIGKILL (the device stays attached, with
+#      nobody to replace its connections), then znbd killed too, started
+#      again, and a new `znbdctl attach --take-over` started: it takes the
+#      device over and the writer completes as in 1.
 # Then SIGTERM to znbdctl attach detaches the device.
 #
 # Run by `tools/vm restart` (needs root, the nbd module, znbd and znbdctl in
@@ -25,10 +29,14 @@ state="$state_fs/dev"
 start_znbd --size 512M --state-dir "$state"
 t 30 modprobe nbd
 
-"$bin/znbdctl" attach /dev/nbd0 --socket "$work/nbd.sock" --connections 2 --timeout 5 --dead-timeout 120 \
-    >"$work/attach.log" 2>&1 &
-attach_pid=$!
-helpers+=("$attach_pid")
+# start_attach [--take-over]: znbdctl attach in the background, logging to attach.log.
+start_attach() {
+    "$bin/znbdctl" attach /dev/nbd0 --socket "$work/nbd.sock" --connections 2 --timeout 5 --dead-timeout 120 "$@" \
+        >"$work/attach.log" 2>&1 &
+    attach_pid=$!
+    helpers+=("$attach_pid")
+}
+start_attach
 for _ in $(seq 200); do
     [[ $(cat /sys/block/nbd0/size) != 0 ]] && break
     kill -0 "$attach_pid" 2>/dev/null || { cat "$work/attach.log"; fail "znbdctl attach exited"; }
@@ -79,6 +87,16 @@ restart_under_writer() {
     sleep 2
     bin="$build" start_znbd --size 512M --state-dir "$state"
     grep -q "resumed the state in $state" "$work/znbd.log" || { cat "$work/znbd.log"; fail "znbd did not resume its state"; }
+    if [[ -n ${take_over:-} ]]; then
+        start_attach --take-over
+        for _ in $(seq 100); do
+            grep -q "taken over" "$work/attach.log" && break
+            kill -0 "$attach_pid" 2>/dev/null || { cat "$work/attach.log"; fail "znbdctl attach --take-over exited"; }
+            sleep 0.1
+        done
+        grep -q "taken over" "$work/attach.log" || { cat "$work/attach.log"; fail "znbdctl attach did not take over"; }
+        say "znbdctl attach --take-over: $(grep -o '/dev/nbd0 was attached already.*' "$work/attach.log")"
+    fi
     say "SIG$how to znbd with $copied files in; $build/znbd serves again after $((SECONDS - down)) s: $(grep -o 'resumed the state[^;]*' "$work/znbd.log")"
     local status=0
     t 300 tail --pid="$writer_pid" -f /dev/null
@@ -107,6 +125,19 @@ if [[ -x "$other_bin/znbd" && "$(readlink -f "$other_bin/znbd")" != "$(readlink 
 else
     say "no other build of znbd at $other_bin: the restart to another build was not run"
 fi
+
+# 3. Nobody supervising when the daemon dies: a new attach takes over.
+t 60 mount -o discard /dev/nbd0 "$mnt"
+rm -f "$mnt"/f*
+t 60 sync
+kill -KILL "$attach_pid"
+wait "$attach_pid" 2>/dev/null || true
+helpers=()
+[[ -e /sys/block/nbd0/pid ]] || fail "/dev/nbd0 detached when znbdctl attach was killed"
+take_over=1 restart_under_writer KILL "$bin" 1 24
+t 60 umount "$mnt"
+t 120 e2fsck -fn /dev/nbd0 >"$work/fsck.log" 2>&1 || { cat "$work/fsck.log"; fail "e2fsck -fn after the take-over"; }
+say "e2fsck -fn clean after the take-over: $(tail -1 "$work/fsck.log")"
 
 if dmesg | grep -E "nbd0.*I/O error|I/O error.*nbd0|Buffer I/O error on dev nbd0"; then
     fail "the kernel reported I/O errors on nbd0"

@@ -71,6 +71,7 @@ else
     mounts+=(/etc)
     mkdir -p /etc/znbd /run/systemd/system /run/systemd/system-generators
     sed "s|/usr/local/bin/znbd|$bin/znbd|" "$repo/tools/systemd/znbd@.service" >/run/systemd/system/znbd@.service
+    cp "$repo/tools/systemd/znbd@.socket" /run/systemd/system/znbd@.socket
     ln -sf "$bin/znbd" /run/systemd/system-generators/znbd-generator
 fi
 cat >/etc/znbd/znbd.conf <<'EOF'
@@ -172,6 +173,32 @@ drop_caches
 cmp /run/znbd-vm-data /mnt/znbd-scratch/data || fail "the file differs after the daemon was killed"
 say "znbd@scratch killed with SIGKILL: systemd started it again on its state, the file verifies"
 
+# The attach helper killed: the device stays attached and the unit fails;
+# `systemctl start` takes the device back (--take-over) under the same
+# mount, not remounted. Then a daemon restart proves it supervises.
+mounted_at=$(systemctl show -p ActiveEnterTimestampMonotonic --value "$mount_unit")
+t 30 systemctl kill -s KILL znbd-attach@scratch.service
+for _ in $(seq 100); do
+    [[ $(systemctl is-active znbd-attach@scratch.service) == failed ]] && break
+    sleep 0.2
+done
+[[ $(systemctl is-active znbd-attach@scratch.service) == failed ]] \
+    || fail "znbd-attach@scratch is $(systemctl is-active znbd-attach@scratch.service) after SIGKILL"
+[[ -e /sys/block/nbd0/pid ]] || fail "/dev/nbd0 detached when its attach helper was killed"
+t 60 systemctl start znbd-attach@scratch.service
+journal=$(journalctl -b -u znbd-attach@scratch.service --no-pager -o cat)
+[[ $journal == *"was attached already"*"taken over"* ]] \
+    || fail "the attach unit did not take /dev/nbd0 over: $(tail -5 <<<"$journal")"
+[[ $(systemctl show -p ActiveEnterTimestampMonotonic --value "$mount_unit") == "$mounted_at" ]] \
+    || fail "$mount_unit was restarted with the attach unit"
+t 120 systemctl restart znbd@scratch.service
+cp /run/znbd-vm-data /mnt/znbd-scratch/data3
+t 60 sync
+drop_caches
+cmp /run/znbd-vm-data /mnt/znbd-scratch/data || fail "the file differs after the take-over and a daemon restart"
+cmp /run/znbd-vm-data /mnt/znbd-scratch/data3 || fail "a file written after the take-over differs"
+say "znbdctl attach killed: the unit started again took /dev/nbd0 over under the same mount; a daemon restart after it: the files verify"
+
 # Stopping all three runs the other way: umount, detach, then SIGTERM to a
 # daemon with no client left. The state stays.
 t 120 systemctl stop "$mount_unit" znbd-attach@scratch.service znbd@scratch.service
@@ -180,8 +207,8 @@ findmnt /mnt/znbd-scratch >/dev/null && fail "still mounted after the stop"
 [[ $(systemctl show -p Result --value znbd@scratch.service) == success ]] \
     || fail "znbd@scratch: $(systemctl show -p Result,ExecMainStatus znbd@scratch.service | tr '\n' ' ')"
 journal=$(journalctl -b -u znbd@scratch.service --no-pager -o cat)
-# The third daemon's lines: the journal holds the earlier two too.
-last=$(sed -n '/(start 3)/,$p' <<<"$journal")
+# The fourth daemon's lines: the journal holds the earlier three too.
+last=$(sed -n '/(start 4)/,$p' <<<"$journal")
 [[ $last == *"stopping: no client connected"* ]] \
     || fail "znbd@scratch did not log a stop with no client left: $(tail -5 <<<"$last")"
 [[ -s /dev/shm/znbd/scratch/arena ]] || fail "no state kept in /dev/shm/znbd/scratch after the stop"
@@ -192,7 +219,7 @@ say "stopped in order: umount, detach, then znbd@scratch with no client left; it
 t 120 systemctl start "$mount_unit"
 [[ $(findmnt -n -o FSTYPE /mnt/znbd-scratch || true) == ext4 ]] || fail "not mounted again"
 journal=$(journalctl -b -u znbd@scratch.service --no-pager -o cat)
-[[ $journal == *"resumed the state in /dev/shm/znbd/scratch (start 4)"* ]] \
+[[ $journal == *"resumed the state in /dev/shm/znbd/scratch (start 5)"* ]] \
     || fail "znbd@scratch did not resume its state: $(tail -5 <<<"$journal")"
 drop_caches
 cmp /run/znbd-vm-data /mnt/znbd-scratch/data || fail "the file differs after the stop and start"

@@ -2,8 +2,9 @@
 // (include/uapi/linux/nbd-netlink.h), spoken over a raw NETLINK_GENERIC
 // socket, for `znbdctl attach`: connect a /dev/nbdN to sockets that have
 // done their NBD handshake, hear that a connection died (NBD_CMD_LINK_DEAD),
-// hand the kernel new sockets for the dead ones (NBD_CMD_RECONFIGURE), and
-// disconnect. What nbd-client does with libnl, without libnl.
+// hand the kernel new sockets for the dead ones (NBD_CMD_RECONFIGURE), ask
+// whether a device is connected (NBD_CMD_STATUS), and disconnect. What
+// nbd-client does with libnl, without libnl.
 //
 // Every function returns 0 or a negative errno. Requests are answered by
 // the kernel's ack (NLMSG_ERROR); its error is returned as is. Not thread
@@ -41,6 +42,11 @@ int znbd_netlink_reconfigure(znbd_netlink *handle, int index, const int *fds, in
 
 /// NBD_CMD_DISCONNECT of device `index`.
 int znbd_netlink_disconnect(znbd_netlink *handle, int index);
+
+/// NBD_CMD_STATUS of device `index`: `*connected` is 1 when the kernel
+/// holds a configuration for it (connected, or waiting for a dead
+/// connection to be replaced), 0 when not, -1 when the device does not exist.
+int znbd_netlink_status(znbd_netlink *handle, int index, int *connected);
 
 /// Waits up to `timeout_ms` (-1: for ever) for a multicast event of the
 /// family: 0 with `*command` (NBD_CMD_LINK_DEAD, ...) and `*index` (-1 when
