@@ -249,9 +249,9 @@ struct UnitWriter {
                 Type=notify
                 # Killed or crashed, it leaves the device attached with nobody
                 # to replace its connections: `systemctl start` of this unit
-                # then takes the device back (--take-over). No Restart=: the
-                # restart job would restart the mount on it too (systemd 252
-                # propagates restarts through the mount's Requires=).
+                # then takes the device back (--take-over). Not restarted by
+                # systemd on failure: systemd 252 would restart the mount on
+                # the device with it (docs/OPERATIONS.md).
                 # systemd-makefs makes a filesystem or swap only where it finds
                 # none, so a device that kept its data keeps it.
                 \(attach.joined(separator: "\n"))

@@ -174,9 +174,14 @@ struct EndToEndTests {
         try shell(["sync"], timeout: 120)
         try dropCaches()
         try shell(["sh", "-c", "cd '\(mountPoint)' && sha256sum -c --quiet --strict '\(sums)'"], timeout: 600)
+        // The files are in the device: at least their bytes, less a tenth
+        // for pages of zeroes, which count in same_pages, not here (the
+        // trees' size differs from machine to machine: 43 MB of
+        // /usr/lib/python3 on one, more than 64 MiB on another).
         let written = try stats(daemon)
         #expect(
-            written.device[.origDataSize] > 64 << 20, "orig_data_size \(written.device[.origDataSize]) after the copy")
+            written.device[.origDataSize] > treeBytes * 9 / 10,
+            "orig_data_size \(written.device[.origDataSize]) after copying \(treeBytes) bytes")
 
         // Delete every second file, trim, and see the pool let go of the pages.
         let kept = daemon.directory.appendingPathComponent("kept.txt").path
